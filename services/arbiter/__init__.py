@@ -1,0 +1,1 @@
+"""arbiter: folds call outcomes into run state (NATS KV, compare-and-set) and publishes what follows."""

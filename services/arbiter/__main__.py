@@ -1,0 +1,3 @@
+from moot_arbiter.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""gateway: the HTTP API (runs, SSE event streams, health)."""

@@ -1,0 +1,3 @@
+from moot_gateway.main import main
+
+main()

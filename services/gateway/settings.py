@@ -1,0 +1,13 @@
+"""Gateway settings (env prefix MOOT_GATEWAY_)."""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MOOT_GATEWAY_", extra="ignore")
+
+    # Postgres is only read (runs whose state has left NATS KV); a small pool is plenty.
+    db_pool_min: int = 1
+    db_pool_max: int = 10

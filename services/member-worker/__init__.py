@@ -1,0 +1,1 @@
+"""member-worker: executes model-call jobs from JetStream through litellm."""

@@ -1,0 +1,3 @@
+from moot_member_worker.main import main
+
+main()

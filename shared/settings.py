@@ -1,0 +1,37 @@
+"""Settings every service reads from the environment (pydantic-settings)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class MootSettings(BaseSettings):
+    """Connection and naming settings shared by all services.
+
+    `namespace` prefixes every subject, stream, consumer and KV bucket, so that several
+    deployments (or several test runs) can share one NATS server without seeing each other.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="MOOT_", extra="ignore", populate_by_name=True)
+
+    nats_url: str = Field("nats://127.0.0.1:4222", validation_alias="NATS_URL")
+    database_url: str = Field("postgresql://postgres@127.0.0.1:5432/test", validation_alias="DATABASE_URL")
+    namespace: str = "moot"
+    # How long events stay replayable in JetStream and run state stays in KV.
+    event_retention_seconds: float = 7 * 24 * 3600
+    state_ttl_seconds: float = 7 * 24 * 3600
+    # JetStream redelivery bound for call jobs; after the last attempt the call is reported failed.
+    call_max_attempts: int = 4
+    # Above the slowest model call: a job in a worker's hands is not redelivered to another.
+    call_ack_wait_seconds: float = 300.0
+    call_timeout_seconds: float = 240.0
+    models_file: str | None = None
+    log_level: str = "INFO"
+
+
+@lru_cache
+def get_settings() -> MootSettings:
+    return MootSettings()
