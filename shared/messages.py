@@ -30,7 +30,9 @@ class _Strict(BaseModel):
 class MemberSpec(_Strict):
     """A model taking part, as `count` independent instances."""
 
-    model: str = Field(min_length=1, max_length=200, description="Model name from the model list, or a litellm model id.")
+    model: str = Field(
+        min_length=1, max_length=200, description="Model name from the model list, or a litellm model id."
+    )
     count: int = Field(1, ge=1, le=16, description="Number of independent instances of this model.")
 
     @field_validator("model")
@@ -167,6 +169,7 @@ class _CallOutcome(_Event):
     instance: int
     attempts: int = 1
     latency_ms: int = 0
+    worker: str = ""  # which worker process made the call (host:pid), for operators
 
 
 class CallCompleted(_CallOutcome):
@@ -232,7 +235,13 @@ class RunFailed(_Event):
 
 
 RunEvent = Annotated[
-    RunCreated | IterationStarted | CallCompleted | CallFailed | IterationCompleted | RunCompleted | RunFailed,
+    RunCreated
+    | IterationStarted
+    | CallCompleted
+    | CallFailed
+    | IterationCompleted
+    | RunCompleted
+    | RunFailed,
     Field(discriminator="type"),
 ]
 run_event_adapter: TypeAdapter[

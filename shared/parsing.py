@@ -144,7 +144,9 @@ def parse_arbiter(text: str) -> ArbiterVerdict:
 
 
 _MEMBER_CONF_TAG = re.compile(r"<confidence>\s*([^<]*?)\s*</confidence>", re.IGNORECASE)
-_MEMBER_CONF_PROSE = re.compile(r"confidence(?:\s+level)?\s*(?:is|of)?\s*[:=]?\s*\**\s*([\d.]+\s*%?(?:/10)?)", re.I)
+_MEMBER_CONF_PROSE = re.compile(
+    r"confidence(?:\s+level)?\s*(?:is|of)?\s*[:=]?\s*\**\s*([\d.]+\s*%?(?:/10)?)", re.I
+)
 
 
 def extract_member_confidence(text: str) -> float | None:

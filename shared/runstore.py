@@ -15,14 +15,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KeyValue
-from pydantic import BaseModel, Field
-
 from moot.messages import CallJob
 from moot.protocols import protocol_for
 from moot.protocols.base import Command, Transition
 from moot.subjects import Names
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+from pydantic import BaseModel, Field
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +53,9 @@ class RunStore:
 
     def encode(self, command: Command) -> OutboxItem:
         if isinstance(command, CallJob):
-            return OutboxItem(subject=self.names.call_jobs, msg_id=command.call_id, payload=command.model_dump_json())
+            return OutboxItem(
+                subject=self.names.call_jobs, msg_id=command.call_id, payload=command.model_dump_json()
+            )
         return OutboxItem(
             subject=self.names.run_event(command.run_id, command.type),
             msg_id=command.event_id(),
@@ -138,4 +139,6 @@ class RunStore:
                 if got is None:
                     return
                 stored, revision = got
-        log.warning("run %s: outbox not cleared after conflicts; it will be republished (deduplicated)", run_id)
+        log.warning(
+            "run %s: outbox not cleared after conflicts; it will be republished (deduplicated)", run_id
+        )

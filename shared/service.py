@@ -17,7 +17,6 @@ from contextlib import asynccontextmanager
 import uvicorn
 from fastapi import FastAPI, Response
 from faststream.nats import NatsBroker
-
 from moot.settings import MootSettings
 
 

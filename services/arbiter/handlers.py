@@ -7,12 +7,11 @@ from collections.abc import Callable
 
 from faststream import AckPolicy
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsMessage, PullSub
-from nats.js.api import AckPolicy as JsAckPolicy
-from pydantic import ValidationError
-
 from moot.messages import parse_event
 from moot.runstore import RunStore
 from moot.subjects import Names
+from nats.js.api import AckPolicy as JsAckPolicy
+from pydantic import ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -42,5 +41,7 @@ def register(broker: NatsBroker, names: Names, get_store: Callable[[], RunStore]
             await msg.nack(delay=1.0)
             return
         if not known:
-            log.warning("run %s: %s for a run with no state (expired or never created)", event.run_id, event.type)
+            log.warning(
+                "run %s: %s for a run with no state (expired or never created)", event.run_id, event.type
+            )
         await msg.ack()

@@ -10,7 +10,6 @@ from contextlib import asynccontextmanager
 import asyncpg
 import uvicorn
 from fastapi import FastAPI
-
 from moot.nats import ensure_topology, make_broker, publish_all
 from moot.runstore import RunStore
 from moot.service import setup_logging
@@ -38,7 +37,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
     pool: asyncpg.Pool | None = None
     try:
-        pool = await asyncpg.create_pool(settings.database_url, min_size=gw.db_pool_min, max_size=gw.db_pool_max)
+        pool = await asyncpg.create_pool(
+            settings.database_url, min_size=gw.db_pool_min, max_size=gw.db_pool_max
+        )
     except (OSError, asyncpg.PostgresError) as exc:
         # Runs still work without it; only finished runs that left KV cannot be read. /readyz says so.
         log.error("Postgres unavailable at start: %s", type(exc).__name__)

@@ -5,13 +5,14 @@ litellm is called with `num_retries=0`: retries belong to JetStream redelivery, 
 
 from __future__ import annotations
 
+import os
 import random
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import litellm
-
 from moot.messages import CallCompleted, CallFailed, CallJob, Usage
 from moot.models import ModelList
 
@@ -38,8 +39,12 @@ class Retry:
         )
 
 
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+
+
 def _outcome_fields(job: CallJob, attempts: int) -> dict[str, Any]:
     return {
+        "worker": WORKER_ID,
         "run_id": job.run_id,
         "call_id": job.call_id,
         "iteration": job.iteration,
@@ -96,7 +101,11 @@ class ModelCaller:
             params = self.models.resolve(job.model)
         except KeyError as exc:
             return CallFailed(**common, error=str(exc), error_type="configuration")
-        optional = {k: v for k, v in (("temperature", job.temperature), ("max_tokens", job.max_tokens)) if v is not None}
+        optional = {
+            k: v
+            for k, v in (("temperature", job.temperature), ("max_tokens", job.max_tokens))
+            if v is not None
+        }
         try:
             response = await litellm.acompletion(
                 messages=[m.model_dump() for m in job.messages],
@@ -113,7 +122,9 @@ class ModelCaller:
             )
             if retryable:
                 return Retry(_error_text(exc), type(exc).__name__, self.backoff(attempt, _retry_after(exc)))
-            return CallFailed(**common, error=_error_text(exc), error_type=type(exc).__name__, latency_ms=latency)
+            return CallFailed(
+                **common, error=_error_text(exc), error_type=type(exc).__name__, latency_ms=latency
+            )
 
         latency = int((time.perf_counter() - started) * 1000)
         try:
@@ -121,7 +132,9 @@ class ModelCaller:
             text = choice.message.content or ""
             finish_reason = choice.finish_reason
         except (AttributeError, IndexError) as exc:
-            return CallFailed(**common, error=f"malformed response: {exc}", error_type="malformed", latency_ms=latency)
+            return CallFailed(
+                **common, error=f"malformed response: {exc}", error_type="malformed", latency_ms=latency
+            )
         usage = getattr(response, "usage", None)
         return CallCompleted(
             **common,

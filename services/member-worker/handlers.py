@@ -8,19 +8,20 @@ import logging
 
 from faststream import AckPolicy
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsMessage, PullSub
-from nats.js.api import AckPolicy as JsAckPolicy
-from pydantic import ValidationError
-
 from moot.messages import CallJob
 from moot.nats import MSG_ID
 from moot.settings import MootSettings
 from moot.subjects import Names
 from moot_member_worker.calls import ModelCaller, Retry
+from nats.js.api import AckPolicy as JsAckPolicy
+from pydantic import ValidationError
 
 log = logging.getLogger(__name__)
 
 
-def register(broker: NatsBroker, names: Names, settings: MootSettings, caller: ModelCaller, concurrency: int) -> None:
+def register(
+    broker: NatsBroker, names: Names, settings: MootSettings, caller: ModelCaller, concurrency: int
+) -> None:
     @broker.subscriber(
         names.call_jobs,
         stream=JStream(names.jobs_stream, declare=False),
@@ -53,7 +54,13 @@ def register(broker: NatsBroker, names: Names, settings: MootSettings, caller: M
             heartbeat.cancel()
         if isinstance(outcome, Retry):
             if attempt < settings.call_max_attempts:
-                log.warning("call %s attempt %d: %s; retrying in %.1fs", job.call_id, attempt, outcome.error_type, outcome.delay)
+                log.warning(
+                    "call %s attempt %d: %s; retrying in %.1fs",
+                    job.call_id,
+                    attempt,
+                    outcome.error_type,
+                    outcome.delay,
+                )
                 await msg.nack(delay=outcome.delay)
                 return
             outcome = outcome.give_up(job, attempt)

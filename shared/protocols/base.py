@@ -5,9 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
-from pydantic import BaseModel
-
 from moot.messages import CallJob
+from pydantic import BaseModel
 
 S = TypeVar("S", bound=BaseModel)
 
@@ -30,5 +29,3 @@ class RunProtocol(Protocol):
     def decide(self, state: Any, event: Any) -> Transition[Any]: ...
 
     def view(self, state: Any) -> dict[str, Any]: ...
-
-

@@ -15,8 +15,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
-
 from moot import prompts
 from moot.messages import (
     ArbiterVerdict,
@@ -34,6 +32,7 @@ from moot.messages import (
 )
 from moot.parsing import extract_member_confidence, parse_arbiter
 from moot.protocols.base import Command, Transition
+from pydantic import BaseModel, Field
 
 CallStatus = Literal["pending", "completed", "failed"]
 RunStatus = Literal["running", "completed", "failed", "cancelled"]
@@ -53,6 +52,7 @@ class Call(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     latency_ms: int = 0
     attempts: int = 0
+    worker: str = ""
 
 
 class Iteration(BaseModel):
@@ -113,11 +113,15 @@ def decide(state: ConsortiumState, event: Any) -> Transition[ConsortiumState]:
             return Transition(state, [])
         if all(m.status == "failed" for m in state.current.members):
             errors = "; ".join(f"{m.model}#{m.instance}: {m.error}" for m in state.current.members)
-            return _fail(state, f"every member call failed in iteration {state.current.number}: {errors}", event.at)
+            return _fail(
+                state, f"every member call failed in iteration {state.current.number}: {errors}", event.at
+            )
         return Transition(state, _ask_arbiter(state))
 
     if isinstance(event, CallFailed):
-        return _fail(state, f"arbiter call failed in iteration {state.current.number}: {event.error}", event.at)
+        return _fail(
+            state, f"arbiter call failed in iteration {state.current.number}: {event.error}", event.at
+        )
     return _judge_iteration(state, event.text, event.at)
 
 
@@ -238,7 +242,9 @@ def arbiter_prompt(state: ConsortiumState) -> str:
                 for prev in state.iterations[:-1]
             )
         )
-    instructions = prompts.ARBITER_INSTRUCTIONS.format(system=state.request.system) if state.request.system else ""
+    instructions = (
+        prompts.ARBITER_INSTRUCTIONS.format(system=state.request.system) if state.request.system else ""
+    )
     return prompts.ARBITER_PROMPT.format(
         instructions=instructions,
         prompt=state.request.prompt,
@@ -260,11 +266,15 @@ def _judge_iteration(state: ConsortiumState, arbiter_text: str, at: datetime) ->
     )
     if decision == "stop":
         state.status, state.result, state.reason, state.finished_at = "completed", verdict, reason, at
-        return Transition(state, [done, RunCompleted(run_id=state.run_id, reason=reason, run=view(state), at=at)])
+        return Transition(
+            state, [done, RunCompleted(run_id=state.run_id, reason=reason, run=view(state), at=at)]
+        )
     return Transition(state, [done, *_ask_members(state, _refinement_prompt(req, verdict), at)])
 
 
-def stop_rule(iteration: int, verdict: ArbiterVerdict, req: ConsortiumRequest) -> tuple[Literal["stop", "iterate"], str]:
+def stop_rule(
+    iteration: int, verdict: ArbiterVerdict, req: ConsortiumRequest
+) -> tuple[Literal["stop", "iterate"], str]:
     """Stop when the minimum is done, the arbiter is confident enough and wants no more, or at the maximum.
 
     A missing `needs_iteration` counts as not asking for more (the confidence still has to be
@@ -282,7 +292,10 @@ def stop_rule(iteration: int, verdict: ArbiterVerdict, req: ConsortiumRequest) -
         reasons.append("the arbiter asked for another iteration")
     if not reasons:
         assert conf is not None
-        return "stop", f"confidence {conf:.2f} meets threshold {req.confidence_threshold:.2f} at iteration {iteration}"
+        return (
+            "stop",
+            f"confidence {conf:.2f} meets threshold {req.confidence_threshold:.2f} at iteration {iteration}",
+        )
     if iteration >= req.max_iterations:
         return "stop", f"reached max_iterations ({req.max_iterations}); " + "; ".join(reasons)
     return "iterate", "; ".join(reasons)
@@ -310,7 +323,7 @@ def _find_pending_call(state: ConsortiumState, call_id: str) -> Call | None:
 
 
 def _record_outcome(state: ConsortiumState, call: Call, event: CallCompleted | CallFailed) -> None:
-    call.attempts, call.latency_ms = event.attempts, event.latency_ms
+    call.attempts, call.latency_ms, call.worker = event.attempts, event.latency_ms, event.worker
     if isinstance(event, CallCompleted):
         call.status, call.text, call.usage = "completed", event.text, event.usage
         if call.role == "member":

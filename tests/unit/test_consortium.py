@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-
 from moot.messages import (
     ArbiterVerdict,
     CallCompleted,
@@ -77,10 +76,14 @@ def failed(job: CallJob, error: str = "boom") -> CallFailed:
     )
 
 
-def answer_members(state: ConsortiumState, member_jobs: list[CallJob]) -> tuple[ConsortiumState, list[object]]:
+def answer_members(
+    state: ConsortiumState, member_jobs: list[CallJob]
+) -> tuple[ConsortiumState, list[object]]:
     commands: list[object] = []
     for job in member_jobs:
-        state, commands = consortium.decide(state, done(job, f"{job.model}#{job.instance} says 4\nConfidence: 0.7"))
+        state, commands = consortium.decide(
+            state, done(job, f"{job.model}#{job.instance} says 4\nConfidence: 0.7")
+        )
     return state, commands
 
 
@@ -170,7 +173,9 @@ def test_member_that_failed_earlier_has_no_turn_in_its_history() -> None:
         (3, None, None, "stop", "reached max_iterations (3)"),
     ],
 )
-def test_stop_rule_branches(iteration: int, conf: float | None, needs: bool | None, expected: str, reason_part: str) -> None:
+def test_stop_rule_branches(
+    iteration: int, conf: float | None, needs: bool | None, expected: str, reason_part: str
+) -> None:
     verdict = ArbiterVerdict(synthesis="s", confidence=conf, needs_iteration=needs)
     decision, reason = stop_rule(iteration, verdict, request())
     assert decision == expected

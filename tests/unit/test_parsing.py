@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from moot.parsing import extract_member_confidence, parse_arbiter, parse_confidence_value
 
 WELL_FORMED = """<synthesis>Paris is the capital of France.</synthesis>
@@ -42,7 +41,9 @@ def test_reordered_tags_and_code_fence() -> None:
 
 
 def test_partial_optional_tags_missing_is_recorded_not_malformed() -> None:
-    v = parse_arbiter("<synthesis>S</synthesis><confidence>0.9</confidence><needs_iteration>no</needs_iteration>")
+    v = parse_arbiter(
+        "<synthesis>S</synthesis><confidence>0.9</confidence><needs_iteration>no</needs_iteration>"
+    )
     assert v.synthesis == "S" and v.confidence == pytest.approx(0.9) and v.needs_iteration is False
     assert not v.malformed
     assert set(v.problems) == {"missing <analysis>", "missing <dissent>", "missing <refinement_areas>"}
@@ -56,7 +57,9 @@ def test_missing_confidence_is_none_and_malformed() -> None:
 
 
 def test_confidence_as_percentage_and_out_of_ten() -> None:
-    assert parse_arbiter("<synthesis>S</synthesis><confidence>85%</confidence>").confidence == pytest.approx(0.85)
+    assert parse_arbiter("<synthesis>S</synthesis><confidence>85%</confidence>").confidence == pytest.approx(
+        0.85
+    )
     assert parse_confidence_value("85") == pytest.approx(0.85)
     assert parse_confidence_value("8.5/10") == pytest.approx(0.85)
     assert parse_confidence_value(".7") == pytest.approx(0.7)
@@ -65,7 +68,9 @@ def test_confidence_as_percentage_and_out_of_ten() -> None:
 
 
 def test_unreadable_confidence_and_needs_iteration() -> None:
-    v = parse_arbiter("<synthesis>S</synthesis><confidence>very high</confidence><needs_iteration>maybe</needs_iteration>")
+    v = parse_arbiter(
+        "<synthesis>S</synthesis><confidence>very high</confidence><needs_iteration>maybe</needs_iteration>"
+    )
     assert v.confidence is None and v.needs_iteration is None
     assert v.malformed
     assert any(p.startswith("unreadable confidence") for p in v.problems)
@@ -73,7 +78,9 @@ def test_unreadable_confidence_and_needs_iteration() -> None:
 
 
 def test_unclosed_synthesis_runs_to_next_tag() -> None:
-    v = parse_arbiter("<synthesis>The answer is 4.\n<confidence>0.8</confidence><needs_iteration>false</needs_iteration>")
+    v = parse_arbiter(
+        "<synthesis>The answer is 4.\n<confidence>0.8</confidence><needs_iteration>false</needs_iteration>"
+    )
     assert v.synthesis == "The answer is 4."
     assert v.confidence == pytest.approx(0.8)
     assert v.malformed

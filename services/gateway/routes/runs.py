@@ -8,13 +8,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Response, status
 from fastapi.sse import EventSourceResponse, ServerSentEvent
-from nats.errors import TimeoutError as NatsTimeout
-from nats.js.api import ConsumerConfig, DeliverPolicy
-
 from moot.messages import TERMINAL_EVENT_TYPES, RunRequest, utcnow
 from moot.protocols import protocol_for
 from moot.records import fetch_run_view
 from moot_gateway.deps import Clients, ClientsDep
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
@@ -79,7 +78,9 @@ async def run_events(
         try:
             start_after = int(last_event_id)
         except ValueError as exc:
-            raise HTTPException(status.HTTP_400_BAD_REQUEST, detail="Last-Event-ID must be an event id") from exc
+            raise HTTPException(
+                status.HTTP_400_BAD_REQUEST, detail="Last-Event-ID must be an event id"
+            ) from exc
     async for event in _replay(clients, run_id, start_after):
         yield event
 
@@ -102,7 +103,9 @@ async def _replay(clients: Clients, run_id: str, start_after: int) -> AsyncItera
             except NatsTimeout:
                 continue  # the response class sends keep-alive comments meanwhile
             event_type = names.event_type_of(msg.subject)
-            yield ServerSentEvent(raw_data=msg.data.decode(), event=event_type, id=str(msg.metadata.sequence.stream))
+            yield ServerSentEvent(
+                raw_data=msg.data.decode(), event=event_type, id=str(msg.metadata.sequence.stream)
+            )
             if event_type in TERMINAL_EVENT_TYPES:
                 return
     finally:
