@@ -1,0 +1,121 @@
+"""The run store on a real NATS server: CAS under concurrent arbiters, and the outbox after a crash."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from fnmatch import fnmatch
+from typing import Any
+
+import pytest
+from nats.js.errors import NotFoundError
+
+from moot.messages import CallCompleted, CallJob, ConsortiumRequest, MemberSpec, Usage, parse_event
+from moot.nats import ensure_topology, make_broker, publish_all
+from moot.protocols import consortium
+from moot.runstore import RunExists, RunStore
+from moot.settings import MootSettings
+from moot.subjects import Names
+
+T0 = datetime(2026, 11, 22, tzinfo=UTC)
+
+
+@pytest.fixture
+async def env(nats_url: str, namespace: str) -> AsyncIterator[tuple[RunStore, Names, object]]:
+    settings = MootSettings(NATS_URL=nats_url, namespace=namespace)
+    names = Names(namespace)
+    broker = make_broker(settings)
+    await broker.connect()
+    js = broker.connection.jetstream()
+    kv = await ensure_topology(js, names, settings)
+
+    async def publish(items: list[tuple[str, str, bytes]]) -> None:
+        await publish_all(broker, names, items)
+
+    yield RunStore(kv=kv, names=names, publish=publish), names, js
+    for stream in (names.runs_stream, names.jobs_stream, f"KV_{names.state_bucket}"):
+        await js.delete_stream(stream)
+    await broker.stop()
+
+
+def _request() -> ConsortiumRequest:
+    return ConsortiumRequest(prompt="q", members=[MemberSpec(model="m", count=6)], arbiter="arb")
+
+
+def _completed(job: CallJob) -> CallCompleted:
+    return CallCompleted(
+        run_id=job.run_id,
+        call_id=job.call_id,
+        iteration=job.iteration,
+        role=job.role,
+        model=job.model,
+        instance=job.instance,
+        text="answer",
+        usage=Usage(input_tokens=1, output_tokens=1),
+    )
+
+
+async def _stored(js: Any, stream: str, subject: str) -> list[str]:
+    """Payloads of the stream's messages on `subject` (read directly: a work queue admits no reader)."""
+    info = await js.stream_info(stream)
+    got: list[str] = []
+    if not info.state.messages:
+        return got
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        try:
+            msg = await js.get_msg(stream, seq)
+        except NotFoundError:
+            continue
+        if fnmatch(msg.subject, subject.replace(">", "*")):
+            got.append(msg.data.decode())
+    return got
+
+
+async def test_concurrent_arbiters_decide_once(env: tuple[RunStore, Names, object]) -> None:
+    store, names, js = env
+    run_id = "1" * 32
+    t = consortium.start(run_id, _request(), T0)
+    await store.create(run_id, "consortium", t)
+    with pytest.raises(RunExists):
+        await store.create(run_id, "consortium", t)
+    jobs = [c for c in t.commands if isinstance(c, CallJob)]
+    # Six outcomes applied at once, each twice (a redelivery racing the original), by "arbiters"
+    # that share nothing but the bucket: exactly one arbiter job may come out.
+    await asyncio.gather(*(store.apply(run_id, _completed(j)) for j in jobs * 2))
+
+    loaded = await store.load(run_id)
+    assert loaded is not None
+    _, state = loaded
+    assert [m.status for m in state.iterations[0].members] == ["completed"] * 6
+    assert state.usage.input_tokens == 6  # each outcome counted once
+
+    job_payloads = await _stored(js, names.jobs_stream, names.call_jobs)
+    arbiter_jobs = [p for p in job_payloads if CallJob.model_validate_json(p).role == "arbiter"]
+    assert len(arbiter_jobs) == 1
+    assert len(job_payloads) == 7  # 6 members + 1 arbiter, none duplicated
+    events = [parse_event(p).type for p in await _stored(js, names.runs_stream, names.run_events(run_id))]
+    assert events == ["run.created", "iteration.started"]
+
+
+async def test_outbox_left_by_a_crash_is_published_by_the_next_touch(env: tuple[RunStore, Names, object]) -> None:
+    store, names, js = env
+    run_id = "2" * 32
+    t = consortium.start(run_id, _request(), T0)
+    published: list[str] = []
+
+    async def crash_before_publish(items: list[tuple[str, str, bytes]]) -> None:
+        published.extend(i[1] for i in items)
+        raise ConnectionError("process died")
+
+    crashing = RunStore(kv=store.kv, names=names, publish=crash_before_publish)
+    with pytest.raises(ConnectionError):
+        await crashing.create(run_id, "consortium", t)
+    assert await _stored(js, names.jobs_stream, names.call_jobs) == []  # nothing reached NATS
+
+    # The redelivered event of any call finds the outbox and publishes it (plus its own effects).
+    job = next(c for c in t.commands if isinstance(c, CallJob))
+    assert await store.apply(run_id, _completed(job))
+    assert len(await _stored(js, names.jobs_stream, names.call_jobs)) == 6
+    entry = await store.kv.get(run_id)
+    assert b'"outbox":[]' in entry.value
