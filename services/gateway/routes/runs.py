@@ -6,7 +6,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Response, status
+from fastapi import APIRouter, Depends, Header, HTTPException, Response, status
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from moot.messages import TERMINAL_EVENT_TYPES, RunRequest, utcnow
 from moot.protocols import protocol_for
@@ -59,28 +59,34 @@ async def get_run(run_id: str, clients: ClientsDep) -> dict[str, Any]:
     return {**view, "links": _links(run_id)}
 
 
+async def _existing_run(run_id: str, clients: ClientsDep) -> str:
+    # A dependency, not the body: an SSE endpoint's body runs after the 200 has been sent.
+    _check_id(run_id)
+    if await _run_view(clients, run_id) is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"run {run_id!r} not found")
+    return run_id
+
+
+def _start_after(last_event_id: Annotated[str | None, Header()] = None) -> int:
+    if not last_event_id:
+        return 0
+    try:
+        return int(last_event_id)
+    except ValueError as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, detail="Last-Event-ID must be an event id") from exc
+
+
 @router.get("/{run_id}/events", response_class=EventSourceResponse)
 async def run_events(
-    run_id: str,
+    run_id: Annotated[str, Depends(_existing_run)],
+    start_after: Annotated[int, Depends(_start_after)],
     clients: ClientsDep,
-    last_event_id: Annotated[str | None, Header()] = None,
 ) -> AsyncIterator[ServerSentEvent]:
     """The run's events as SSE, replayed from JetStream; `id` is the stream sequence.
 
     A client that reconnects with `Last-Event-ID` gets everything after that event; the stream
     ends after the run's final event.
     """
-    _check_id(run_id)
-    if await _run_view(clients, run_id) is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"run {run_id!r} not found")
-    start_after = 0
-    if last_event_id:
-        try:
-            start_after = int(last_event_id)
-        except ValueError as exc:
-            raise HTTPException(
-                status.HTTP_400_BAD_REQUEST, detail="Last-Event-ID must be an event id"
-            ) from exc
     async for event in _replay(clients, run_id, start_after):
         yield event
 

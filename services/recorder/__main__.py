@@ -1,0 +1,3 @@
+from moot_recorder.main import main
+
+main()

@@ -1,0 +1,30 @@
+"""Recorder settings (env prefix MOOT_RECORDER_)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RecorderSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MOOT_RECORDER_", extra="ignore")
+
+    # Events per database transaction, and how long to wait for a batch to fill up.
+    batch_size: int = Field(256, ge=1, le=10_000)
+    batch_timeout_seconds: float = Field(0.3, gt=0)
+    # A batch not acked within ack_wait is redelivered (to any replica): well above a slow write.
+    ack_wait_seconds: float = Field(60.0, gt=0)
+    # Deliveries of one event before JetStream gives up on it for the recorder. With the nack
+    # backoff below (1, 2, 4, ... 60 s) 20 deliveries ride out roughly 15 minutes of database outage.
+    max_deliver: int = Field(20, ge=1)
+    # Unacked events across all replicas; fetching stalls beyond it.
+    max_ack_pending: int = Field(4096, ge=1)
+    retry_delay_base_seconds: float = Field(1.0, gt=0)
+    retry_delay_max_seconds: float = Field(60.0, gt=0)
+    # Each replica writes one batch at a time, so a small pool is plenty.
+    pool_min_size: int = Field(1, ge=0)
+    pool_max_size: int = Field(4, ge=1)
+    # How long to wait for Postgres at start before giving up (and letting the orchestrator restart us).
+    connect_timeout_seconds: float = Field(60.0, gt=0)
+    # Statement timeout on the client side; below ack_wait so a stuck write is nacked, not redelivered.
+    command_timeout_seconds: float = Field(30.0, gt=0)

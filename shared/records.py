@@ -1,0 +1,62 @@
+"""The run records in Postgres: table names, and reading a run back when NATS KV no longer has it.
+
+The recorder service (`moot_recorder`) writes these tables from the run events; its
+`schema.sql` defines them. Other services only read them, through this module.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+# One place for the table names: the recorder's writer and every reader use these.
+RUNS_TABLE = "runs"
+ITERATIONS_TABLE = "iterations"
+CALLS_TABLE = "calls"
+EVENTS_TABLE = "events"
+TABLES = (RUNS_TABLE, ITERATIONS_TABLE, CALLS_TABLE, EVENTS_TABLE)
+
+
+class _Fetcher(Protocol):
+    """What `fetch_run_view` needs: an asyncpg Pool or Connection."""
+
+    async def fetchrow(self, query: str, *args: Any) -> Any: ...
+
+
+# `::text` for the jsonb columns: the result does not depend on the caller's type codecs.
+_RUN_QUERY = f"""
+SELECT id, mode, status, created_at, finished_at, reason, request::text AS request,
+       view::text AS view, input_tokens, output_tokens, cost_usd
+FROM {RUNS_TABLE} WHERE id = $1
+"""
+
+
+async def fetch_run_view(pool: _Fetcher, run_id: str) -> dict[str, Any] | None:
+    """The run as GET /v1/runs/{id} shows it, from Postgres; None when the recorder has no such run.
+
+    A finished run returns the full view its run.completed/run.failed event carried. A run
+    still running (or whose end the recorder has not seen yet) returns a minimal view with the
+    same keys, built from the runs row: `iterations` is empty and `result` is None there.
+    """
+    row = await pool.fetchrow(_RUN_QUERY, run_id)
+    if row is None:
+        return None
+    if row["view"] is not None:
+        view: dict[str, Any] = json.loads(row["view"])
+        return view
+    return {
+        "id": row["id"],
+        "mode": row["mode"],
+        "status": row["status"],
+        "created_at": row["created_at"].isoformat() if row["created_at"] else None,
+        "finished_at": row["finished_at"].isoformat() if row["finished_at"] else None,
+        "reason": row["reason"],
+        "request": json.loads(row["request"]) if row["request"] is not None else None,
+        "result": None,
+        "iterations": [],
+        "usage": {
+            "input_tokens": row["input_tokens"] or 0,
+            "output_tokens": row["output_tokens"] or 0,
+            "cost_usd": row["cost_usd"],
+        },
+    }

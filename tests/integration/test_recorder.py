@@ -1,0 +1,389 @@
+"""The recorder against real NATS and Postgres: run events in, rows out, exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import httpx
+import nats
+import pytest
+from moot.messages import (
+    CallCompleted,
+    CallFailed,
+    CallJob,
+    ConsortiumRequest,
+    IterationCompleted,
+    MemberSpec,
+    RunCompleted,
+    RunCreated,
+    RunFailed,
+    Usage,
+)
+from moot.nats import MSG_ID, ensure_topology
+from moot.protocols import consortium
+from moot.records import fetch_run_view
+from moot.settings import MootSettings
+from moot.subjects import Names
+from moot_recorder.handlers import BatchRecorder
+from moot_recorder.main import create_app
+from moot_recorder.settings import RecorderSettings
+from moot_recorder.writer import Writer, envelope_from, to_rows, trace_id_from
+from nats.js import JetStreamContext
+
+T0 = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+ARBITER_TEXT = (
+    "<synthesis>2 + 2 = 4.</synthesis><confidence>0.9</confidence><analysis>All agree.</analysis>"
+    "<dissent>None.</dissent><needs_iteration>false</needs_iteration><refinement_areas></refinement_areas>"
+)
+
+
+def make_request(prompt: str = "What is 2 + 2?") -> ConsortiumRequest:
+    return ConsortiumRequest(
+        prompt=prompt,
+        members=[
+            MemberSpec(model="alpha", count=3),
+            MemberSpec(model="beta", count=2),
+            MemberSpec(model="gamma"),
+        ],
+        arbiter="judge",
+        max_iterations=2,
+    )
+
+
+def consortium_run(run_id: str) -> list[Any]:
+    """The events of a one-iteration consortium run, made by the real protocol.
+
+    Six member calls (one fails), the arbiter's answer, the verdict, the end: 11 events.
+    """
+    transition = consortium.start(run_id, make_request(), T0)
+    events = [c for c in transition.commands if not isinstance(c, CallJob)]
+    jobs = [c for c in transition.commands if isinstance(c, CallJob)]
+    state = transition.state
+    while jobs:
+        job = jobs.pop(0)
+        outcome: CallCompleted | CallFailed
+        if job.model == "beta" and job.instance == 2:
+            outcome = CallFailed(
+                run_id=run_id, call_id=job.call_id, iteration=job.iteration, role=job.role, model=job.model,
+                instance=job.instance, error="provider timed out", error_type="timeout", attempts=3,
+                latency_ms=30_000, at=T0,
+            )  # fmt: skip
+        else:
+            text = (
+                ARBITER_TEXT
+                if job.role == "arbiter"
+                else f"It is 4. <confidence>0.{job.instance + 6}</confidence>"
+            )
+            outcome = CallCompleted(
+                run_id=run_id, call_id=job.call_id, iteration=job.iteration, role=job.role, model=job.model,
+                instance=job.instance, text=text, usage=Usage(input_tokens=100, output_tokens=20, cost_usd=0.001),
+                finish_reason="stop", latency_ms=250, at=T0,
+            )  # fmt: skip
+        events.append(outcome)
+        transition = consortium.decide(state, outcome)
+        state = transition.state
+        events += [c for c in transition.commands if not isinstance(c, CallJob)]
+        jobs += [c for c in transition.commands if isinstance(c, CallJob)]
+    assert state.status == "completed"
+    return events
+
+
+@dataclass
+class Recorder:
+    js: JetStreamContext
+    names: Names
+    pool: asyncpg.Pool
+    app: Any
+
+    @property
+    def handler(self) -> BatchRecorder:
+        return self.app.state.recorder
+
+    async def publish(self, event: Any, *, dedup: bool = True, headers: dict[str, str] | None = None) -> int:
+        """Publish like the arbiter does (Nats-Msg-Id = event id), or without, like a late republish."""
+        hdrs = dict(headers or {})
+        if dedup:
+            hdrs[MSG_ID] = event.event_id()
+        subject = self.names.run_event(event.run_id, event.type)
+        ack = await self.js.publish(subject, event.model_dump_json().encode(), headers=hdrs or None)
+        return ack.seq
+
+    async def publish_raw(self, subject: str, data: bytes) -> int:
+        return (await self.js.publish(subject, data)).seq
+
+    async def consumed(self, seq: int, within: float = 10.0) -> None:
+        """Wait until the recorder has acked everything up to stream sequence `seq`."""
+        deadline = asyncio.get_running_loop().time() + within
+        while True:
+            info = await self.js.consumer_info(self.names.runs_stream, self.names.recorder_consumer)
+            if info.ack_floor.stream_seq >= seq:
+                return
+            assert asyncio.get_running_loop().time() < deadline, f"recorder stuck at {info.ack_floor}"
+            await asyncio.sleep(0.05)
+
+    async def count(self, table: str, run_id: str) -> int:
+        key = "id" if table == "runs" else "run_id"
+        return await self.pool.fetchval(f"SELECT count(*) FROM {table} WHERE {key} = $1", run_id)
+
+    async def run(self, run_id: str) -> asyncpg.Record:
+        return await self.pool.fetchrow("SELECT * FROM runs WHERE id = $1", run_id)
+
+
+@asynccontextmanager
+async def running_recorder(nats_url: str, database_url: str, namespace: str) -> AsyncIterator[Recorder]:
+    settings = MootSettings(nats_url=nats_url, database_url=database_url, namespace=namespace)
+    names = Names(namespace)
+    app = create_app(settings, RecorderSettings(batch_size=64, batch_timeout_seconds=0.1))
+    nc = await nats.connect(nats_url)
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    try:
+        js = nc.jetstream()
+        await ensure_topology(js, names, settings)
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://r") as http:
+                assert (await http.get("/readyz")).status_code == 200
+            yield Recorder(js, names, pool, app)
+        # Clean up the namespace's streams: the NATS server may be shared with other runs.
+        for stream in (names.runs_stream, names.jobs_stream):
+            await js.delete_stream(stream)
+        await js.delete_key_value(names.state_bucket)
+    finally:
+        await pool.close()
+        await nc.close()
+
+
+@pytest.fixture
+async def recorder(nats_url: str, database_url: str, namespace: str) -> AsyncIterator[Recorder]:
+    async with running_recorder(nats_url, database_url, namespace) as rec:
+        yield rec
+
+
+def new_run_id() -> str:
+    return f"run_{uuid.uuid4().hex[:12]}"
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_records_a_run_once_even_when_events_come_again(recorder: Recorder) -> None:
+    run_id = new_run_id()
+    events = consortium_run(run_id)
+    assert [e.type for e in events] == [
+        "run.created", "iteration.started", *["call.completed"] * 4, "call.failed", "call.completed",
+        "call.completed", "iteration.completed", "run.completed",
+    ]  # fmt: skip
+    end = events[-1]
+    assert isinstance(end, RunCompleted)
+    last = 0
+    for event in events:
+        last = await recorder.publish(event, headers={"traceparent": TRACEPARENT})
+    await recorder.consumed(last)
+
+    assert {t: await recorder.count(t, run_id) for t in ("runs", "iterations", "calls", "events")} == {
+        "runs": 1, "iterations": 1, "calls": 7, "events": 11,
+    }  # fmt: skip
+
+    run = await recorder.run(run_id)
+    assert run["mode"] == "consortium"
+    assert run["status"] == "completed"
+    assert run["prompt"] == "What is 2 + 2?"
+    assert json.loads(run["request"]) == make_request().model_dump(mode="json")
+    assert run["reason"] == end.reason and run["reason"].startswith("confidence 0.90 meets threshold")
+    result = json.loads(run["result"])
+    assert (result["synthesis"], result["confidence"], result["analysis"]) == (
+        "2 + 2 = 4.",
+        0.9,
+        "All agree.",
+    )
+    # 5 member answers + the arbiter's, 100/20 tokens each; the failed call has no usage.
+    assert (run["input_tokens"], run["output_tokens"]) == (600, 120)
+    assert run["cost_usd"] == pytest.approx(0.006)
+    assert run["iterations"] == 1
+    assert json.loads(run["view"]) == end.run
+    assert run["created_at"] == T0 and run["finished_at"] == T0
+    assert run["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+
+    it = await recorder.pool.fetchrow("SELECT * FROM iterations WHERE run_id = $1", run_id)
+    assert it["number"] == 1 and it["started_at"] == T0 and it["completed_at"] == T0
+    assert len(it["member_call_ids"]) == 6 and f"{run_id}:1:member:beta:2" in it["member_call_ids"]
+    assert (it["synthesis"], it["confidence"], it["needs_iteration"], it["malformed"]) == (
+        "2 + 2 = 4.",
+        0.9,
+        False,
+        False,
+    )
+    assert (it["decision"], it["dissent"], json.loads(it["refinement_areas"])) == ("stop", "None.", [])
+    assert isinstance(json.loads(it["problems"]), list)
+
+    calls = {
+        r["call_id"]: r for r in await recorder.pool.fetch("SELECT * FROM calls WHERE run_id = $1", run_id)
+    }
+    failed = calls[f"{run_id}:1:member:beta:2"]
+    assert (failed["status"], failed["error"], failed["error_type"], failed["attempts"]) == (
+        "failed", "provider timed out", "timeout", 3,
+    )  # fmt: skip
+    assert failed["text"] is None and failed["input_tokens"] is None
+    arbiter = calls[f"{run_id}:1:arbiter:judge:1"]
+    assert (arbiter["role"], arbiter["status"], arbiter["text"], arbiter["finish_reason"]) == (
+        "arbiter", "completed", ARBITER_TEXT, "stop",
+    )  # fmt: skip
+    assert (arbiter["input_tokens"], arbiter["output_tokens"], arbiter["latency_ms"]) == (100, 20, 250)
+    assert sorted(r["status"] for r in calls.values()) == ["completed"] * 6 + ["failed"]
+
+    seqs = await recorder.pool.fetch("SELECT event_id, stream_seq FROM events WHERE run_id = $1", run_id)
+    first_seqs = {r["event_id"]: r["stream_seq"] for r in seqs}
+    assert set(first_seqs) == {e.event_id() for e in events}
+    assert await fetch_run_view(recorder.pool, run_id) == end.run
+
+    # Redelivery after JetStream's duplicate window: same events, no Nats-Msg-Id, new stream
+    # sequences. Plus a late run.failed for the finished run (it shares run.completed's id).
+    late_fail = RunFailed(run_id=run_id, reason="late failure", run={**end.run, "status": "failed"}, at=T0)
+    again = [events[0], events[1], events[2], events[6], events[-2], events[-1], late_fail]
+    for event in again:
+        last = await recorder.publish(event, dedup=False)
+    await recorder.consumed(last)
+
+    assert {t: await recorder.count(t, run_id) for t in ("runs", "iterations", "calls", "events")} == {
+        "runs": 1, "iterations": 1, "calls": 7, "events": 11,
+    }  # fmt: skip
+    after = await recorder.run(run_id)
+    assert dict(after) | {"updated_at": None} == dict(run) | {"updated_at": None}
+    seqs = await recorder.pool.fetch("SELECT event_id, stream_seq FROM events WHERE run_id = $1", run_id)
+    assert {r["event_id"]: r["stream_seq"] for r in seqs} == first_seqs
+    stats = recorder.handler.stats
+    assert stats.events_written >= 11 and stats.events_duplicate >= len(again)
+    assert stats.batches_written >= 2 and stats.batches_failed == 0 and stats.last_batch_at is not None
+
+
+async def test_end_before_start_still_ends_completed(recorder: Recorder) -> None:
+    """Replicas may write run.completed before run.created: the run must end up completed."""
+    run_id = new_run_id()
+    events = consortium_run(run_id)
+    created, started, end = events[0], events[1], events[-1]
+    assert isinstance(created, RunCreated) and isinstance(end, RunCompleted)
+
+    await recorder.consumed(await recorder.publish(end))
+    run = await recorder.run(run_id)
+    # Everything the end event's view carries is there already.
+    assert (run["status"], run["mode"], run["prompt"], run["created_at"]) == (
+        "completed",
+        "consortium",
+        created.request.prompt,
+        T0,
+    )
+    assert json.loads(run["view"]) == end.run
+
+    await recorder.publish(created, headers={"traceparent": TRACEPARENT})
+    await recorder.consumed(await recorder.publish(started))
+    after = await recorder.run(run_id)
+    assert after["status"] == "completed"
+    assert json.loads(after["view"]) == end.run and after["finished_at"] == T0
+    assert json.loads(after["request"]) == created.request.model_dump(mode="json")
+    assert after["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"  # only run.created carried one
+    assert await recorder.count("iterations", run_id) == 1
+    assert await recorder.count("events", run_id) == 3
+
+
+async def test_running_run_view_and_bad_messages(recorder: Recorder) -> None:
+    """Poison messages are skipped, a row Postgres rejects is isolated, the rest is recorded."""
+    run_id = new_run_id()
+    events = consortium_run(run_id)
+    created, member = events[0], events[2]
+    assert isinstance(member, CallCompleted)
+    # NUL is valid in JSON but not in Postgres text: it must not block the batch.
+    nul_answer = member.model_copy(update={"text": "four\x00!"})
+    # Parses as an event, but latency does not fit a bigint: Postgres (asyncpg) refuses the row.
+    too_big = events[3].model_copy(update={"latency_ms": 2**70})
+    await recorder.publish_raw(recorder.names.run_event(run_id, "call.completed"), b"\xff not json")
+    await recorder.publish_raw(recorder.names.run_event(run_id, "run.created"), b'{"type": "run.created"}')
+    await recorder.publish(created)
+    await recorder.publish(too_big)
+    last = await recorder.publish(nul_answer)
+    await recorder.consumed(last)
+
+    assert await recorder.count("events", run_id) == 2
+    text = await recorder.pool.fetchval("SELECT text FROM calls WHERE call_id = $1", member.call_id)
+    assert text == "four!"
+    assert await recorder.count("calls", run_id) == 1
+    assert recorder.handler.stats.events_skipped >= 3
+
+    view = await fetch_run_view(recorder.pool, run_id)
+    assert view is not None
+    assert (view["id"], view["mode"], view["status"], view["created_at"]) == (
+        run_id,
+        "consortium",
+        "running",
+        T0.isoformat(),
+    )
+    assert view["request"] == created.request.model_dump(mode="json")
+    assert view["result"] is None and view["finished_at"] is None
+    assert await fetch_run_view(recorder.pool, "no-such-run") is None
+
+
+async def test_database_errors_nack_the_batch_for_later(recorder: Recorder, database_url: str) -> None:
+    """A batch the database cannot take (here: tables not found) is redelivered and then recorded."""
+    run_id = new_run_id()
+    events = consortium_run(run_id)[:3]
+    working = recorder.handler.writer
+    assert working is not None
+    # A real pool whose search_path hides the tables: every write fails like an unavailable schema.
+    blind = await asyncpg.create_pool(
+        database_url, min_size=1, max_size=1, server_settings={"search_path": "nowhere"}
+    )
+    try:
+        recorder.handler.writer = Writer(blind)
+        last = 0
+        for event in events:
+            last = await recorder.publish(event)
+        deadline = asyncio.get_running_loop().time() + 5
+        while recorder.handler.stats.batches_failed == 0:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        recorder.handler.writer = working
+        await recorder.consumed(last)  # the nack delay is 1 s
+    finally:
+        await blind.close()
+    assert await recorder.count("events", run_id) == 3
+    assert await recorder.count("calls", run_id) == 1
+    info = await recorder.js.consumer_info(recorder.names.runs_stream, recorder.names.recorder_consumer)
+    assert info.num_pending == 0 and info.num_ack_pending == 0
+
+
+# --------------------------------------------------------------------------------------------- rows
+
+
+def test_row_mapping() -> None:
+    run_id = "r1"
+    events = consortium_run(run_id)
+    envelopes = [envelope_from(e.model_dump_json().encode(), n, {}) for n, e in enumerate(events, start=1)]
+    rows = to_rows(envelopes)
+    assert (len(rows.runs), len(rows.iterations), len(rows.calls)) == (2, 2, 7)
+    created, ended = rows.runs  # stream order kept for one run
+    assert created[:4] == (run_id, "consortium", "running", "What is 2 + 2?") and created[5:12] == (None,) * 7
+    assert ended[2] == "completed" and ended[7:11] == (600, 120, pytest.approx(0.006), 1)
+    verdict = next(r for r in rows.iterations if r[2] is None)
+    assert verdict[4:9] == ("2 + 2 = 4.", 0.9, "All agree.", "None.", False) and verdict[12] == "stop"
+
+    # A view with an unknown status still ends the run, as its end event says.
+    end = events[-1]
+    assert isinstance(end, RunCompleted) and isinstance(events[-2], IterationCompleted)
+    odd = end.model_copy(update={"run": {**end.run, "status": "weird"}})
+    env = envelope_from(odd.model_dump_json().encode(), 99)
+    assert to_rows([env]).runs[0][2] == "completed"
+    failed = RunFailed(run_id=run_id, reason="x", run={"status": "cancelled"})
+    assert to_rows([envelope_from(failed.model_dump_json().encode(), 100)]).runs[0][2] == "cancelled"
+
+    assert trace_id_from({"traceparent": TRACEPARENT}) == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert trace_id_from({"traceparent": "00-" + "0" * 32 + "-00f067aa0ba902b7-01"}) is None
+    assert trace_id_from({"traceparent": "garbage"}) is None and trace_id_from({}) is None
+    with pytest.raises(ValueError):
+        envelope_from(b'{"type": "run.created"}', 1)
