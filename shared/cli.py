@@ -114,7 +114,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="moot", description="Deliberation of language models, distributed.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    up = sub.add_parser("up", help="start NATS, Postgres (embedded unless NATS_URL/DATABASE_URL) and all services")
+    up = sub.add_parser(
+        "up", help="start NATS, Postgres (embedded unless NATS_URL/DATABASE_URL) and all services"
+    )
     _stack_args(up)
 
     demo = sub.add_parser("demo", help="start the stack, run one consortium, print its answer, stop")

@@ -234,23 +234,15 @@ class RunFailed(_Event):
         return f"{self.run_id}:run.end"
 
 
-RunEvent = Annotated[
-    RunCreated
-    | IterationStarted
-    | CallCompleted
-    | CallFailed
-    | IterationCompleted
-    | RunCompleted
-    | RunFailed,
-    Field(discriminator="type"),
-]
-run_event_adapter: TypeAdapter[
+AnyRunEvent = (
     RunCreated | IterationStarted | CallCompleted | CallFailed | IterationCompleted | RunCompleted | RunFailed
-] = TypeAdapter(RunEvent)
+)
+RunEvent = Annotated[AnyRunEvent, Field(discriminator="type")]
+run_event_adapter: TypeAdapter[AnyRunEvent] = TypeAdapter(RunEvent)
 
 CallOutcome = CallCompleted | CallFailed
 TERMINAL_EVENT_TYPES = frozenset({"run.completed", "run.failed"})
 
 
-def parse_event(data: bytes | str) -> Any:
+def parse_event(data: bytes | str) -> AnyRunEvent:
     return run_event_adapter.validate_json(data)

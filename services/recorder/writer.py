@@ -163,16 +163,17 @@ def run_row(env: Envelope) -> Row | None:
         if status not in TERMINAL_STATUSES:
             # The end event is the authority that the run is over, whatever the view says.
             status = "completed" if isinstance(e, RunCompleted) else "failed"
-        request = view.get("request") if isinstance(view.get("request"), dict) else None
-        usage = view.get("usage") if isinstance(view.get("usage"), dict) else {}
+        raw_request, raw_usage = view.get("request"), view.get("usage")
+        end_request: dict[str, Any] | None = raw_request if isinstance(raw_request, dict) else None
+        usage: dict[str, Any] = raw_usage if isinstance(raw_usage, dict) else {}
         iterations = view.get("iterations")
-        prompt = request.get("prompt") if request else None
+        prompt = end_request.get("prompt") if end_request else None
         return (
             e.run_id,
             view.get("mode") if isinstance(view.get("mode"), str) else None,
             status,
             prompt if isinstance(prompt, str) else None,
-            _json(request),
+            _json(end_request),
             e.reason,
             _json(view.get("result")),
             _int(usage.get("input_tokens")),

@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
-from moot.messages import CallJob
+from moot.messages import AnyRunEvent, CallJob
 from pydantic import BaseModel
 
 S = TypeVar("S", bound=BaseModel)
 
 # A command is a message to publish: a call job for the workers, or a run event.
-Command = CallJob | Any
+Command = CallJob | AnyRunEvent
 
 
 class Transition(NamedTuple, Generic[S]):

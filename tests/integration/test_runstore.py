@@ -97,7 +97,9 @@ async def test_concurrent_arbiters_decide_once(env: tuple[RunStore, Names, objec
     assert events == ["run.created", "iteration.started"]
 
 
-async def test_outbox_left_by_a_crash_is_published_by_the_next_touch(env: tuple[RunStore, Names, object]) -> None:
+async def test_outbox_left_by_a_crash_is_published_by_the_next_touch(
+    env: tuple[RunStore, Names, object],
+) -> None:
     store, names, js = env
     run_id = "2" * 32
     t = consortium.start(run_id, _request(), T0)
