@@ -17,7 +17,7 @@ import httpx
 import pytest
 import yaml
 from moot.client import MootClient, RunEventMessage
-from moot.stack import Stack
+from moot.stack import ServiceSpec, Stack, default_services
 from moot.testing.model_server import ModelServer
 
 MEMBERS = ["m1", "m2", "m3"]
@@ -64,6 +64,11 @@ async def stack(
         )
     )
     namespace = f"e2e_{secrets.token_hex(4)}"
+    # Two workers and two arbiters: jobs are shared, and runs are advanced without double decisions.
+    services = [
+        ServiceSpec(s.name, s.argv, instances=2) if s.name == "arbiter" else s
+        for s in default_services(workers=2, port=0)
+    ]
     async with Stack(
         data_dir,
         port=0,
@@ -72,6 +77,7 @@ async def stack(
         models_file=models_file,
         nats_url=nats_url,
         database_url=database_url,
+        services=services,
         # Two calls at a time per worker: six member calls need both workers.
         extra_env={"MOOT_WORKER_CONCURRENCY": "2", "MOOT_WORKER_BACKOFF_BASE_SECONDS": "0.2"},
         progress=None,
