@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import litellm
+import openai.resources  # noqa: F401  # imported lazily by the first call otherwise: seconds of delay on it
 from moot.messages import CallCompleted, CallFailed, CallJob, Usage
 from moot.models import ModelList
 
