@@ -23,6 +23,7 @@ from typing import Any, TypeAlias
 
 import asyncpg
 from moot.messages import (
+    AnyRunEvent,
     CallCompleted,
     CallFailed,
     IterationCompleted,
@@ -36,9 +37,7 @@ from moot.records import CALLS_TABLE, EVENTS_TABLE, ITERATIONS_TABLE, RUNS_TABLE
 
 log = logging.getLogger(__name__)
 
-Event: TypeAlias = (
-    RunCreated | IterationStarted | CallCompleted | CallFailed | IterationCompleted | RunCompleted | RunFailed
-)
+Event: TypeAlias = AnyRunEvent
 TERMINAL_STATUSES = ("completed", "failed", "cancelled")
 
 # Errors a row causes by its content: retrying the same batch fails the same way.

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import cast
 
-from moot.protocols import consortium
+from moot.protocols import consortium, debate
 from moot.protocols.base import RunProtocol
 
 _MODULES: dict[str, RunProtocol] = {
     "consortium": cast(RunProtocol, consortium),
+    "debate": cast(RunProtocol, debate),
 }
 
 

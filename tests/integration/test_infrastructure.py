@@ -176,9 +176,7 @@ def test_with_database_keeps_everything_but_the_name() -> None:
     assert with_database("postgresql://u:p@h:5/test", "db2") == "postgresql://u:p@h:5/db2"
 
 
-async def test_session_database_is_new_and_unique(
-    infrastructure: Infrastructure, database_url: str
-) -> None:
+async def test_session_database_is_new_and_unique(infrastructure: Infrastructure, database_url: str) -> None:
     conn = await asyncpg.connect(database_url)
     try:
         name = await conn.fetchval("SELECT current_database()")
