@@ -6,12 +6,13 @@ import logging
 from collections.abc import Iterable
 
 from faststream.nats import NatsBroker
-from moot.settings import MootSettings
-from moot.subjects import Names
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
 from nats.js.kv import KeyValue
+
+from moot.settings import MootSettings
+from moot.subjects import Names
 
 log = logging.getLogger(__name__)
 

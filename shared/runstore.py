@@ -15,13 +15,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+from pydantic import BaseModel, Field
+
 from moot.messages import CallJob
 from moot.protocols import protocol_for
 from moot.protocols.base import Command, Transition
 from moot.subjects import Names
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KeyValue
-from pydantic import BaseModel, Field
 
 log = logging.getLogger(__name__)
 

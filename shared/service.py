@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 import uvicorn
 from fastapi import FastAPI, Response
 from faststream.nats import NatsBroker
+
 from moot.settings import MootSettings
 
 

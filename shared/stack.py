@@ -36,6 +36,7 @@ from typing import IO, Any
 
 import httpx
 import yaml
+
 from moot.embedded import Infrastructure, resolve_infrastructure
 from moot.subjects import Names
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+
 from moot.embedded import Infrastructure, resolve_infrastructure, with_database
 
 # Test modules may import litellm at collection time, before any fixture runs; without this it

@@ -7,11 +7,12 @@ from collections.abc import Callable
 
 from faststream import AckPolicy
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsMessage, PullSub
+from nats.js.api import AckPolicy as JsAckPolicy
+from pydantic import ValidationError
+
 from moot.messages import parse_event
 from moot.runstore import RunStore
 from moot.subjects import Names
-from nats.js.api import AckPolicy as JsAckPolicy
-from pydantic import ValidationError
 
 log = logging.getLogger(__name__)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from fastapi import FastAPI
+
 from moot.nats import ensure_topology, make_broker, publish_all
 from moot.runstore import RunStore
 from moot.service import serve, service_app, setup_logging

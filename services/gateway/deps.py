@@ -8,6 +8,7 @@ from typing import Annotated
 import asyncpg
 from fastapi import Depends, Request
 from faststream.nats import NatsBroker
+
 from moot.runstore import RunStore
 from moot.settings import MootSettings
 from moot.subjects import Names

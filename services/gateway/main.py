@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 import asyncpg
 import uvicorn
 from fastapi import FastAPI
+
 from moot.nats import ensure_topology, make_broker, publish_all
 from moot.runstore import RunStore
 from moot.service import setup_logging

@@ -9,11 +9,13 @@ import os
 import random
 import socket
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import litellm
 import openai.resources  # noqa: F401  # imported lazily by the first call otherwise: seconds of delay on it
+
 from moot.messages import CallCompleted, CallFailed, CallJob, Usage
 from moot.models import ModelList
 
@@ -95,59 +97,113 @@ class ModelCaller:
         delay = self.backoff_base * (2 ** max(0, attempt - 1))
         return min(self.backoff_max, delay) * random.uniform(0.8, 1.2)
 
-    async def call(self, job: CallJob, attempt: int) -> CallCompleted | CallFailed | Retry:
+    async def call(
+        self, job: CallJob, attempt: int, on_chunk: ChunkSink | None = None
+    ) -> CallCompleted | CallFailed | Retry:
+        """Make the call; a streamed job (`job.stream`) hands each piece of text to `on_chunk`."""
         started = time.perf_counter()
         common = _outcome_fields(job, attempt)
         try:
             params = self.models.resolve(job.model)
         except KeyError as exc:
             return CallFailed(**common, error=str(exc), error_type="configuration")
-        optional = {
-            k: v
-            for k, v in (("temperature", job.temperature), ("max_tokens", job.max_tokens))
-            if v is not None
+        kwargs: dict[str, Any] = {
+            "messages": [m.model_dump() for m in job.messages],
+            "num_retries": 0,
+            "timeout": self.timeout,
+            **{
+                k: v
+                for k, v in (("temperature", job.temperature), ("max_tokens", job.max_tokens))
+                if v is not None
+            },
+            **({"tools": job.tools} if job.tools else {}),
+            **params,
         }
+        streamed = _Streamed()
         try:
-            response = await litellm.acompletion(
-                messages=[m.model_dump() for m in job.messages],
-                num_retries=0,
-                timeout=self.timeout,
-                **optional,
-                **params,
-            )
-        except Exception as exc:
-            status = _status_of(exc)
+            if job.stream and on_chunk is not None:
+                await self._stream(kwargs, on_chunk, streamed)
+                text, finish_reason, usage = "".join(streamed.parts), streamed.finish_reason, streamed.usage
+                cost = _token_cost(params["model"], usage)
+            else:
+                response = await litellm.acompletion(**kwargs)
+                choice = response.choices[0]
+                text = choice.message.content or _tool_calls_text(choice.message)
+                finish_reason, usage, cost = choice.finish_reason, _usage(response), _cost(response)
+        except (AttributeError, IndexError, TypeError) as exc:
             latency = int((time.perf_counter() - started) * 1000)
-            retryable = status in RETRYABLE_STATUS or isinstance(
-                exc, litellm.Timeout | litellm.APIConnectionError | litellm.RateLimitError
-            )
-            if retryable:
-                return Retry(_error_text(exc), type(exc).__name__, self.backoff(attempt, _retry_after(exc)))
-            return CallFailed(
-                **common, error=_error_text(exc), error_type=type(exc).__name__, latency_ms=latency
-            )
-
-        latency = int((time.perf_counter() - started) * 1000)
-        try:
-            choice = response.choices[0]
-            text = choice.message.content or ""
-            finish_reason = choice.finish_reason
-        except (AttributeError, IndexError) as exc:
             return CallFailed(
                 **common, error=f"malformed response: {exc}", error_type="malformed", latency_ms=latency
             )
-        usage = getattr(response, "usage", None)
+        except Exception as exc:
+            latency = int((time.perf_counter() - started) * 1000)
+            retryable = _status_of(exc) in RETRYABLE_STATUS or isinstance(
+                exc, litellm.Timeout | litellm.APIConnectionError | litellm.RateLimitError
+            )
+            # Chunks already published cannot be taken back: a stream broken midway is not retried.
+            if retryable and not streamed.parts:
+                return Retry(_error_text(exc), type(exc).__name__, self.backoff(attempt, _retry_after(exc)))
+            error = _error_text(exc)
+            if streamed.parts:
+                error = f"stream broke after {len(streamed.parts)} chunks: {error}"
+            return CallFailed(**common, error=error, error_type=type(exc).__name__, latency_ms=latency)
+        latency = int((time.perf_counter() - started) * 1000)
         return CallCompleted(
             **common,
             text=text,
             finish_reason=finish_reason,
             latency_ms=latency,
-            usage=Usage(
-                input_tokens=getattr(usage, "prompt_tokens", 0) or 0,
-                output_tokens=getattr(usage, "completion_tokens", 0) or 0,
-                cost_usd=_cost(response),
-            ),
+            usage=usage.model_copy(update={"cost_usd": cost}),
         )
+
+    async def _stream(self, kwargs: dict[str, Any], on_chunk: ChunkSink, out: _Streamed) -> None:
+        response = await litellm.acompletion(**kwargs, stream=True, stream_options={"include_usage": True})
+        async for chunk in response:
+            if getattr(chunk, "usage", None):
+                out.usage = _usage(chunk)
+            if not chunk.choices:
+                continue
+            choice = chunk.choices[0]
+            out.finish_reason = choice.finish_reason or out.finish_reason
+            delta = getattr(choice.delta, "content", None)
+            if delta:
+                await on_chunk(len(out.parts), delta)
+                out.parts.append(delta)
+
+
+ChunkSink = Callable[[int, str], Awaitable[None]]
+
+
+@dataclass
+class _Streamed:
+    parts: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: Usage = field(default_factory=Usage)
+
+
+def _usage(response: Any) -> Usage:
+    usage = getattr(response, "usage", None)
+    return Usage(
+        input_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+        output_tokens=getattr(usage, "completion_tokens", 0) or 0,
+    )
+
+
+def _tool_calls_text(message: Any) -> str:
+    """A model that answers only with tool calls still leaves a readable turn."""
+    calls = getattr(message, "tool_calls", None) or []
+    return "\n".join(f"[tool call] {c.function.name}({c.function.arguments})" for c in calls)
+
+
+def _token_cost(model: str, usage: Usage) -> float | None:
+    try:
+        prompt_cost, completion_cost = litellm.cost_per_token(
+            model=model, prompt_tokens=usage.input_tokens, completion_tokens=usage.output_tokens
+        )
+    except Exception:
+        return None
+    total = prompt_cost + completion_cost
+    return float(total) if total else None
 
 
 def _cost(response: Any) -> float | None:

@@ -8,13 +8,14 @@ import logging
 
 from faststream import AckPolicy
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsMessage, PullSub
-from moot.messages import CallJob
+from nats.js.api import AckPolicy as JsAckPolicy
+from pydantic import ValidationError
+
+from moot.messages import CallCompleted, CallFailed, CallJob, FinalChunk
 from moot.nats import MSG_ID
 from moot.settings import MootSettings
 from moot.subjects import Names
 from moot_member_worker.calls import ModelCaller, Retry
-from nats.js.api import AckPolicy as JsAckPolicy
-from pydantic import ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,13 @@ def register(
             return
         attempt = msg.raw_message.metadata.num_delivered or 1
         heartbeat = asyncio.create_task(_keep_alive(msg, settings.call_ack_wait_seconds / 3))
+
+        async def publish_chunk(index: int, delta: str) -> None:
+            chunk = FinalChunk(run_id=job.run_id, call_id=job.call_id, index=index, delta=delta)
+            await _publish(broker, names, chunk)
+
         try:
-            outcome = await caller.call(job, attempt)
+            outcome = await caller.call(job, attempt, on_chunk=publish_chunk)
         finally:
             heartbeat.cancel()
         if isinstance(outcome, Retry):
@@ -64,13 +70,17 @@ def register(
                 await msg.nack(delay=outcome.delay)
                 return
             outcome = outcome.give_up(job, attempt)
-        await broker.publish(
-            outcome.model_dump_json().encode(),
-            names.run_event(job.run_id, outcome.type),
-            headers={MSG_ID: outcome.event_id()},
-            stream=names.runs_stream,
-        )
+        await _publish(broker, names, outcome)
         await msg.ack()
+
+
+async def _publish(broker: NatsBroker, names: Names, event: CallCompleted | CallFailed | FinalChunk) -> None:
+    await broker.publish(
+        event.model_dump_json().encode(),
+        names.run_event(event.run_id, event.type),
+        headers={MSG_ID: event.event_id()},
+        stream=names.runs_stream,
+    )
 
 
 async def _keep_alive(msg: NatsMessage, every: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+
 from moot.models import ModelList
 from moot.nats import ensure_topology, make_broker
 from moot.service import serve, service_app, setup_logging

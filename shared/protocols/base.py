@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
-from moot.messages import AnyRunEvent, CallJob
 from pydantic import BaseModel
+
+from moot.messages import AnyRunEvent, CallJob
 
 S = TypeVar("S", bound=BaseModel)
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
+from pydantic import BaseModel, Field
+
 from moot import prompts
 from moot.messages import (
     ArbiterVerdict,
@@ -32,7 +34,6 @@ from moot.messages import (
 )
 from moot.parsing import extract_member_confidence, parse_arbiter
 from moot.protocols.base import Command, Transition
-from pydantic import BaseModel, Field
 
 CallStatus = Literal["pending", "completed", "failed"]
 RunStatus = Literal["running", "completed", "failed", "cancelled"]

@@ -60,6 +60,8 @@ import string
 from datetime import datetime
 from typing import Any, Literal
 
+from pydantic import BaseModel, Field
+
 from moot.messages import (
     CallCompleted,
     CallFailed,
@@ -85,7 +87,6 @@ from moot.messages import (
     Usage,
 )
 from moot.protocols.base import Command, Transition
-from pydantic import BaseModel, Field
 
 CallStatus = Literal["pending", "completed", "failed"]
 RunStatus = Literal["running", "completed", "failed", "cancelled"]

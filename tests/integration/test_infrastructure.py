@@ -9,6 +9,8 @@ from pathlib import Path
 import asyncpg
 import nats
 import pytest
+from nats.js.api import StreamConfig
+
 from moot import embedded
 from moot.embedded import (
     EmbeddedPostgres,
@@ -19,7 +21,6 @@ from moot.embedded import (
     start_postgres,
     with_database,
 )
-from nats.js.api import StreamConfig
 
 
 async def test_embedded_nats_jetstream_round_trip(tmp_path: Path, namespace: str) -> None:

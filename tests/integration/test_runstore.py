@@ -9,13 +9,14 @@ from fnmatch import fnmatch
 from typing import Any
 
 import pytest
+from nats.js.errors import NotFoundError
+
 from moot.messages import CallCompleted, CallJob, ConsortiumRequest, MemberSpec, Usage, parse_event
 from moot.nats import ensure_topology, make_broker, publish_all
 from moot.protocols import consortium
 from moot.runstore import RunExists, RunStore
 from moot.settings import MootSettings
 from moot.subjects import Names
-from nats.js.errors import NotFoundError
 
 T0 = datetime(2026, 11, 22, tzinfo=UTC)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+
 from moot import stack as stack_module
 from moot.stack import ManagedProcess, ServiceSpec, Stack, StackError, free_ports
 

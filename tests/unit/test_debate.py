@@ -8,6 +8,8 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from pydantic import ValidationError
+
 from moot.messages import (
     CallCompleted,
     CallFailed,
@@ -36,7 +38,6 @@ from moot.messages import (
 from moot.protocols import debate, protocol_for
 from moot.protocols.base import Command
 from moot.protocols.debate import DebateState, parse_conviction, parse_judge_answer
-from pydantic import ValidationError
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 QUESTION = "Is a hot dog a sandwich?"

@@ -17,6 +17,8 @@ import httpx
 import litellm
 import openai
 import pytest
+from openai import AsyncOpenAI
+
 from moot.testing.model_server import (
     CONFIG_ENV,
     ModelBehaviour,
@@ -26,7 +28,6 @@ from moot.testing.model_server import (
     is_arbiter_request,
     load_config,
 )
-from openai import AsyncOpenAI
 
 SECRET = "sk-test-secret-value"
 ARBITER_PROMPT = "Combine the answers. Reply with <synthesis>...</synthesis> and the other tags."

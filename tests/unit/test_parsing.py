@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from moot.parsing import extract_member_confidence, parse_arbiter, parse_confidence_value
 
 WELL_FORMED = """<synthesis>Paris is the capital of France.</synthesis>

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
+
 from moot_gateway.deps import ClientsDep
 
 router = APIRouter(tags=["health"])

@@ -8,12 +8,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Response, status
 from fastapi.sse import EventSourceResponse, ServerSentEvent
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
 from moot.messages import TERMINAL_EVENT_TYPES, RunRequest, utcnow
 from moot.protocols import protocol_for
 from moot.records import fetch_run_view
 from moot_gateway.deps import Clients, ClientsDep
-from nats.errors import TimeoutError as NatsTimeout
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 

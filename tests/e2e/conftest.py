@@ -1,0 +1,84 @@
+"""One stack for every end-to-end test: starting the services as processes costs seconds.
+
+The test model server plays every provider; each model name below has the behaviour a test needs.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from moot.client import MootClient
+from moot.stack import ServiceSpec, Stack, default_services
+from moot.testing.model_server import ModelServer
+
+BEHAVIOURS: dict[str, dict[str, Any]] = {
+    **{name: {"latency_ms": 20} for name in ("m1", "m2", "m3", "d1", "d2", "d3")},
+    # First synthesis unsure and asking for more, second sure: exactly two iterations.
+    "arb": {"arbiter_confidence": [0.5, 0.9], "arbiter_needs_iteration": [True, False]},
+    "flaky": {"fail_first": 1, "error_status": 503, "retry_after": 0.2},
+    "broken": {"error_rate": 1.0, "error_status": 400},
+    "garbled": {"arbiter": "garbage"},
+    # Debates: judges that stop or go on, a debater that concedes to d2#1.
+    "judge_stop": {
+        "reply": "STOP - the positions are clear and the stronger one has emerged.",
+        "chunk_delay_ms": 5,
+    },
+    "judge_go": {"reply": "CONTINUE - there is more to argue.", "chunk_delay_ms": 5},
+    "concedes": {"reply": "CONVINCED: d2#1 made the stronger case."},
+}
+
+
+@pytest.fixture(scope="session")
+async def model_server() -> AsyncIterator[ModelServer]:
+    async with ModelServer({"models": BEHAVIOURS}) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+async def stack(
+    model_server: ModelServer, nats_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Stack]:
+    data_dir = tmp_path_factory.mktemp("stack")
+    models_file = Path(data_dir) / "models.yaml"
+    model_list = [
+        {
+            "model_name": name,
+            "litellm_params": {
+                "model": f"openai/{name}",
+                "api_base": model_server.url,
+                "api_key": "sk-test-secret",
+            },
+        }
+        for name in BEHAVIOURS
+    ]
+    models_file.write_text(yaml.safe_dump({"model_list": model_list}))
+    # Two workers and two arbiters: jobs are shared, and runs are advanced without double decisions.
+    services = [
+        ServiceSpec(s.name, s.argv, instances=2) if s.name == "arbiter" else s
+        for s in default_services(workers=2, port=0)
+    ]
+    async with Stack(
+        data_dir,
+        port=0,
+        namespace=f"e2e_{secrets.token_hex(4)}",
+        models_file=models_file,
+        nats_url=nats_url,
+        database_url=database_url,
+        services=services,
+        # Two calls at a time per worker: six member calls need both workers.
+        extra_env={"MOOT_WORKER_CONCURRENCY": "2", "MOOT_WORKER_BACKOFF_BASE_SECONDS": "0.2"},
+        progress=None,
+    ) as running:
+        yield running
+
+
+@pytest.fixture
+async def client(stack: Stack) -> AsyncIterator[MootClient]:
+    async with MootClient(stack.gateway_url) as c:
+        yield c
