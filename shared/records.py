@@ -13,8 +13,9 @@ from typing import Any, Protocol
 RUNS_TABLE = "runs"
 ITERATIONS_TABLE = "iterations"
 CALLS_TABLE = "calls"
+DEBATE_ROUNDS_TABLE = "debate_rounds"
 EVENTS_TABLE = "events"
-TABLES = (RUNS_TABLE, ITERATIONS_TABLE, CALLS_TABLE, EVENTS_TABLE)
+TABLES = (RUNS_TABLE, ITERATIONS_TABLE, DEBATE_ROUNDS_TABLE, CALLS_TABLE, EVENTS_TABLE)
 
 
 class _Fetcher(Protocol):
@@ -34,9 +35,12 @@ FROM {RUNS_TABLE} WHERE id = $1
 async def fetch_run_view(pool: _Fetcher, run_id: str) -> dict[str, Any] | None:
     """The run as GET /v1/runs/{id} shows it, from Postgres; None when the recorder has no such run.
 
-    A finished run returns the full view its run.completed/run.failed event carried. A run
-    still running (or whose end the recorder has not seen yet) returns a minimal view with the
-    same keys, built from the runs row: `iterations` is empty and `result` is None there.
+    A finished run returns the full view its run.completed/run.failed event carried, whatever
+    its protocol. A run still running (or whose end the recorder has not seen yet) returns a
+    minimal view with the same keys as its protocol's view, built from the runs row: `result`
+    is None there, and so are a debate's `final`; a consortium's `iterations` and a debate's
+    `debaters` and `rounds` are empty (the events and the `iterations` / `debate_rounds` rows
+    hold what happened so far).
     """
     row = await pool.fetchrow(_RUN_QUERY, run_id)
     if row is None:
@@ -44,7 +48,7 @@ async def fetch_run_view(pool: _Fetcher, run_id: str) -> dict[str, Any] | None:
     if row["view"] is not None:
         view: dict[str, Any] = json.loads(row["view"])
         return view
-    return {
+    minimal: dict[str, Any] = {
         "id": row["id"],
         "mode": row["mode"],
         "status": row["status"],
@@ -52,11 +56,14 @@ async def fetch_run_view(pool: _Fetcher, run_id: str) -> dict[str, Any] | None:
         "finished_at": row["finished_at"].isoformat() if row["finished_at"] else None,
         "reason": row["reason"],
         "request": json.loads(row["request"]) if row["request"] is not None else None,
-        "result": None,
-        "iterations": [],
-        "usage": {
-            "input_tokens": row["input_tokens"] or 0,
-            "output_tokens": row["output_tokens"] or 0,
-            "cost_usd": row["cost_usd"],
-        },
     }
+    if row["mode"] == "debate":  # the keys of moot.protocols.debate.view
+        minimal |= {"debaters": [], "rounds": [], "final": None, "result": None}
+    else:  # the keys of moot.protocols.consortium.view
+        minimal |= {"result": None, "iterations": []}
+    minimal["usage"] = {
+        "input_tokens": row["input_tokens"] or 0,
+        "output_tokens": row["output_tokens"] or 0,
+        "cost_usd": row["cost_usd"],
+    }
+    return minimal

@@ -12,14 +12,15 @@ from faststream import AckPolicy, Context
 from faststream.message import StreamMessage
 from faststream.nats import ConsumerConfig, DeliverPolicy, JStream, NatsBroker, PullSub
 from faststream.nats.message import NatsBatchMessage
-from moot.subjects import Names
-from moot_recorder.settings import RecorderSettings
-from moot_recorder.writer import ROW_ERRORS, Envelope, RecorderStats, Writer, envelope_from
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy as JsAckPolicy
 from pydantic import ValidationError
+
+from moot.subjects import Names
+from moot_recorder.settings import RecorderSettings
+from moot_recorder.writer import ROW_ERRORS, Envelope, RecorderStats, Writer, envelope_from
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import asyncpg
 from fastapi import FastAPI
+from nats.js import JetStreamContext
+from nats.js.errors import Error as JetStreamError
+
 from moot.nats import ensure_topology, make_broker
 from moot.service import serve, service_app, setup_logging
 from moot.settings import MootSettings, get_settings
@@ -16,8 +19,6 @@ from moot.subjects import Names
 from moot_recorder.handlers import BatchRecorder, consumer_config, register
 from moot_recorder.settings import RecorderSettings
 from moot_recorder.writer import Writer
-from nats.js import JetStreamContext
-from nats.js.errors import Error as JetStreamError
 
 log = logging.getLogger(__name__)
 

@@ -4,11 +4,19 @@ How a batch is written (`Writer.write`), in one transaction:
 
 1. the events go into `events` with ON CONFLICT DO NOTHING ... RETURNING: what comes back is
    the events never recorded before. A redelivered or republished event is dropped here.
-2. only those new events become rows of `runs`, `iterations` and `calls`, one executemany
-   per table, as upserts whose merge rules give the same result in any order: a column
-   written once keeps its first value, a terminal run status never goes back, and a call's
-   outcome is the one earliest in the stream. So even an event applied twice (or run.completed
-   before run.created, on another replica) leaves the same rows.
+2. only those new events become rows of `runs`, `iterations`, `debate_rounds` and `calls`, one
+   executemany per table, as upserts whose merge rules give the same result in any order: a
+   column written once keeps its first value, a terminal run status never goes back, and a
+   call's outcome is the one earliest in the stream. So even an event applied twice (or
+   run.completed before run.created / debate_start, on another replica) leaves the same rows.
+
+Which events make which rows: a run's start (`run.created`, `debate_start`) and end
+(`run.completed`, `run.failed`) make `runs`; `iteration.*` make `iterations`; `round_start`,
+`round_complete`, `judge_decision` and `convergence_status` make `debate_rounds`; call outcomes
+make `calls`, for every protocol and role. Every other event (a debate's `round_model_complete`,
+`model_eliminated`, `final_*`, `debate_complete`, `error`) is only in `events`: what it says is
+also in a row above or in the run's view. The streamed `final_chunk`s are the bulk of a debate's
+events; they cost one row of `events` each and nothing else.
 """
 
 from __future__ import annotations
@@ -22,18 +30,31 @@ from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
 import asyncpg
+
 from moot.messages import (
     AnyRunEvent,
     CallCompleted,
     CallFailed,
+    ConvergenceStatus,
+    DebateStart,
     IterationCompleted,
     IterationStarted,
+    JudgeDecision,
+    RoundComplete,
+    RoundStart,
     RunCompleted,
     RunCreated,
     RunFailed,
     run_event_adapter,
 )
-from moot.records import CALLS_TABLE, EVENTS_TABLE, ITERATIONS_TABLE, RUNS_TABLE, TABLES
+from moot.records import (
+    CALLS_TABLE,
+    DEBATE_ROUNDS_TABLE,
+    EVENTS_TABLE,
+    ITERATIONS_TABLE,
+    RUNS_TABLE,
+    TABLES,
+)
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +134,14 @@ class Rows:
 
     runs: list[Row] = field(default_factory=list)
     iterations: list[Row] = field(default_factory=list)
+    debate_rounds: list[Row] = field(default_factory=list)
     calls: list[Row] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         return {
             RUNS_TABLE: len(self.runs),
             ITERATIONS_TABLE: len(self.iterations),
+            DEBATE_ROUNDS_TABLE: len(self.debate_rounds),
             CALLS_TABLE: len(self.calls),
         }
 
@@ -151,7 +174,7 @@ def _float(value: Any) -> float | None:
 def run_row(env: Envelope) -> Row | None:
     """The `runs` row an event contributes to, or None (only a run's start and end do)."""
     e = env.event
-    if isinstance(e, RunCreated):
+    if isinstance(e, RunCreated | DebateStart):
         req = e.request
         request = req.model_dump(mode="json")
         return (e.run_id, req.mode, "running", req.prompt, _json(request),
@@ -165,7 +188,8 @@ def run_row(env: Envelope) -> Row | None:
         raw_request, raw_usage = view.get("request"), view.get("usage")
         end_request: dict[str, Any] | None = raw_request if isinstance(raw_request, dict) else None
         usage: dict[str, Any] = raw_usage if isinstance(raw_usage, dict) else {}
-        iterations = view.get("iterations")
+        # What the run went through: a consortium's iterations, a debate's rounds.
+        iterations = view.get("rounds" if view.get("mode") == "debate" else "iterations")
         prompt = end_request.get("prompt") if end_request else None
         return (
             e.run_id,
@@ -214,6 +238,54 @@ def iteration_row(env: Envelope) -> Row | None:
     return None
 
 
+DEBATE_ROUND_COLUMNS = (
+    "run_id", "round", "started_at", "speakers", "turns", "failed_turns", "completed_at", "judge_model",
+    "judge_continue", "judge_readable", "judge_reason", "eliminated", "kept", "remaining", "unanswered",
+)  # fmt: skip
+_DEBATE_ROUND_JSONB = frozenset({"speakers", "eliminated", "remaining", "unanswered"})
+
+
+def _debate_round(run_id: str, number: int, **columns: Any) -> Row:
+    """A `debate_rounds` row with the given columns set, all others None (not known from this event)."""
+    values: dict[str, Any] = {"run_id": run_id, "round": number, **columns}
+    return tuple(values.get(c) for c in DEBATE_ROUND_COLUMNS)
+
+
+def debate_round_row(env: Envelope) -> Row | None:
+    e = env.event
+    if isinstance(e, RoundStart):
+        return _debate_round(
+            e.run_id, e.round, started_at=_aware(e.at), speakers=_json([d.label for d in e.debaters])
+        )
+    if isinstance(e, RoundComplete):
+        return _debate_round(
+            e.run_id,
+            e.round,
+            turns=len(e.responses),
+            failed_turns=sum(1 for t in e.responses if t.failed),
+            completed_at=_aware(e.at),
+        )
+    if isinstance(e, JudgeDecision):
+        return _debate_round(
+            e.run_id,
+            e.round,
+            judge_model=e.model,
+            judge_continue=e.continue_,
+            judge_readable=e.readable,
+            judge_reason=e.reason,
+        )
+    if isinstance(e, ConvergenceStatus):
+        return _debate_round(
+            e.run_id,
+            e.round,
+            eliminated=_json(e.eliminated),
+            kept=e.kept,
+            remaining=_json(e.remaining),
+            unanswered=_json(e.unanswered),
+        )
+    return None
+
+
 def call_row(env: Envelope) -> Row | None:
     e = env.event
     if isinstance(e, CallCompleted):
@@ -228,19 +300,22 @@ def call_row(env: Envelope) -> Row | None:
 
 
 def to_rows(envelopes: Iterable[Envelope]) -> Rows:
-    """Rows for the three state tables. Sorted by key: concurrent replicas then lock rows in the
-    same order and cannot deadlock each other."""
+    """Rows for the state tables. Sorted by key: concurrent replicas then lock rows in the same
+    order and cannot deadlock each other."""
     rows = Rows()
     for env in envelopes:
         if (r := run_row(env)) is not None:
             rows.runs.append(r)
         if (r := iteration_row(env)) is not None:
             rows.iterations.append(r)
+        if (r := debate_round_row(env)) is not None:
+            rows.debate_rounds.append(r)
         if (r := call_row(env)) is not None:
             rows.calls.append(r)
     # Stable sorts: two rows for one key (run.created and run.completed) keep their stream order.
     rows.runs.sort(key=lambda r: r[0])
     rows.iterations.sort(key=lambda r: (r[0], r[1]))
+    rows.debate_rounds.sort(key=lambda r: (r[0], r[1]))
     rows.calls.sort(key=lambda r: r[0])
     return rows
 
@@ -328,6 +403,18 @@ ON CONFLICT (run_id, number) DO UPDATE SET
 }
 """
 
+_UPSERT_DEBATE_ROUND = f"""
+INSERT INTO {DEBATE_ROUNDS_TABLE} AS d ({", ".join(DEBATE_ROUND_COLUMNS)})
+VALUES ({
+    ", ".join(
+        f"${n}::jsonb" if c in _DEBATE_ROUND_JSONB else f"${n}"
+        for n, c in enumerate(DEBATE_ROUND_COLUMNS, start=1)
+    )
+})
+ON CONFLICT (run_id, round) DO UPDATE SET
+    {_first_wins("d", *DEBATE_ROUND_COLUMNS[2:])}
+"""
+
 _CALL_COLUMNS = (
     "call_id", "run_id", "iteration", "role", "model", "instance", "status", "text", "error", "error_type",
     "input_tokens", "output_tokens", "cost_usd", "latency_ms", "attempts", "finish_reason", "at", "stream_seq",
@@ -403,6 +490,8 @@ class Writer:
                 await conn.executemany(_UPSERT_RUN, rows.runs)
             if rows.iterations:
                 await conn.executemany(_UPSERT_ITERATION, rows.iterations)
+            if rows.debate_rounds:
+                await conn.executemany(_UPSERT_DEBATE_ROUND, rows.debate_rounds)
             if rows.calls:
                 await conn.executemany(_UPSERT_CALL, rows.calls)
         return WriteResult(

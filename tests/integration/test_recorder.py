@@ -15,6 +15,8 @@ import asyncpg
 import httpx
 import nats
 import pytest
+from nats.js import JetStreamContext
+
 from moot.messages import (
     CallCompleted,
     CallFailed,
@@ -36,7 +38,6 @@ from moot_recorder.handlers import BatchRecorder
 from moot_recorder.main import create_app
 from moot_recorder.settings import RecorderSettings
 from moot_recorder.writer import Writer, envelope_from, to_rows, trace_id_from
-from nats.js import JetStreamContext
 
 T0 = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
