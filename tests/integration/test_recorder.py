@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import random
 import uuid
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -22,6 +25,9 @@ from moot.messages import (
     CallFailed,
     CallJob,
     ConsortiumRequest,
+    DebateRequest,
+    DebateStart,
+    FinalChunk,
     IterationCompleted,
     MemberSpec,
     RunCompleted,
@@ -30,14 +36,14 @@ from moot.messages import (
     Usage,
 )
 from moot.nats import MSG_ID, ensure_topology
-from moot.protocols import consortium
-from moot.records import fetch_run_view
+from moot.protocols import consortium, debate
+from moot.records import TABLES, fetch_run_view
 from moot.settings import MootSettings
 from moot.subjects import Names
 from moot_recorder.handlers import BatchRecorder
 from moot_recorder.main import create_app
 from moot_recorder.settings import RecorderSettings
-from moot_recorder.writer import Writer, envelope_from, to_rows, trace_id_from
+from moot_recorder.writer import Envelope, Writer, envelope_from, to_rows, trace_id_from
 
 T0 = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -96,6 +102,144 @@ def consortium_run(run_id: str) -> list[Any]:
         jobs += [c for c in transition.commands if isinstance(c, CallJob)]
     assert state.status == "completed"
     return events
+
+
+def at(seconds: int) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+DEBATE_PROMPT = "Is a hot dog a sandwich?"
+JUDGE_TEXT = "CONTINUE\nThe positions still differ on buns."
+FINAL_TEXT = "Verdict: not a sandwich. alpha#1's taxonomy of breads held up; beta#1's case fell apart."
+
+
+def make_debate_request(**kw: Any) -> DebateRequest:
+    body: dict[str, Any] = {
+        "mode": "debate",
+        "prompt": DEBATE_PROMPT,
+        "members": [{"model": "alpha", "count": 2}, {"model": "beta"}],
+        "judge_mode": "external_judge",
+        "judge": "judge",
+        "max_rounds": 3,
+    }
+    return DebateRequest.model_validate(body | kw)
+
+
+def judged_answer(job: CallJob) -> str | None:
+    """External judge, 3 rounds: beta#1's turn fails in round 2, the judge says CONTINUE after it."""
+    if job.role == "judge":
+        return JUDGE_TEXT
+    if job.role == "final":
+        return FINAL_TEXT
+    if job.iteration == 2 and job.model == "beta":
+        return None
+    return f"{job.model}#{job.instance} in round {job.iteration}: no, because of the bun."
+
+
+def convergence_answer(job: CallJob) -> str | None:
+    """Self-convergence: after round 2 alpha#2 concedes to beta#1 and alpha#1's conviction call
+    fails; after round 3 alpha#1 and beta#1 convince each other, so alpha#1 (the earlier) is kept."""
+    if job.role == "conviction":
+        return {
+            (2, "alpha", 1): None,
+            (2, "alpha", 2): "CONVINCED: beta#1\nThe bun argument is decisive.",
+            (2, "beta", 1): "NOT CONVINCED\nMine stands.",
+            (3, "alpha", 1): "CONVINCED: beta#1\nFair enough.",
+            (3, "beta", 1): "CONVINCED: alpha#1\nFair enough.",
+        }[(job.iteration, job.model, job.instance)]
+    if job.role == "final":
+        return FINAL_TEXT
+    return f"{job.model}#{job.instance} in round {job.iteration}: it depends on the bun."
+
+
+def debate_run(
+    run_id: str,
+    request: DebateRequest,
+    answer: Callable[[CallJob], str | None],
+    chunk_size: int = 20,
+) -> list[Any]:
+    """The events of a debate, made by the real protocol, in the order they would be published.
+
+    Each call outcome comes one second after the previous one (`at(n)`); `answer` says what a
+    call answers (None: the call fails). The final call is streamed: its `final_chunk` events
+    (`chunk_size` characters each) come before its outcome, as the worker publishes them.
+    """
+    clock = itertools.count(1)
+    transition = debate.start(run_id, request, T0)
+    events = [c for c in transition.commands if not isinstance(c, CallJob)]
+    jobs = [c for c in transition.commands if isinstance(c, CallJob)]
+    state = transition.state
+    while jobs:
+        job = jobs.pop(0)
+        now = at(next(clock))
+        text = answer(job)
+        common: dict[str, Any] = {
+            "run_id": run_id, "call_id": job.call_id, "iteration": job.iteration, "role": job.role,
+            "model": job.model, "instance": job.instance, "at": now,
+        }  # fmt: skip
+        outcome: CallCompleted | CallFailed
+        if text is None:
+            outcome = CallFailed(**common, error="provider timed out", error_type="timeout", attempts=3)
+        else:
+            if job.stream:
+                pieces = [text[i : i + chunk_size] for i in range(0, len(text), chunk_size)]
+                events += [
+                    FinalChunk(run_id=run_id, call_id=job.call_id, index=n, delta=piece, at=now)
+                    for n, piece in enumerate(pieces)
+                ]
+            outcome = CallCompleted(
+                **common, text=text, usage=Usage(input_tokens=100, output_tokens=20, cost_usd=0.001),
+                finish_reason="stop", latency_ms=250,
+            )  # fmt: skip
+        events.append(outcome)
+        transition = debate.decide(state, outcome)
+        state = transition.state
+        events += [c for c in transition.commands if not isinstance(c, CallJob)]
+        jobs += [c for c in transition.commands if isinstance(c, CallJob)]
+    assert state.status == "completed"
+    return events
+
+
+def call_rows_expected(events: list[Any]) -> dict[str, tuple[Any, ...]]:
+    """The calls rows the call outcomes among `events` must make (without stream_seq)."""
+    rows: dict[str, tuple[Any, ...]] = {}
+    for e in events:
+        if isinstance(e, CallCompleted):
+            u = e.usage
+            rows[e.call_id] = (e.call_id, e.run_id, e.iteration, e.role, e.model, e.instance, "completed",
+                               e.text, None, None, u.input_tokens, u.output_tokens, u.cost_usd, e.latency_ms,
+                               e.attempts, e.finish_reason, e.at)  # fmt: skip
+        elif isinstance(e, CallFailed):
+            rows[e.call_id] = (e.call_id, e.run_id, e.iteration, e.role, e.model, e.instance, "failed", None,
+                               e.error, e.error_type, None, None, None, e.latency_ms, e.attempts, None, e.at)  # fmt: skip
+    return rows
+
+
+ROUND_JSONB = ("speakers", "eliminated", "remaining", "unanswered")
+
+
+async def debate_round_rows(pool: asyncpg.Pool, run_id: str) -> list[tuple[Any, ...]]:
+    rows = await pool.fetch("SELECT * FROM debate_rounds WHERE run_id = $1 ORDER BY round", run_id)
+    return [
+        tuple(json.loads(v) if k in ROUND_JSONB and v is not None else v for k, v in r.items()) for r in rows
+    ]
+
+
+async def snapshot(pool: asyncpg.Pool, run_id: str, *, volatile: bool = True) -> dict[str, Any]:
+    """Every row of a run in every table, the run id replaced by RUN (so runs can be compared);
+    without the columns that depend on stream positions and timing unless `volatile`."""
+    out: dict[str, Any] = {}
+    for table in TABLES:
+        key = "id" if table == "runs" else "run_id"
+        rows = [
+            dict(r) for r in await pool.fetch(f"SELECT * FROM {table} WHERE {key} = $1 ORDER BY 1, 2", run_id)
+        ]
+        if not volatile:
+            for row in rows:
+                for column in ("updated_at", "recorded_at", "stream_seq"):
+                    row.pop(column, None)
+        out[table] = rows
+    return json.loads(json.dumps(out, default=str).replace(run_id, "RUN"))
 
 
 @dataclass
@@ -388,3 +532,228 @@ def test_row_mapping() -> None:
     assert trace_id_from({"traceparent": "garbage"}) is None and trace_id_from({}) is None
     with pytest.raises(ValueError):
         envelope_from(b'{"type": "run.created"}', 1)
+
+
+# --------------------------------------------------------------------------------------------- debates
+
+
+async def test_records_a_debate_once_even_when_events_come_again(recorder: Recorder) -> None:
+    run_id = new_run_id()
+    request = make_debate_request()
+    events = debate_run(run_id, request, judged_answer)
+    turn = ["call.completed", "round_model_complete"]
+    failed_turn = ["call.failed", "round_model_complete"]
+    chunks = -(-len(FINAL_TEXT) // 20)
+    assert chunks == 5
+    assert [e.type for e in events] == [
+        "debate_start", "round_start", *turn * 3, "round_complete",
+        "round_start", *turn * 2, *failed_turn, "round_complete",
+        "call.completed", "judge_decision",
+        "round_start", *turn * 3, "round_complete",
+        "final_start", *["final_chunk"] * chunks, "call.completed", "final_complete", "debate_complete",
+        "run.completed",
+    ]  # fmt: skip
+    start, end = events[0], events[-1]
+    assert isinstance(start, DebateStart) and isinstance(end, RunCompleted)
+
+    # Running: the minimal view of a debate, with the keys of the full one.
+    await recorder.consumed(await recorder.publish(start, headers={"traceparent": TRACEPARENT}))
+    running = await fetch_run_view(recorder.pool, run_id)
+    assert running == {
+        "id": run_id, "mode": "debate", "status": "running", "created_at": T0.isoformat(), "finished_at": None,
+        "reason": None, "request": request.model_dump(mode="json"), "debaters": [], "rounds": [],
+        "final": None, "result": None, "usage": {"input_tokens": 0, "output_tokens": 0, "cost_usd": None},
+    }  # fmt: skip
+    assert running.keys() == end.run.keys()
+
+    last = 0
+    for event in events[1:]:
+        last = await recorder.publish(event, headers={"traceparent": TRACEPARENT})
+    await recorder.consumed(last)
+
+    counts = {t: await recorder.count(t, run_id) for t in TABLES}
+    assert counts == {"runs": 1, "iterations": 0, "debate_rounds": 3, "calls": 11, "events": len(events)}
+
+    run = dict(await recorder.run(run_id))
+    assert run.pop("updated_at") is not None
+    for column in ("request", "result", "view"):
+        run[column] = json.loads(run[column])
+    assert run.pop("cost_usd") == pytest.approx(0.01)
+    assert run == {
+        "id": run_id, "mode": "debate", "status": "completed", "prompt": DEBATE_PROMPT,
+        "request": request.model_dump(mode="json"), "reason": "reached max_rounds (3)",
+        "result": {"text": FINAL_TEXT, "model": "judge", "by": "judge"},
+        # 10 calls answered (9 turns and the judge's, plus the verdict, minus beta#1's failed turn)
+        "input_tokens": 1000, "output_tokens": 200, "iterations": 3, "view": end.run,
+        "created_at": T0, "finished_at": at(11), "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+    }  # fmt: skip
+
+    speakers = ["alpha#1", "alpha#2", "beta#1"]
+    assert await debate_round_rows(recorder.pool, run_id) == [
+        (run_id, 1, T0, speakers, 3, 0, at(3), None, None, None, None, None, None, None, None),
+        (run_id, 2, at(3), speakers, 3, 1, at(6), "judge", True, True, "The positions still differ on buns.",
+         None, None, None, None),
+        (run_id, 3, at(7), speakers, 3, 0, at(10), None, None, None, None, None, None, None, None),
+    ]  # fmt: skip
+
+    calls = {
+        r["call_id"]: tuple(r.values())[:-1]
+        for r in await recorder.pool.fetch("SELECT * FROM calls WHERE run_id = $1", run_id)
+    }
+    assert calls == call_rows_expected(events)
+    assert Counter((c[3], c[6]) for c in calls.values()) == {
+        ("debater", "completed"): 8, ("debater", "failed"): 1, ("judge", "completed"): 1,
+        ("final", "completed"): 1,
+    }  # fmt: skip
+    assert calls[f"{run_id}:2:judge:judge:1"][2:8] == (2, "judge", "judge", 1, "completed", JUDGE_TEXT)
+    assert calls[f"{run_id}:3:final:judge:1"][2:8] == (3, "final", "judge", 1, "completed", FINAL_TEXT)
+    assert calls[f"{run_id}:2:debater:beta:1"][6:10] == ("failed", None, "provider timed out", "timeout")
+
+    recorded = await recorder.pool.fetch(
+        "SELECT event_id, type, payload::text AS payload, at FROM events WHERE run_id = $1 ORDER BY stream_seq",
+        run_id,
+    )
+    assert [(r["event_id"], r["type"], r["at"]) for r in recorded] == [
+        (e.event_id(), e.type, e.at) for e in events
+    ]
+    assert [json.loads(r["payload"]) for r in recorded] == [json.loads(e.model_dump_json()) for e in events]
+    # The streamed verdict: the chunks in order make the final call's answer.
+    deltas = [json.loads(r["payload"])["delta"] for r in recorded if r["type"] == "final_chunk"]
+    assert "".join(deltas) == FINAL_TEXT
+    judged = next(json.loads(r["payload"]) for r in recorded if r["type"] == "judge_decision")
+    assert judged["continue"] is True  # published by its alias, as clients know it
+
+    assert await fetch_run_view(recorder.pool, run_id) == end.run
+
+    # Redelivery after JetStream's duplicate window: every event again without Nats-Msg-Id (new
+    # stream sequences), and a late run.failed for the finished debate. Not a row changes.
+    before = await snapshot(recorder.pool, run_id)
+    late_fail = RunFailed(
+        run_id=run_id, reason="late failure", run={**end.run, "status": "failed"}, at=at(99)
+    )
+    for event in [*events, late_fail]:
+        last = await recorder.publish(event, dedup=False)
+    await recorder.consumed(last)
+    assert await snapshot(recorder.pool, run_id) == before
+    assert recorder.handler.stats.events_duplicate >= len(events) + 1
+
+
+async def test_debate_end_before_start_still_ends_completed(recorder: Recorder) -> None:
+    """run.completed first, then the whole debate backwards: the same rows as in order."""
+    run_id = new_run_id()
+    events = debate_run(run_id, make_debate_request(), judged_answer)
+    start, end = events[0], events[-1]
+    assert isinstance(start, DebateStart) and isinstance(end, RunCompleted)
+
+    await recorder.consumed(await recorder.publish(end))
+    run = await recorder.run(run_id)
+    # Everything the end event's view carries is there already.
+    assert (run["status"], run["mode"], run["prompt"], run["created_at"], run["finished_at"]) == (
+        "completed", "debate", DEBATE_PROMPT, T0, at(11),
+    )  # fmt: skip
+    assert (run["iterations"], json.loads(run["result"])["text"]) == (3, FINAL_TEXT)
+    assert await recorder.count("debate_rounds", run_id) == 0
+
+    last = 0
+    for event in reversed(events[:-1]):
+        last = await recorder.publish(event, headers={"traceparent": TRACEPARENT} if event is start else None)
+    await recorder.consumed(last)
+
+    after = await recorder.run(run_id)
+    assert after["status"] == "completed" and after["reason"] == "reached max_rounds (3)"
+    assert json.loads(after["view"]) == end.run and after["finished_at"] == at(11)
+    assert json.loads(after["request"]) == start.request.model_dump(mode="json")
+    assert after["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"  # only debate_start carried one
+    assert await fetch_run_view(recorder.pool, run_id) == end.run
+
+    speakers = ["alpha#1", "alpha#2", "beta#1"]
+    assert await debate_round_rows(recorder.pool, run_id) == [
+        (run_id, 1, T0, speakers, 3, 0, at(3), None, None, None, None, None, None, None, None),
+        (run_id, 2, at(3), speakers, 3, 1, at(6), "judge", True, True, "The positions still differ on buns.",
+         None, None, None, None),
+        (run_id, 3, at(7), speakers, 3, 0, at(10), None, None, None, None, None, None, None, None),
+    ]  # fmt: skip
+    assert await recorder.count("calls", run_id) == 11
+    assert await recorder.count("events", run_id) == len(events)
+
+
+async def test_self_convergence_rows_in_any_order(recorder: Recorder) -> None:
+    """One transaction per event, in order, backwards and shuffled: always the same rows."""
+    writer = Writer(recorder.pool)
+    request = make_debate_request(judge_mode="self_convergence", judge=None, max_rounds=4)
+    orders: dict[str, Callable[[list[Any]], list[Any]]] = {
+        "in order": list,
+        "backwards": lambda es: es[::-1],
+        "shuffled": lambda es: random.Random(7).sample(es, len(es)),
+    }
+    snapshots = {}
+    for name, order in orders.items():
+        run_id = new_run_id()
+        events = debate_run(run_id, request, convergence_answer)
+        for seq, event in enumerate(order(events), start=1):
+            await writer.write([envelope_from(event.model_dump_json().encode(), seq)])
+        snapshots[name] = await snapshot(recorder.pool, run_id, volatile=False)
+
+        run = await recorder.run(run_id)
+        assert (run["status"], run["iterations"], run["reason"]) == (
+            "completed",
+            3,
+            "only alpha#1 remains after round 3",
+        )
+        assert json.loads(run["result"]) == {"text": FINAL_TEXT, "model": "alpha", "by": "debater"}
+        rounds = await debate_round_rows(recorder.pool, run_id)
+        everyone, two = ["alpha#1", "alpha#2", "beta#1"], ["alpha#1", "beta#1"]
+        assert [r[3:] for r in rounds] == [
+            (everyone, 3, 0, rounds[0][6], None, None, None, None, None, None, None, None),
+            (everyone, 3, 0, rounds[1][6], None, None, None, None, ["alpha#2"], None, two, ["alpha#1"]),
+            (two, 2, 0, rounds[2][6], None, None, None, None, ["beta#1"], "alpha#1", ["alpha#1"], []),
+        ]  # fmt: skip
+        assert [r[1:3] + r[6:7] for r in rounds] == [(1, T0, at(3)), (2, at(3), at(6)), (3, at(9), at(11))]
+        roles = await recorder.pool.fetch(
+            "SELECT role, count(*) FROM calls WHERE run_id = $1 GROUP BY role", run_id
+        )
+        assert dict((r["role"], r["count"]) for r in roles) == {"debater": 8, "conviction": 5, "final": 1}
+        failed = await recorder.pool.fetchval(
+            "SELECT call_id FROM calls WHERE run_id = $1 AND status = 'failed'", run_id
+        )
+        assert failed == f"{run_id}:2:conviction:alpha:1"
+    assert snapshots["backwards"] == snapshots["in order"]
+    assert snapshots["shuffled"] == snapshots["in order"]
+
+
+async def test_many_final_chunks_in_one_batch(recorder: Recorder) -> None:
+    """A streamed verdict is hundreds of tiny events: one events statement, no other rows."""
+    run_id = new_run_id()
+    call_id = f"{run_id}:3:final:judge:1"
+    chunks = [
+        FinalChunk(run_id=run_id, call_id=call_id, index=n, delta=f"w{n} ", at=at(n)) for n in range(500)
+    ]
+    data = [c.model_dump_json().encode() for c in chunks]
+
+    envelopes: list[Envelope] = [envelope_from(d, seq, {}) for seq, d in enumerate(data, start=1)]
+    result = await Writer(recorder.pool).write(envelopes)
+    # One statement for the batch, not one per chunk: only the events table is touched.
+    assert result.new_events == 500 and result.duplicates == 0
+    assert result.rows == {"events": 500, "runs": 0, "iterations": 0, "debate_rounds": 0, "calls": 0}
+
+    deltas = await recorder.pool.fetch(
+        "SELECT payload->>'delta' AS delta FROM events WHERE run_id = $1 ORDER BY (payload->>'index')::int",
+        run_id,
+    )
+    assert "".join(r["delta"] for r in deltas) == "".join(f"w{n} " for n in range(500))
+    assert {t: await recorder.count(t, run_id) for t in TABLES} == {
+        "runs": 0, "iterations": 0, "debate_rounds": 0, "calls": 0, "events": 500,
+    }  # fmt: skip
+    again = await Writer(recorder.pool).write(envelopes)
+    assert (again.new_events, again.duplicates) == (0, 500)
+
+    # And through the recorder: the same chunks published as the worker does, batched by the consumer.
+    run_id = new_run_id()
+    call_id = f"{run_id}:3:final:judge:1"
+    last = 0
+    for n in range(500):
+        last = await recorder.publish(
+            FinalChunk(run_id=run_id, call_id=call_id, index=n, delta=f"w{n} ", at=at(n))
+        )
+    await recorder.consumed(last)
+    assert await recorder.count("events", run_id) == 500
