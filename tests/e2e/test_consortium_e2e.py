@@ -78,7 +78,10 @@ async def test_three_models_two_instances_two_iterations(
     assert len(calls) == 14
     assert sum(c["role"] == "arbiter" for c in calls) == 2
     iterations = await wait_for_rows(
-        database_url, "SELECT * FROM iterations WHERE run_id = $1 AND decision IS NOT NULL ORDER BY number", run_id, 2
+        database_url,
+        "SELECT * FROM iterations WHERE run_id = $1 AND decision IS NOT NULL ORDER BY number",
+        run_id,
+        2,
     )
     assert [i["number"] for i in iterations] == [1, 2]
     assert [i["decision"] for i in iterations] == ["iterate", "stop"]

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from moot.client import MootClient, RunEventMessage
+from moot.testing.model_server import ModelServer
 from support import follow, wait_for_rows
 
 SEED_EVENTS = {
@@ -122,10 +123,23 @@ async def test_self_convergence_eliminates_down_to_one(client: MootClient) -> No
     assert [d["active"] for d in run["debaters"]] == [False, True]
 
 
-async def test_display_only_plays_every_round_with_duplicate_models(client: MootClient) -> None:
+TOOL = {
+    "type": "function",
+    "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}},
+}
+IMAGE = "data:image/png;base64,iVBORw0KGgo="
+
+
+async def test_display_only_plays_every_round_with_duplicate_models(
+    client: MootClient, model_server: ModelServer
+) -> None:
+    model_server.reset()
     _, events, run = await debate(
         client,
-        members=[{"model": "d1", "count": 2}, {"model": "d2"}],
+        members=[
+            {"model": "d1", "count": 2},
+            {"model": "d2", "tools": [TOOL], "images": [IMAGE], "system": "Be brief.", "temperature": 0.3},
+        ],
         judge_mode="display_only",
         max_rounds=2,
     )
@@ -133,6 +147,17 @@ async def test_display_only_plays_every_round_with_duplicate_models(client: Moot
     round2 = [e.data["label"] for e in events if e.type == "round_model_complete" and e.data["round"] == 2]
     assert round2 == ["d1#1", "d1#2", "d2#1"]
     assert run["status"] == "completed" and run["result"] is None and run["final"] is None
+    assert [e.data["seq"] for e in events] == [int(e.id) for e in events]
+
+    # Per-debater options reach the model: system prompt, temperature, tools; images in round 1 only.
+    d2 = model_server.requests("d2")
+    assert len(d2) == 2
+    for request in d2:
+        assert request["messages"][0] == {"role": "system", "content": "Be brief."}
+        assert request["params"]["tools"] == [TOOL] and request["params"]["temperature"] == 0.3
+    first, second = (r["messages"][-1]["content"] for r in d2)
+    assert isinstance(first, list) and any(p.get("type") == "image_url" for p in first)
+    assert isinstance(second, str)
 
 
 async def test_a_failing_judge_stops_the_debate_with_a_reason(client: MootClient) -> None:

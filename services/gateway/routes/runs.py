@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -110,9 +111,10 @@ async def _replay(clients: Clients, run_id: str, start_after: int) -> AsyncItera
             except NatsTimeout:
                 continue  # the response class sends keep-alive comments meanwhile
             event_type = names.event_type_of(msg.subject)
-            yield ServerSentEvent(
-                raw_data=msg.data.decode(), event=event_type, id=str(msg.metadata.sequence.stream)
-            )
+            seq = msg.metadata.sequence.stream
+            # The sequence goes into the payload too, for clients that read data only.
+            data = {**json.loads(msg.data), "seq": seq}
+            yield ServerSentEvent(data=data, event=event_type, id=str(seq))
             if event_type in TERMINAL_EVENT_TYPES:
                 return
     finally:
