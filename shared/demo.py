@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from moot.accounts import local_key
 from moot.client import GatewayError, MootClient, RunEventMessage
 
 DEMO_PROMPT = "What are the three most important things to check before deploying a web service?"
@@ -46,7 +47,8 @@ async def run_demo(args: argparse.Namespace, make_stack: Callable[..., Any]) -> 
     }
     async with stack:
         print(f"moot is up: {stack.gateway_url}", file=sys.stderr)
-        async with MootClient(stack.gateway_url) as client:
+        key = await local_key(stack.infrastructure.database_url, str(stack.data_dir))
+        async with MootClient(stack.gateway_url, api_key=key) as client:
             try:
                 created = await client.create_run(body)
             except GatewayError as exc:

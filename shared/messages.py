@@ -38,6 +38,29 @@ class _Strict(BaseModel):
 # Requests
 
 
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    # Plain text, or OpenAI content parts: [{"type": "text", "text": ...}, {"type": "image_url", ...}]
+    content: str | list[dict[str, Any]]
+
+
+class RunMeta(BaseModel):
+    """Who and what a run belongs to, outside its protocol: set by the gateway, shown in the view."""
+
+    owner: str = ""
+    config_name: str | None = None  # the saved configuration it was started from
+    config_version: int | None = None
+    continued_from: str | None = None  # the run whose conversation it continues
+
+
+def _history_field() -> Any:
+    return Field(
+        default_factory=list,
+        max_length=200,
+        description="The conversation so far (earlier prompts and answers), seen by every model before the prompt.",
+    )
+
+
 class MemberSpec(_Strict):
     """A model taking part, as `count` independent instances."""
 
@@ -67,6 +90,7 @@ class ConsortiumRequest(_Strict):
     system: str | None = Field(None, max_length=50_000)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     max_tokens: int | None = Field(None, ge=1, le=200_000)
+    history: list[ChatMessage] = _history_field()
 
     @field_validator("arbiter")
     @classmethod
@@ -181,6 +205,7 @@ class DebateRequest(_Strict):
     judge_mode: JudgeMode = "display_only"
     judge: str | None = Field(None, max_length=200, validate_default=True)
     max_rounds: int = Field(3, ge=1, le=20)
+    history: list[ChatMessage] = _history_field()
 
     @field_validator("members")
     @classmethod
@@ -255,12 +280,6 @@ run_request_adapter: TypeAdapter[ConsortiumRequest | DebateRequest] = TypeAdapte
 # Call jobs (gateway/arbiter -> member workers)
 
 
-class ChatMessage(BaseModel):
-    role: Literal["system", "user", "assistant"]
-    # Plain text, or OpenAI content parts: [{"type": "text", "text": ...}, {"type": "image_url", ...}]
-    content: str | list[dict[str, Any]]
-
-
 # consortium: member, arbiter; debate: debater (a turn), judge (continue or stop), conviction
 # (is a debater convinced by another), final (the judge's verdict or the last debater's summary)
 Role = Literal["member", "arbiter", "debater", "judge", "conviction", "final"]
@@ -318,6 +337,7 @@ class _Event(BaseModel):
 class RunCreated(_Event):
     type: Literal["run.created"] = "run.created"
     request: ConsortiumRequest
+    meta: RunMeta = Field(default_factory=RunMeta)
 
     def event_id(self) -> str:
         return f"{self.run_id}:run.created"
@@ -405,6 +425,25 @@ class RunFailed(_Event):
         return f"{self.run_id}:run.end"
 
 
+class RunCancelled(_Event):
+    """The run was cancelled: no new jobs; results still in flight are recorded but change nothing."""
+
+    type: Literal["run.cancelled"] = "run.cancelled"
+    reason: str
+    run: dict[str, Any]
+
+    def event_id(self) -> str:
+        return f"{self.run_id}:run.end"
+
+
+class CancelRequested(BaseModel):
+    """Input to `decide()` from the gateway (not published): stop the run where it stands."""
+
+    run_id: str
+    reason: str = "cancelled by the client"
+    at: datetime = Field(default_factory=utcnow)
+
+
 # Debate events. Their types are the names the reference debate program streamed (clients know
 # them); they share the `<ns>.runs.<run_id>.<type>` subjects. A debate still ends with
 # `run.completed` / `run.failed` (after `debate_complete` / `error`), so the end of a run is
@@ -441,6 +480,7 @@ class DebateStart(_Event):
     judge_mode: JudgeMode
     judge: str | None = None
     debaters: list[DebaterRef]
+    meta: RunMeta = Field(default_factory=RunMeta)
 
     def event_id(self) -> str:
         return f"{self.run_id}:debate_start"
@@ -580,6 +620,7 @@ AnyRunEvent = (
     | IterationCompleted
     | RunCompleted
     | RunFailed
+    | RunCancelled
     | DebateStart
     | RoundStart
     | RoundModelComplete
@@ -599,7 +640,7 @@ run_event_adapter: TypeAdapter[AnyRunEvent] = TypeAdapter(RunEvent)
 CallOutcome = CallCompleted | CallFailed
 # The last event of every run, whatever its protocol: SSE streams end after it. A debate's
 # `debate_complete` / `error` are not in here: `run.completed` / `run.failed` follow them.
-TERMINAL_EVENT_TYPES = frozenset({"run.completed", "run.failed"})
+TERMINAL_EVENT_TYPES = frozenset({"run.completed", "run.failed", "run.cancelled"})
 
 
 def parse_event(data: bytes | str) -> AnyRunEvent:

@@ -53,3 +53,5 @@ Write an improved answer to the question. Keep what is right, fix what is weak, 
 areas above. End with a line "Confidence: X" where X is between 0 and 1."""
 
 MEMBER_CONFIDENCE_HINT = '\n\nEnd your answer with a line "Confidence: X" where X is between 0 and 1.'
+
+ARBITER_CONVERSATION = "\nThe question continues this earlier conversation:\n{conversation}\n"

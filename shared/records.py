@@ -27,7 +27,7 @@ class _Fetcher(Protocol):
 # `::text` for the jsonb columns: the result does not depend on the caller's type codecs.
 _RUN_QUERY = f"""
 SELECT id, mode, status, created_at, finished_at, reason, request::text AS request,
-       view::text AS view, input_tokens, output_tokens, cost_usd
+       view::text AS view, input_tokens, output_tokens, cost_usd, owner
 FROM {RUNS_TABLE} WHERE id = $1
 """
 
@@ -55,6 +55,7 @@ async def fetch_run_view(pool: _Fetcher, run_id: str) -> dict[str, Any] | None:
         "created_at": row["created_at"].isoformat() if row["created_at"] else None,
         "finished_at": row["finished_at"].isoformat() if row["finished_at"] else None,
         "reason": row["reason"],
+        "owner": row["owner"] or "",
         "request": json.loads(row["request"]) if row["request"] is not None else None,
     }
     if row["mode"] == "debate":  # the keys of moot.protocols.debate.view
@@ -67,3 +68,22 @@ async def fetch_run_view(pool: _Fetcher, run_id: str) -> dict[str, Any] | None:
         "cost_usd": row["cost_usd"],
     }
     return minimal
+
+
+_RECENT_RUNS = f"""
+SELECT id, mode, status, prompt, reason, created_at, finished_at, input_tokens, output_tokens, cost_usd
+FROM {RUNS_TABLE} WHERE owner = $1 ORDER BY created_at DESC NULLS LAST LIMIT $2
+"""
+
+
+async def recent_runs(pool: Any, owner: str, limit: int) -> list[dict[str, Any]]:
+    """The owner's most recent runs, newest first (as recorded: a run appears within a batch)."""
+    rows = await pool.fetch(_RECENT_RUNS, owner, limit)
+    return [
+        {
+            **dict(r),
+            "created_at": r["created_at"].isoformat() if r["created_at"] else None,
+            "finished_at": r["finished_at"].isoformat() if r["finished_at"] else None,
+        }
+        for r in rows
+    ]

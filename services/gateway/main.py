@@ -11,13 +11,15 @@ import asyncpg
 import uvicorn
 from fastapi import FastAPI
 
+from moot.accounts import apply_schema
 from moot.nats import ensure_topology, make_broker, publish_all
 from moot.runstore import RunStore
 from moot.service import setup_logging
 from moot.settings import get_settings
 from moot.subjects import Names
 from moot_gateway.deps import Clients
-from moot_gateway.routes import health, runs
+from moot_gateway.errors import ApiError, api_error_handler
+from moot_gateway.routes import configs, health, openai, runs
 from moot_gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -36,14 +38,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     async def publish(items: list[tuple[str, str, bytes]]) -> None:
         await publish_all(broker, names, items)
 
-    pool: asyncpg.Pool | None = None
-    try:
-        pool = await asyncpg.create_pool(
-            settings.database_url, min_size=gw.db_pool_min, max_size=gw.db_pool_max
-        )
-    except (OSError, asyncpg.PostgresError) as exc:
-        # Runs still work without it; only finished runs that left KV cannot be read. /readyz says so.
-        log.error("Postgres unavailable at start: %s", type(exc).__name__)
+    # Postgres holds the API keys: without it no request can be authenticated, so the gateway
+    # does not start (its supervisor, or Kubernetes, restarts it until Postgres answers).
+    pool = await asyncpg.create_pool(settings.database_url, min_size=gw.db_pool_min, max_size=gw.db_pool_max)
+    async with pool.acquire() as conn:
+        await apply_schema(conn)
     app.state.clients = Clients(settings, names, broker, RunStore(kv=kv, names=names, publish=publish), pool)
     try:
         yield
@@ -56,8 +55,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app() -> FastAPI:
     setup_logging(get_settings(), "gateway")
     app = FastAPI(title="moot", version="0.1.0", lifespan=lifespan)
+    app.add_exception_handler(ApiError, api_error_handler)
     app.include_router(health.router)
     app.include_router(runs.router)
+    app.include_router(configs.router)
+    app.include_router(openai.router)
     return app
 
 

@@ -36,6 +36,9 @@ CREATE TABLE IF NOT EXISTS runs (
     trace_id      text,                  -- W3C trace id of the run, when a traceparent came along
     updated_at    timestamptz NOT NULL DEFAULT now()
 );
+-- Added after the first release: the API key owner the run belongs to (from the run's first event).
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS owner text;
+CREATE INDEX IF NOT EXISTS runs_owner_created_idx ON runs (owner, created_at DESC);
 CREATE INDEX IF NOT EXISTS runs_created_at_idx ON runs (created_at DESC);
 CREATE INDEX IF NOT EXISTS runs_running_idx ON runs (created_at) WHERE status = 'running';
 

@@ -32,6 +32,7 @@ from typing import Any, TypeAlias
 import asyncpg
 
 from moot.messages import (
+    RunCancelled,
     AnyRunEvent,
     CallCompleted,
     CallFailed,
@@ -178,13 +179,14 @@ def run_row(env: Envelope) -> Row | None:
         req = e.request
         request = req.model_dump(mode="json")
         return (e.run_id, req.mode, "running", req.prompt, _json(request),
-                None, None, None, None, None, None, None, _aware(e.at), None, env.trace_id)  # fmt: skip
-    if isinstance(e, RunCompleted | RunFailed):
+                None, None, None, None, None, None, None, _aware(e.at), None, env.trace_id,
+                e.meta.owner or None)  # fmt: skip
+    if isinstance(e, RunCompleted | RunFailed | RunCancelled):
         view = e.run
         status = view.get("status")
         if status not in TERMINAL_STATUSES:
             # The end event is the authority that the run is over, whatever the view says.
-            status = "completed" if isinstance(e, RunCompleted) else "failed"
+            status = {RunCompleted: "completed", RunFailed: "failed"}.get(type(e), "cancelled")
         raw_request, raw_usage = view.get("request"), view.get("usage")
         end_request: dict[str, Any] | None = raw_request if isinstance(raw_request, dict) else None
         usage: dict[str, Any] = raw_usage if isinstance(raw_usage, dict) else {}
@@ -207,6 +209,7 @@ def run_row(env: Envelope) -> Row | None:
             _parse_time(view.get("created_at")),
             _parse_time(view.get("finished_at")) or _aware(e.at),
             env.trace_id,
+            view.get("owner") if isinstance(view.get("owner"), str) and view.get("owner") else None,
         )
     return None
 
@@ -356,10 +359,10 @@ def _frozen_when_final(*columns: str) -> str:
 
 _UPSERT_RUN = f"""
 INSERT INTO {RUNS_TABLE} AS r (id, mode, status, prompt, request, reason, result, input_tokens, output_tokens,
-    cost_usd, iterations, view, created_at, finished_at, trace_id)
-VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7::jsonb, $8, $9, $10, $11, $12::jsonb, $13, $14, $15)
+    cost_usd, iterations, view, created_at, finished_at, trace_id, owner)
+VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7::jsonb, $8, $9, $10, $11, $12::jsonb, $13, $14, $15, $16)
 ON CONFLICT (id) DO UPDATE SET
-    {_first_wins("r", "mode", "prompt", "request", "created_at", "trace_id")},
+    {_first_wins("r", "mode", "prompt", "request", "created_at", "trace_id", "owner")},
     {
     _frozen_when_final(
         "status",

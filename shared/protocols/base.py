@@ -7,7 +7,7 @@ from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from pydantic import BaseModel
 
-from moot.messages import AnyRunEvent, CallJob
+from moot.messages import AnyRunEvent, CallJob, CancelRequested, ChatMessage, RunCancelled, RunMeta
 
 S = TypeVar("S", bound=BaseModel)
 
@@ -25,8 +25,40 @@ class RunProtocol(Protocol):
 
     State: type[BaseModel]
 
-    def start(self, run_id: str, request: Any, at: datetime) -> Transition[Any]: ...
+    def start(
+        self, run_id: str, request: Any, at: datetime, meta: RunMeta | None = None
+    ) -> Transition[Any]: ...
 
     def decide(self, state: Any, event: Any) -> Transition[Any]: ...
 
     def view(self, state: Any) -> dict[str, Any]: ...
+
+
+def cancel(state: Any, event: CancelRequested, view: Any) -> Transition[Any]:
+    """Any protocol's run, cancelled where it stands: no new jobs, a final `run.cancelled`."""
+    if state.status != "running":
+        return Transition(state, [])
+    state = state.model_copy(deep=True)
+    state.status, state.reason, state.finished_at = "cancelled", event.reason, event.at
+    return Transition(
+        state, [RunCancelled(run_id=state.run_id, reason=event.reason, run=view(state), at=event.at)]
+    )
+
+
+def meta_view(meta: RunMeta) -> dict[str, Any]:
+    """The run's ownership and origin, as every protocol's view shows them."""
+    config = {"name": meta.config_name, "version": meta.config_version} if meta.config_name else None
+    return {"owner": meta.owner, "config": config, "continued_from": meta.continued_from}
+
+
+def conversation_text(history: list[ChatMessage]) -> str:
+    """Earlier turns of the conversation as plain text, for prompts that quote it."""
+    lines = []
+    for m in history:
+        content = (
+            m.content
+            if isinstance(m.content, str)
+            else " ".join(str(p.get("text", "")) for p in m.content if isinstance(p, dict))
+        )
+        lines.append(f"{m.role.upper()}: {content}")
+    return "\n".join(lines)

@@ -23,6 +23,7 @@ from moot.messages import (
     CallCompleted,
     CallFailed,
     CallJob,
+    CancelRequested,
     ChatMessage,
     ConsortiumRequest,
     IterationCompleted,
@@ -30,10 +31,11 @@ from moot.messages import (
     RunCompleted,
     RunCreated,
     RunFailed,
+    RunMeta,
     Usage,
 )
 from moot.parsing import extract_member_confidence, parse_arbiter
-from moot.protocols.base import Command, Transition
+from moot.protocols.base import Command, Transition, cancel, meta_view
 
 CallStatus = Literal["pending", "completed", "failed"]
 RunStatus = Literal["running", "completed", "failed", "cancelled"]
@@ -76,6 +78,7 @@ class ConsortiumState(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     result: ArbiterVerdict | None = None
     reason: str | None = None
+    meta: RunMeta = Field(default_factory=RunMeta)
 
     @property
     def current(self) -> Iteration:
@@ -89,16 +92,21 @@ State = ConsortiumState
 # Entry points
 
 
-def start(run_id: str, request: ConsortiumRequest, at: datetime) -> Transition[ConsortiumState]:
+def start(
+    run_id: str, request: ConsortiumRequest, at: datetime, meta: RunMeta | None = None
+) -> Transition[ConsortiumState]:
     """A new run: record it and ask every member instance for a first answer."""
-    state = ConsortiumState(run_id=run_id, request=request, created_at=at)
-    commands: list[Command] = [RunCreated(run_id=run_id, request=request, at=at)]
+    meta = meta or RunMeta()
+    state = ConsortiumState(run_id=run_id, request=request, created_at=at, meta=meta)
+    commands: list[Command] = [RunCreated(run_id=run_id, request=request, at=at, meta=meta)]
     commands += _ask_members(state, request.prompt + prompts.MEMBER_CONFIDENCE_HINT, at)
     return Transition(state, commands)
 
 
 def decide(state: ConsortiumState, event: Any) -> Transition[ConsortiumState]:
     """Fold one call outcome into the run. Duplicates and late arrivals change nothing."""
+    if isinstance(event, CancelRequested):
+        return cancel(state, event, view)
     if state.status != "running" or not isinstance(event, CallCompleted | CallFailed):
         return Transition(state, [])
     call = _find_pending_call(state, event.call_id)
@@ -136,6 +144,7 @@ def view(state: ConsortiumState) -> dict[str, Any]:
         "created_at": state.created_at.isoformat(),
         "finished_at": state.finished_at.isoformat() if state.finished_at else None,
         "reason": state.reason,
+        **meta_view(state.meta),
         "request": req.model_dump(mode="json"),
         "result": _result_view(state.result) if state.result else None,
         "iterations": [
@@ -191,6 +200,7 @@ def _conversation(state: ConsortiumState, model: str, instance: int, prompt: str
     messages: list[ChatMessage] = []
     if state.request.system:
         messages.append(ChatMessage(role="system", content=state.request.system))
+    messages.extend(state.request.history)
     for it in state.iterations:
         for call in it.members:
             if call.model == model and call.instance == instance and call.status == "completed":

@@ -66,6 +66,7 @@ from moot.messages import (
     CallCompleted,
     CallFailed,
     CallJob,
+    CancelRequested,
     ChatMessage,
     ConvergenceStatus,
     DebateComplete,
@@ -84,9 +85,10 @@ from moot.messages import (
     RoundStart,
     RunCompleted,
     RunFailed,
+    RunMeta,
     Usage,
 )
-from moot.protocols.base import Command, Transition
+from moot.protocols.base import Command, Transition, cancel, meta_view
 
 CallStatus = Literal["pending", "completed", "failed"]
 RunStatus = Literal["running", "completed", "failed", "cancelled"]
@@ -155,6 +157,7 @@ class DebateState(BaseModel):
     result: str | None = None  # the final verdict or summary
     reason: str | None = None  # why the debate ended (set when its end is decided)
     usage: Usage = Field(default_factory=Usage)
+    meta: RunMeta = Field(default_factory=RunMeta)
 
     @property
     def current(self) -> Round:
@@ -174,9 +177,12 @@ State = DebateState
 # Entry points
 
 
-def start(run_id: str, request: DebateRequest, at: datetime) -> Transition[DebateState]:
+def start(
+    run_id: str, request: DebateRequest, at: datetime, meta: RunMeta | None = None
+) -> Transition[DebateState]:
     """A new debate: announce it and open round 1."""
-    state = DebateState(run_id=run_id, request=request, created_at=at, debaters=_line_up(request))
+    meta = meta or RunMeta()
+    state = DebateState(run_id=run_id, request=request, created_at=at, debaters=_line_up(request), meta=meta)
     announce = DebateStart(
         run_id=run_id,
         request=request,
@@ -185,6 +191,7 @@ def start(run_id: str, request: DebateRequest, at: datetime) -> Transition[Debat
         judge_mode=request.judge_mode,
         judge=request.judge,
         debaters=[d.ref() for d in state.debaters],
+        meta=meta,
         at=at,
     )
     return Transition(state, [announce, *_open_round(state, at)])
@@ -192,6 +199,8 @@ def start(run_id: str, request: DebateRequest, at: datetime) -> Transition[Debat
 
 def decide(state: DebateState, event: Any) -> Transition[DebateState]:
     """Fold one call outcome into the debate. Duplicates and late arrivals change nothing."""
+    if isinstance(event, CancelRequested):
+        return cancel(state, event, view)
     if state.status != "running" or not isinstance(event, CallCompleted | CallFailed):
         return Transition(state, [])
     if _pending_call(state, event.call_id) is None:
@@ -222,6 +231,7 @@ def view(state: DebateState) -> dict[str, Any]:
         "created_at": state.created_at.isoformat(),
         "finished_at": state.finished_at.isoformat() if state.finished_at else None,
         "reason": state.reason,
+        **meta_view(state.meta),
         "request": state.request.model_dump(mode="json"),
         "debaters": [
             {
@@ -820,7 +830,11 @@ def _job(
     tools: list[dict[str, Any]] | None = None,
     stream: bool = False,
 ) -> CallJob:
-    """The call job; a debater's system prompt, temperature and max_tokens go with all its calls."""
+    """The call job; a debater's system prompt, temperature and max_tokens go with all its calls.
+
+    The conversation the debate continues (`history`) comes before every prompt of the run.
+    """
+    messages = [*state.request.history, *messages]
     if spec is not None and spec.system:
         messages = [ChatMessage(role="system", content=spec.system), *messages]
     return CallJob(

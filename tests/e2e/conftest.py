@@ -10,9 +10,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 import yaml
 
+from moot.accounts import create_key
 from moot.client import MootClient
 from moot.stack import ServiceSpec, Stack, default_services
 from moot.testing.model_server import ModelServer
@@ -78,7 +80,28 @@ async def stack(
         yield running
 
 
+async def _new_key(database_url: str, owner: str) -> str:
+    conn = await asyncpg.connect(database_url)
+    try:
+        _, key = await create_key(conn, owner)
+        return key
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+async def api_key(stack: Stack, database_url: str) -> str:
+    """A key of owner `alice` (the gateway has applied the key schema by the time it is ready)."""
+    return await _new_key(database_url, "alice")
+
+
+@pytest.fixture(scope="session")
+async def other_api_key(stack: Stack, database_url: str) -> str:
+    """A key of another owner, `bob`: he must never see alice's runs or configurations."""
+    return await _new_key(database_url, "bob")
+
+
 @pytest.fixture
-async def client(stack: Stack) -> AsyncIterator[MootClient]:
-    async with MootClient(stack.gateway_url) as c:
+async def client(stack: Stack, api_key: str) -> AsyncIterator[MootClient]:
+    async with MootClient(stack.gateway_url, api_key=api_key) as c:
         yield c

@@ -142,8 +142,9 @@ async def test_malformed_arbiter_output_is_recorded(client: MootClient) -> None:
     assert "reached max_iterations (2)" in run["reason"]
 
 
-async def test_bad_requests_get_clear_errors(stack: Stack) -> None:
-    async with httpx.AsyncClient(base_url=stack.gateway_url) as http:
+async def test_bad_requests_get_clear_errors(stack: Stack, api_key: str) -> None:
+    headers = {"Authorization": f"Bearer {api_key}"}
+    async with httpx.AsyncClient(base_url=stack.gateway_url, headers=headers) as http:
         r = await http.post("/v1/runs", json={"prompt": "p", "members": [], "arbiter": "a"})
         assert r.status_code == 422
         assert any(err["loc"][-1] == "members" for err in r.json()["detail"])

@@ -3,21 +3,43 @@
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Response, status
+from fastapi import APIRouter, Body, Depends, Header, Query, Response, status
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from moot.messages import TERMINAL_EVENT_TYPES, RunRequest, utcnow
-from moot.protocols import protocol_for
-from moot.records import fetch_run_view
+from moot.messages import TERMINAL_EVENT_TYPES
+from moot.records import recent_runs
+from moot_gateway import runs_service
+from moot_gateway.auth import PrincipalDep
 from moot_gateway.deps import Clients, ClientsDep
+from moot_gateway.errors import ApiError
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
+
+EXAMPLES = {
+    "consortium": {
+        "value": {
+            "mode": "consortium",
+            "prompt": "Is P = NP?",
+            "members": [{"model": "gpt-4o-mini", "count": 2}, {"model": "claude"}],
+            "arbiter": "gpt-4o-mini",
+        }
+    },
+    "debate": {
+        "value": {
+            "mode": "debate",
+            "prompt": "Is a hot dog a sandwich?",
+            "members": [{"model": "gpt-4o-mini"}, {"model": "claude"}],
+            "judge_mode": "external_judge",
+            "judge": "gpt-4o-mini",
+        }
+    },
+    "saved": {"value": {"config": "my-panel", "prompt": "Is P = NP?", "max_iterations": 2}},
+}
 
 
 def _links(run_id: str) -> dict[str, str]:
@@ -25,47 +47,51 @@ def _links(run_id: str) -> dict[str, str]:
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED)
-async def create_run(request: RunRequest, clients: ClientsDep, response: Response) -> dict[str, Any]:
-    """Accept a run: store its initial state and publish its first call jobs."""
-    run_id = uuid.uuid4().hex
-    protocol = protocol_for(request.mode)
-    transition = protocol.start(run_id, request, utcnow())
-    await clients.store.create(run_id, request.mode, transition)
+async def create_run(
+    body: Annotated[dict[str, Any], Body(openapi_examples=EXAMPLES)],
+    clients: ClientsDep,
+    principal: PrincipalDep,
+    response: Response,
+) -> dict[str, Any]:
+    """Accept a run: a consortium or debate request, or `config` (a saved name) plus overrides.
+
+    `continue_from` (a finished run's id) makes the run continue that run's conversation.
+    """
+    request, meta = await runs_service.resolve(clients, principal, body)
+    run_id = await runs_service.submit(clients, request, meta)
     response.headers["Location"] = f"/v1/runs/{run_id}"
     return {"id": run_id, "mode": request.mode, "status": "running", "links": _links(run_id)}
 
 
-async def _run_view(clients: Clients, run_id: str) -> dict[str, Any] | None:
-    loaded = await clients.store.load(run_id)
-    if loaded is not None:
-        mode, state = loaded
-        return protocol_for(mode).view(state)
-    if clients.pool is not None:
-        return await fetch_run_view(clients.pool, run_id)
-    return None
-
-
-def _check_id(run_id: str) -> None:
-    # Run ids are 32 hex characters; anything else cannot name a run (nor a NATS subject token).
-    if len(run_id) != 32 or any(c not in "0123456789abcdef" for c in run_id):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"run {run_id!r} not found")
+@router.get("")
+async def list_runs(
+    clients: ClientsDep, principal: PrincipalDep, limit: Annotated[int, Query(ge=1, le=500)] = 20
+) -> dict[str, Any]:
+    """The caller's recent runs, newest first."""
+    if clients.pool is None:
+        raise ApiError(status.HTTP_503_SERVICE_UNAVAILABLE, "the run record is unavailable right now")
+    return {"object": "list", "data": await recent_runs(clients.pool, principal.owner, limit)}
 
 
 @router.get("/{run_id}")
-async def get_run(run_id: str, clients: ClientsDep) -> dict[str, Any]:
-    """The run: status, result, every iteration with member answers, token usage."""
-    _check_id(run_id)
-    view = await _run_view(clients, run_id)
+async def get_run(run_id: str, clients: ClientsDep, principal: PrincipalDep) -> dict[str, Any]:
+    """The run: status, result, every iteration or round with every answer, token usage."""
+    view = await runs_service.view_of(clients, run_id, principal)
     if view is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"run {run_id!r} not found")
+        raise runs_service.not_found(f"run {run_id!r}")
     return {**view, "links": _links(run_id)}
 
 
-async def _existing_run(run_id: str, clients: ClientsDep) -> str:
+@router.post("/{run_id}/cancel")
+async def cancel_run(run_id: str, clients: ClientsDep, principal: PrincipalDep) -> dict[str, Any]:
+    """Stop a running run: no new jobs; results in flight are recorded but do not advance it."""
+    return {**await runs_service.cancel(clients, run_id, principal), "links": _links(run_id)}
+
+
+async def _existing_run(run_id: str, clients: ClientsDep, principal: PrincipalDep) -> str:
     # A dependency, not the body: an SSE endpoint's body runs after the 200 has been sent.
-    _check_id(run_id)
-    if await _run_view(clients, run_id) is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"run {run_id!r} not found")
+    if await runs_service.view_of(clients, run_id, principal) is None:
+        raise runs_service.not_found(f"run {run_id!r}")
     return run_id
 
 
@@ -75,7 +101,9 @@ def _start_after(last_event_id: Annotated[str | None, Header()] = None) -> int:
     try:
         return int(last_event_id)
     except ValueError as exc:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, detail="Last-Event-ID must be an event id") from exc
+        raise ApiError(
+            status.HTTP_400_BAD_REQUEST, "Last-Event-ID must be an event id", param="Last-Event-ID"
+        ) from exc
 
 
 @router.get("/{run_id}/events", response_class=EventSourceResponse)
@@ -84,16 +112,16 @@ async def run_events(
     start_after: Annotated[int, Depends(_start_after)],
     clients: ClientsDep,
 ) -> AsyncIterator[ServerSentEvent]:
-    """The run's events as SSE, replayed from JetStream; `id` is the stream sequence.
+    """The run's events as SSE, replayed from JetStream; `id` (and `seq` in the data) is the stream sequence.
 
     A client that reconnects with `Last-Event-ID` gets everything after that event; the stream
-    ends after the run's final event.
+    ends after the run's final event (`run.completed`, `run.failed` or `run.cancelled`).
     """
-    async for event in _replay(clients, run_id, start_after):
+    async for event in replay(clients, run_id, start_after):
         yield event
 
 
-async def _replay(clients: Clients, run_id: str, start_after: int) -> AsyncIterator[ServerSentEvent]:
+async def replay(clients: Clients, run_id: str, start_after: int) -> AsyncIterator[ServerSentEvent]:
     names = clients.names
     js = clients.broker.connection.jetstream()
     config = (

@@ -1,0 +1,71 @@
+"""Saved configurations: a named consortium or debate setup, versioned, usable as a model."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Path, Query, Response, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from moot_gateway import configs
+from moot_gateway.auth import PrincipalDep
+from moot_gateway.deps import Clients, ClientsDep
+from moot_gateway.errors import ApiError
+from moot_gateway.runs_service import not_found
+
+router = APIRouter(prefix="/v1/consortiums", tags=["saved configurations"])
+
+NameParam = Annotated[str, Path(pattern=configs.NAME_RE.pattern, description=configs.NAME_RULE)]
+
+
+def _pool(clients: Clients) -> Any:
+    if clients.pool is None:
+        raise ApiError(status.HTTP_503_SERVICE_UNAVAILABLE, "saved configurations are unavailable right now")
+    return clients.pool
+
+
+@router.put("/{name}")
+async def put_config(
+    name: NameParam, config: Annotated[dict[str, Any], Body()], clients: ClientsDep, principal: PrincipalDep
+) -> dict[str, Any]:
+    """Save a configuration (a run request without `prompt`); saving again adds a version."""
+    try:
+        normalized = configs.check_config(config)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        ) from exc
+    except ValueError as exc:
+        raise RequestValidationError(
+            [{"type": "value_error", "loc": ("body", "prompt"), "msg": str(exc), "input": None}]
+        ) from exc
+    return await configs.put(_pool(clients), principal.owner, name, normalized)
+
+
+@router.get("")
+async def list_configs(clients: ClientsDep, principal: PrincipalDep) -> dict[str, Any]:
+    return {"object": "list", "data": await configs.latest_all(_pool(clients), principal.owner)}
+
+
+@router.get("/{name}")
+async def get_config(
+    name: NameParam,
+    clients: ClientsDep,
+    principal: PrincipalDep,
+    version: Annotated[int | None, Query(ge=1)] = None,
+) -> dict[str, Any]:
+    """The latest version, or `?version=N`; `versions` lists every version number kept."""
+    pool = _pool(clients)
+    found = await configs.get(pool, principal.owner, name, version)
+    if found is None:
+        raise not_found(f"saved configuration {name!r}" + (f" version {version}" if version else ""))
+    found["versions"] = [v["version"] for v in await configs.versions(pool, principal.owner, name)]
+    return found
+
+
+@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_config(name: NameParam, clients: ClientsDep, principal: PrincipalDep) -> Response:
+    if not await configs.delete(_pool(clients), principal.owner, name):
+        raise not_found(f"saved configuration {name!r}")
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
