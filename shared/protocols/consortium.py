@@ -35,7 +35,7 @@ from moot.messages import (
     Usage,
 )
 from moot.parsing import extract_member_confidence, parse_arbiter
-from moot.protocols.base import Command, Transition, cancel, meta_view
+from moot.protocols.base import Command, Transition, cancel, conversation_text, meta_view
 
 CallStatus = Literal["pending", "completed", "failed"]
 RunStatus = Literal["running", "completed", "failed", "cancelled"]
@@ -256,6 +256,10 @@ def arbiter_prompt(state: ConsortiumState) -> str:
     instructions = (
         prompts.ARBITER_INSTRUCTIONS.format(system=state.request.system) if state.request.system else ""
     )
+    if state.request.history:
+        instructions += prompts.ARBITER_CONVERSATION.format(
+            conversation=conversation_text(state.request.history)
+        )
     return prompts.ARBITER_PROMPT.format(
         instructions=instructions,
         prompt=state.request.prompt,

@@ -33,6 +33,8 @@ BEHAVIOURS: dict[str, dict[str, Any]] = {
     },
     "judge_go": {"reply": "CONTINUE - there is more to argue.", "chunk_delay_ms": 5},
     "concedes": {"reply": "CONVINCED: d2#1 made the stronger case."},
+    # Slow enough to cancel a run while its calls are in flight.
+    "slowpoke": {"latency_ms": 3000},
 }
 
 

@@ -1,4 +1,7 @@
-"""The README's main command, `moot demo`, as a user runs it: a process that starts the stack and answers."""
+"""`moot demo` as a user runs it: a process that starts the stack and answers.
+
+The test model server plays the provider here (fast); `tests/slow` runs the local model.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ async def test_moot_demo_prints_the_synthesis(nats_url: str, database_url: str, 
         "MOOT_NAMESPACE": f"demo_{secrets.token_hex(4)}",
     }
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "moot.cli", "demo", "--port", "0", "--data-dir", str(tmp_path / "moot"),
+        sys.executable, "-m", "moot.cli", "demo", "--test-models", "--port", "0",
+        "--data-dir", str(tmp_path / "moot"),
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), timeout=180)
