@@ -6,11 +6,14 @@ strings, so a plain hash is enough (there is nothing to brute-force, unlike pass
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import os
 import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import asyncpg
 
@@ -110,28 +113,33 @@ async def authenticate(pool: asyncpg.Pool, key: str) -> Principal | None:
     return Principal(owner=row["owner"], key_id=row["id"]) if row else None
 
 
+def _read_key(path: Path) -> str | None:
+    return path.read_text().strip() if path.exists() else None
+
+
+def _write_key(path: Path, key: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+
+
 async def ensure_local_key(conn: asyncpg.Connection, key_file: str) -> str:
     """The local stack's ready-to-use key: the one kept in `key_file` if it still works, else a new one.
 
     The file is readable by its owner only; it is the single place the plaintext is kept.
     """
-    import os
-    from pathlib import Path
-
     path = Path(key_file)
     await apply_schema(conn)
-    if path.exists():
-        key = path.read_text().strip()
+    key = await asyncio.to_thread(_read_key, path)
+    if key:
         found = await conn.fetchval(
             "SELECT 1 FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", hash_key(key)
         )
         if found:
             return key
     _, key = await create_key(conn, "local")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(key + "\n")
+    await asyncio.to_thread(_write_key, path, key)
     return key
 
 
