@@ -13,14 +13,26 @@ Checks:
     plus cross-references: selectors, Service target ports, ConfigMap/Secret names and keys,
     autoscaler targets, probes on MOOT_HTTP_PORT, resources and security settings.
   * The LiteLLM model lists (deploy/models.example.yaml, the moot-models ConfigMap).
+  * deploy/observability/ (neither otelcol, promtool nor Grafana runs here):
+    - the OpenTelemetry Collector config: known component types, every pipeline's components
+      defined and every defined one used, memory_limiter first and batch last, the OTLP ports,
+      exporters that reach compose services, the services' OTEL_EXPORTER_OTLP_ENDPOINT;
+    - prometheus.yml: a strict JSON schema of the keys it uses, unique jobs, every moot service
+      scraped on its port, targets that are compose services;
+    - Grafana: data sources (types, uids, urls of compose services), dashboard providers and
+      their mounts, and each dashboard: unique uids and panel ids, grid, data source uids that
+      are provisioned, PromQL parsed (promql-parser) and naming only metrics the services export
+      (EXPORTED_METRICS, which tests/integration/test_metrics.py checks against a running stack),
+      SQL reading tables of the recorder's schema, defined variables, links that resolve.
 
 Usage:  python scripts/validate_deploy.py [--k8s-version 1.37.0]
-Needs the `test` extra (kubernetes-validate, check-jsonschema); no network access.
+Needs the `test` extra (kubernetes-validate, check-jsonschema, promql-parser); no network access.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import subprocess
 import sys
@@ -667,6 +679,13 @@ def check_k8s_references(r: Report, pyproject: dict[str, Any], docs: list[Doc]) 
         r.check(
             labels_match(sel, tmpl["metadata"].get("labels") or {}), f"{doc}: selector matches pod labels"
         )
+        notes = tmpl["metadata"].get("annotations") or {}
+        r.check(
+            notes.get("prometheus.io/scrape") == "true"
+            and notes.get("prometheus.io/port") == str(port)
+            and notes.get("prometheus.io/path") == "/metrics",
+            f"{doc}: pods annotated for Prometheus (/metrics on {port})",
+        )
         want_replicas = {"moot-gateway": 2, "moot-arbiter": 2, "moot-recorder": 2}.get(name)
         if name in targets_scaled:
             r.check("replicas" not in spec, f"{doc}: no spec.replicas (owned by its HorizontalPodAutoscaler)")
@@ -853,6 +872,565 @@ def check_k8s_references(r: Report, pyproject: dict[str, Any], docs: list[Doc]) 
 
 
 # --------------------------------------------------------------------------------------------
+# deploy/observability: collector, Prometheus, Grafana
+# --------------------------------------------------------------------------------------------
+
+OBS_DIR = ROOT / "deploy" / "observability"
+COLLECTOR_FILE = OBS_DIR / "otel-collector.yaml"
+PROMETHEUS_FILE = OBS_DIR / "prometheus.yml"
+GRAFANA_DIR = OBS_DIR / "grafana"
+SCHEMA_SQL = ROOT / "services" / "recorder" / "schema.sql"
+
+# What the services export, as Prometheus names (histograms also as _bucket, _count, _sum). Keep
+# in step with shared/metrics.py and the libraries' instruments; tests/integration/test_metrics.py
+# scrapes a running stack and fails if one of these is missing, so a dashboard that passes here
+# queries metrics that exist.
+EXPORTED_METRICS = {
+    # recorder
+    "moot_runs_started_total", "moot_runs_finished_total", "moot_run_duration_seconds", "moot_run_rounds",
+    "moot_recorder_batch_size", "moot_recorder_insert_duration_seconds", "moot_recorder_events_total",
+    # member-worker
+    "gen_ai_client_operation_duration_seconds", "gen_ai_client_token_usage", "moot_model_cost_usd_total",
+    "moot_worker_calls_active",
+    # arbiter
+    "moot_arbiter_decisions_total", "moot_arbiter_decision_duration_seconds",
+    # member-worker, arbiter, recorder
+    "moot_queue_wait_seconds", "moot_consumer_pending", "moot_consumer_ack_pending",
+    # the gateway: the FastAPI instrumentation
+    "http_server_request_duration_seconds",
+    # Prometheus itself
+    "up",
+}  # fmt: skip
+HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
+
+# Component types of the collector's contrib distribution that a config here may use.
+COLLECTOR_COMPONENTS = {
+    "receivers": {"otlp", "prometheus", "hostmetrics", "filelog", "jaeger", "zipkin", "nats"},
+    "processors": {
+        "batch", "memory_limiter", "attributes", "resource", "resourcedetection", "filter", "transform",
+        "tail_sampling", "probabilistic_sampler", "k8sattributes", "redaction",
+    },
+    "exporters": {"otlp", "otlphttp", "debug", "prometheus", "prometheusremotewrite", "file", "loadbalancing"},
+    "extensions": {"health_check", "pprof", "zpages", "basicauth", "bearertokenauth"},
+    "connectors": {"spanmetrics", "servicegraph", "forward", "count"},
+}  # fmt: skip
+COLLECTOR_SIGNALS = ("traces", "metrics", "logs")
+
+_DURATION = r"^((\d+)y)?((\d+)w)?((\d+)d)?((\d+)h)?((\d+)m)?((\d+)s)?((\d+)ms)?$"
+# The part of Prometheus' configuration file this project uses, strictly (unknown keys are
+# errors): what promtool would reject for a typo in a key or a malformed duration.
+PROMETHEUS_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["scrape_configs"],
+    "$defs": {
+        "duration": {"type": "string", "pattern": _DURATION, "minLength": 2},
+        "target": {"type": "string", "pattern": r"^[A-Za-z0-9.-]+:\d{1,5}$"},
+        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+    "properties": {
+        "global": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "scrape_interval": {"$ref": "#/$defs/duration"},
+                "scrape_timeout": {"$ref": "#/$defs/duration"},
+                "evaluation_interval": {"$ref": "#/$defs/duration"},
+                "external_labels": {"$ref": "#/$defs/labels"},
+            },
+        },
+        "rule_files": {"type": "array", "items": {"type": "string"}},
+        "scrape_configs": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["job_name"],
+                "properties": {
+                    "job_name": {"type": "string", "minLength": 1},
+                    "scrape_interval": {"$ref": "#/$defs/duration"},
+                    "scrape_timeout": {"$ref": "#/$defs/duration"},
+                    "metrics_path": {"type": "string", "pattern": "^/"},
+                    "scheme": {"enum": ["http", "https"]},
+                    "honor_labels": {"type": "boolean"},
+                    "static_configs": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["targets"],
+                            "properties": {
+                                "targets": {"type": "array", "items": {"$ref": "#/$defs/target"}},
+                                "labels": {"$ref": "#/$defs/labels"},
+                            },
+                        },
+                    },
+                    "dns_sd_configs": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["names"],
+                            "properties": {
+                                "names": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+                                "type": {"enum": ["SRV", "A", "AAAA", "MX", "NS"]},
+                                "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+                                "refresh_interval": {"$ref": "#/$defs/duration"},
+                            },
+                        },
+                    },
+                    "relabel_configs": {"type": "array", "items": {"type": "object"}},
+                    "metric_relabel_configs": {"type": "array", "items": {"type": "object"}},
+                },
+            },
+        },
+    },
+}
+
+GRAFANA_DATASOURCE_TYPES = {
+    "prometheus",
+    "jaeger",
+    "tempo",
+    "loki",
+    "grafana-postgresql-datasource",
+    "postgres",
+}
+GRAFANA_PANEL_TYPES = {
+    "timeseries", "stat", "table", "row", "traces", "gauge", "bargauge", "text", "logs", "heatmap",
+    "barchart", "piechart", "state-timeline", "nodeGraph",
+}  # fmt: skip
+# Variables Grafana defines itself.
+GRAFANA_BUILTIN_VARS = {
+    "__rate_interval", "__interval", "__interval_ms", "__range", "__range_s", "__range_ms", "__from", "__to",
+    "__dashboard", "__user", "__org", "__name", "__value", "__data", "__field", "__series", "__url_time_range",
+    "__all", "timeFilter", "__timeFilter", "__timeFrom", "__timeTo",
+}  # fmt: skip
+_VAR_RE = re.compile(r"\$(?:\{([A-Za-z0-9_]+)(?:[.:][^}]*)?\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def _compose_services() -> dict[str, Any]:
+    compose = yaml.safe_load(COMPOSE_FILE.read_text()) if COMPOSE_FILE.is_file() else {}
+    return dict(compose.get("services") or {})
+
+
+def _compose_mounts(svc: dict[str, Any]) -> dict[str, Path]:
+    """Container path -> host path of a compose service's bind mounts."""
+    mounts: dict[str, Path] = {}
+    for vol in svc.get("volumes") or []:
+        if isinstance(vol, str) and vol.startswith("."):
+            host, target = vol.split(":")[:2]
+            mounts[target] = (COMPOSE_FILE.parent / host).resolve()
+    return mounts
+
+
+def _host_port(endpoint: str) -> tuple[str, int | None]:
+    rest = re.sub(r"^\w+://", "", endpoint).split("/")[0]
+    host, _, port = rest.rpartition(":")
+    if not host:
+        return rest, None
+    return host, int(port) if port.isdigit() else None
+
+
+def check_observability(r: Report) -> None:
+    services = _compose_services()
+    check_collector(r, services)
+    check_prometheus(r, services)
+    check_grafana(r, services)
+
+
+def check_collector(r: Report, services: dict[str, Any]) -> None:
+    section(f"{rel(COLLECTOR_FILE)} (OpenTelemetry Collector)")
+    if not r.check(COLLECTOR_FILE.is_file(), f"{rel(COLLECTOR_FILE)} exists"):
+        return
+    config = yaml.safe_load(COLLECTOR_FILE.read_text())
+    if not r.check(isinstance(config, dict), "parses as a YAML mapping"):
+        return
+    sections = ("receivers", "processors", "exporters", "extensions", "connectors")
+    unknown = sorted(set(config) - {*sections, "service"})
+    r.check(not unknown, "top-level keys are collector sections", f"unknown {unknown}")
+    defined: dict[str, set[str]] = {}
+    for kind in sections:
+        components = config.get(kind) or {}
+        if not r.check(isinstance(components, dict), f"{kind} is a mapping"):
+            continue
+        defined[kind] = set(components)
+        for cid, settings in components.items():
+            ctype = cid.split("/", 1)[0]
+            r.check(
+                ctype in COLLECTOR_COMPONENTS[kind],
+                f"{kind[:-1]} {cid}: type {ctype!r} is a known {kind[:-1]}",
+                f"known: {', '.join(sorted(COLLECTOR_COMPONENTS[kind]))}",
+            )
+            r.check(
+                settings is None or isinstance(settings, dict), f"{kind[:-1]} {cid}: settings are a mapping"
+            )
+    service = config.get("service") or {}
+    pipelines = service.get("pipelines") or {}
+    if not r.check(
+        isinstance(pipelines, dict) and bool(pipelines), "service.pipelines is a non-empty mapping"
+    ):
+        return
+    for ext in service.get("extensions") or []:
+        r.check(ext in defined.get("extensions", set()), f"service extension {ext} is defined")
+    used: dict[str, set[str]] = {kind: set() for kind in sections}
+    connectors = defined.get("connectors", set())
+    for name, pipeline in pipelines.items():
+        signal = name.split("/", 1)[0]
+        r.check(
+            signal in COLLECTOR_SIGNALS, f"pipeline {name}: signal is one of {', '.join(COLLECTOR_SIGNALS)}"
+        )
+        for kind in ("receivers", "processors", "exporters"):
+            ids = pipeline.get(kind) or []
+            if kind != "processors":
+                r.check(bool(ids), f"pipeline {name}: has {kind}")
+            for cid in ids:
+                ok = cid in defined.get(kind, set()) or (kind != "processors" and cid in connectors)
+                r.check(ok, f"pipeline {name}: {kind[:-1]} {cid} is defined")
+                (used["connectors"] if cid in connectors else used[kind]).add(cid)
+        processors = pipeline.get("processors") or []
+        if "memory_limiter" in processors:
+            r.check(processors[0] == "memory_limiter", f"pipeline {name}: memory_limiter comes first")
+        if "batch" in processors:
+            r.check(processors[-1] == "batch", f"pipeline {name}: batch comes last")
+    for kind in ("receivers", "processors", "exporters", "connectors"):
+        unused = sorted(defined.get(kind, set()) - used[kind])
+        r.check(not unused, f"every defined {kind[:-1]} is used in a pipeline", f"unused {unused}")
+    # Where the data comes from and goes to.
+    protocols = ((config.get("receivers") or {}).get("otlp") or {}).get("protocols") or {}
+    http = _host_port(str((protocols.get("http") or {}).get("endpoint", "")))
+    grpc = _host_port(str((protocols.get("grpc") or {}).get("endpoint", "")))
+    r.check(http == ("0.0.0.0", 4318), "otlp receiver: OTLP/HTTP on 0.0.0.0:4318", str(http))
+    r.check(grpc == ("0.0.0.0", 4317), "otlp receiver: OTLP/gRPC on 0.0.0.0:4317", str(grpc))
+    traces = [p for n, p in pipelines.items() if n.split("/")[0] == "traces"]
+    r.check(any("otlp" in (p.get("receivers") or []) for p in traces), "a traces pipeline receives OTLP")
+    for cid, settings in (config.get("exporters") or {}).items():
+        if cid.split("/")[0] in ("otlp", "otlphttp"):
+            host, _ = _host_port(str((settings or {}).get("endpoint", "")))
+            r.check(host in services, f"exporter {cid}: sends to the compose service {host!r}")
+    col = services.get("otel-collector")
+    if r.check(col is not None, "docker-compose.yml runs the collector (otel-collector)"):
+        assert col is not None
+        mounts = _compose_mounts(col)
+        r.check(COLLECTOR_FILE.resolve() in mounts.values(), "compose otel-collector mounts this config")
+        command = " ".join(col.get("command") or [])
+        target = next((t for t, h in mounts.items() if h == COLLECTOR_FILE.resolve()), "?")
+        r.check(f"--config={target}" in command, f"compose otel-collector runs with --config={target}")
+    for name in SERVICES:
+        env = env_dict((services.get(name) or {}).get("environment"))
+        endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+        r.check(
+            _host_port(endpoint) == ("otel-collector", 4318) and endpoint.startswith("http://"),
+            f"compose {name}: OTEL_EXPORTER_OTLP_ENDPOINT is the collector's OTLP/HTTP receiver",
+            endpoint,
+        )
+
+
+def check_prometheus(r: Report, services: dict[str, Any]) -> None:
+    section(f"{rel(PROMETHEUS_FILE)} (Prometheus)")
+    if not r.check(PROMETHEUS_FILE.is_file(), f"{rel(PROMETHEUS_FILE)} exists"):
+        return
+    import jsonschema
+
+    config = yaml.safe_load(PROMETHEUS_FILE.read_text())
+    errors = sorted(jsonschema.Draft202012Validator(PROMETHEUS_SCHEMA).iter_errors(config), key=str)
+    r.check(
+        not errors,
+        "valid against the schema of the Prometheus configuration keys used here (strict)",
+        "; ".join(f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors[:5]),
+    )
+    if errors:
+        return
+    jobs = [sc["job_name"] for sc in config["scrape_configs"]]
+    r.check(len(jobs) == len(set(jobs)), "job names are unique", str(jobs))
+    scraped: dict[str, set[int]] = {}
+    for sc in config["scrape_configs"]:
+        for static in sc.get("static_configs") or []:
+            for target in static["targets"]:
+                host, port = _host_port(target)
+                r.check(
+                    host in services or host == "localhost",
+                    f"job {sc['job_name']}: target {target} is a compose service",
+                )
+                scraped.setdefault(host, set()).add(port or 0)
+        for dns in sc.get("dns_sd_configs") or []:
+            r.check(
+                dns.get("type") == "A" and "port" in dns, f"job {sc['job_name']}: DNS A records with a port"
+            )
+            for host in dns["names"]:
+                r.check(host in services, f"job {sc['job_name']}: {host} is a compose service")
+                scraped.setdefault(host, set()).add(int(dns.get("port", 0)))
+    for name, (_, port) in SERVICES.items():
+        job = next((sc for sc in config["scrape_configs"] if sc["job_name"] == f"moot-{name}"), None)
+        r.check(job is not None, f"job moot-{name} scrapes {name}")
+        r.check(port in scraped.get(name, set()), f"{name} is scraped on its MOOT_HTTP_PORT {port}")
+        if job is not None:
+            r.check(
+                job.get("metrics_path", "/metrics") == "/metrics", f"job moot-{name}: metrics_path /metrics"
+            )
+    col = (services.get("otel-collector") or {}) if "otel-collector" in services else None
+    if col is not None:
+        r.check(
+            8889 in scraped.get("otel-collector", set()),
+            "the collector's Prometheus exporter (:8889) is scraped",
+        )
+    prom = services.get("prometheus")
+    if r.check(prom is not None, "docker-compose.yml runs Prometheus"):
+        assert prom is not None
+        mounts = _compose_mounts(prom)
+        target = next((t for t, h in mounts.items() if h == PROMETHEUS_FILE.resolve()), None)
+        r.check(target is not None, "compose prometheus mounts this config")
+        r.check(
+            f"--config.file={target}" in (prom.get("command") or []),
+            f"compose prometheus uses --config.file={target}",
+        )
+
+
+def _promql_metrics(expr: str) -> list[str]:
+    """Parse a dashboard's PromQL (Grafana variables replaced by sample values); the metric names."""
+    import promql_parser
+
+    sample = re.sub(r"\$\{?__(rate_interval|interval|range)\}?", "5m", expr)
+    sample = _VAR_RE.sub("x", sample)
+    ast = promql_parser.parse(sample)
+    names: list[str] = []
+
+    def visit(node: Any) -> None:
+        if isinstance(node, promql_parser.VectorSelector) and node.name:
+            names.append(node.name)
+
+    promql_parser.walk(ast, visit)
+    return names
+
+
+def _exported(name: str) -> bool:
+    if name in EXPORTED_METRICS:
+        return True
+    return any(name.endswith(s) and name[: -len(s)] in EXPORTED_METRICS for s in HISTOGRAM_SUFFIXES)
+
+
+def _walk_panels(panels: list[Any]) -> Iterator[dict[str, Any]]:
+    for panel in panels:
+        if isinstance(panel, dict):
+            yield panel
+            yield from _walk_panels(panel.get("panels") or [])
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+def check_grafana(r: Report, services: dict[str, Any]) -> None:
+    section(f"{rel(GRAFANA_DIR)} (Grafana provisioning and dashboards)")
+    grafana = services.get("grafana")
+    if not r.check(grafana is not None, "docker-compose.yml runs Grafana"):
+        return
+    assert grafana is not None
+    mounts = {h: t for t, h in _compose_mounts(grafana).items()}
+    provisioning = GRAFANA_DIR / "provisioning"
+    r.check(
+        mounts.get(provisioning.resolve()) == "/etc/grafana/provisioning",
+        f"compose grafana mounts {rel(provisioning)} at /etc/grafana/provisioning",
+    )
+    # Data sources
+    datasources: dict[str, str] = {}  # uid -> type
+    ds_files = sorted((provisioning / "datasources").glob("*.y*ml"))
+    r.check(bool(ds_files), "data sources are provisioned")
+    pg_env = env_dict((services.get("postgres") or {}).get("environment"))
+    for path in ds_files:
+        doc = yaml.safe_load(path.read_text()) or {}
+        r.check(doc.get("apiVersion") == 1, f"{rel(path)}: apiVersion 1")
+        for ds in doc.get("datasources") or []:
+            name, uid, dtype = ds.get("name"), ds.get("uid"), ds.get("type")
+            where = f"{rel(path)}: data source {name!r}"
+            r.check(bool(name) and bool(uid), f"{where}: has a name and a uid")
+            r.check(uid not in datasources, f"{where}: uid {uid!r} is unique")
+            r.check(dtype in GRAFANA_DATASOURCE_TYPES, f"{where}: type {dtype!r} is known")
+            datasources[str(uid)] = str(dtype)
+            host, port = _host_port(str(ds.get("url", "")))
+            r.check(host in services, f"{where}: url host {host!r} is a compose service")
+            want = {"prometheus": 9090, "jaeger": 16686, "grafana-postgresql-datasource": 5432}.get(
+                str(dtype)
+            )
+            if want:
+                r.check(port == want, f"{where}: port {want}", str(port))
+            if dtype == "grafana-postgresql-datasource":
+                jd = ds.get("jsonData") or {}
+                r.check(
+                    jd.get("database") == pg_env.get("POSTGRES_DB")
+                    and ds.get("user") == pg_env.get("POSTGRES_USER"),
+                    f"{where}: database and user are compose postgres' ({pg_env.get('POSTGRES_DB')})",
+                )
+    for dtype in ("prometheus", "jaeger", "grafana-postgresql-datasource"):
+        r.check(dtype in datasources.values(), f"a {dtype} data source is provisioned")
+    # Dashboard providers
+    dashboards_dir = GRAFANA_DIR / "dashboards"
+    for path in sorted((provisioning / "dashboards").glob("*.y*ml")):
+        doc = yaml.safe_load(path.read_text()) or {}
+        r.check(doc.get("apiVersion") == 1, f"{rel(path)}: apiVersion 1")
+        for provider in doc.get("providers") or []:
+            target = (provider.get("options") or {}).get("path")
+            r.check(
+                provider.get("type") == "file", f"{rel(path)}: provider {provider.get('name')} reads files"
+            )
+            r.check(
+                mounts.get(dashboards_dir.resolve()) == target,
+                f"{rel(path)}: provider path {target} is where compose mounts {rel(dashboards_dir)}",
+            )
+    # Dashboards
+    files = sorted(dashboards_dir.glob("*.json"))
+    if not r.check(
+        len(files) >= 2, f"{rel(dashboards_dir)} has the dashboards (fleet overview, run drill-down)"
+    ):
+        return
+    tables = set(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEMA_SQL.read_text()))
+    uids: dict[str, Path] = {}
+    loaded: list[tuple[Path, dict[str, Any]]] = []
+    for path in files:
+        try:
+            dash = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            r.fail(f"{rel(path)}: JSON does not parse: {e}")
+            continue
+        uid = dash.get("uid")
+        r.check(
+            isinstance(uid, str) and 0 < len(uid) <= 40 and uid not in uids,
+            f"{rel(path)}: unique uid {uid!r}",
+        )
+        uids[str(uid)] = path
+        loaded.append((path, dash))
+    home = env_dict(grafana.get("environment")).get("GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH")
+    if home:
+        target = mounts.get(dashboards_dir.resolve(), "")
+        r.check(
+            home.startswith(target + "/") and (dashboards_dir / home[len(target) + 1 :]).is_file(),
+            f"compose grafana: the home dashboard {home} is one of the provisioned files",
+        )
+    for path, dash in loaded:
+        check_dashboard(r, path, dash, datasources, tables, set(uids))
+
+
+def check_dashboard(
+    r: Report, path: Path, dash: dict[str, Any], datasources: dict[str, str], tables: set[str], uids: set[str]
+) -> None:
+    where = rel(path)
+    r.check(
+        isinstance(dash.get("title"), str) and isinstance(dash.get("schemaVersion"), int),
+        f"{where}: has a title and a schemaVersion",
+    )
+    panels = list(_walk_panels(dash.get("panels") or []))
+    r.check(bool(panels), f"{where}: has panels")
+    ids = [p.get("id") for p in panels]
+    r.check(
+        len(ids) == len(set(ids)) and all(isinstance(i, int) for i in ids), f"{where}: panel ids are unique"
+    )
+    variables = {v.get("name") for v in (dash.get("templating") or {}).get("list") or []}
+    problems: list[str] = []
+    metrics_used: set[str] = set()
+    for panel in panels:
+        pw = f"panel {panel.get('id')} {panel.get('title')!r}"
+        if panel.get("type") not in GRAFANA_PANEL_TYPES:
+            problems.append(f"{pw}: unknown type {panel.get('type')!r}")
+        grid = panel.get("gridPos") or {}
+        if (
+            not all(isinstance(grid.get(k), int) for k in "xywh")
+            or grid["x"] + grid["w"] > 24
+            or grid["w"] < 1
+        ):
+            problems.append(f"{pw}: gridPos {grid} does not fit the 24-column grid")
+        refs = [panel.get("datasource"), *[t.get("datasource") for t in panel.get("targets") or []]]
+        for ref in refs:
+            if isinstance(ref, dict) and ref.get("uid") is not None:
+                if ref.get("uid") not in datasources:
+                    problems.append(f"{pw}: data source uid {ref.get('uid')!r} is not provisioned")
+                elif ref.get("type") and ref["type"] != datasources[ref["uid"]]:
+                    problems.append(f"{pw}: data source {ref['uid']} is a {datasources[ref['uid']]}")
+        ptype = datasources.get(str((panel.get("datasource") or {}).get("uid")), "")
+        for target in panel.get("targets") or []:
+            ttype = datasources.get(str((target.get("datasource") or {}).get("uid")), ptype)
+            if ttype == "prometheus":
+                try:
+                    names = _promql_metrics(str(target.get("expr", "")))
+                except Exception as e:
+                    problems.append(f"{pw}: PromQL {target.get('expr')!r} does not parse: {e}")
+                    continue
+                metrics_used.update(names)
+                unknown = [n for n in names if not _exported(n)]
+                if unknown:
+                    problems.append(f"{pw}: queries metrics no service exports: {unknown}")
+            elif ttype == "grafana-postgresql-datasource":
+                sql = str(target.get("rawSql", ""))
+                # Table names after FROM / JOIN (not the FROM of extract(field FROM ...)).
+                bare = re.sub(r"\bextract\s*\([^)]*\)", "", sql, flags=re.IGNORECASE)
+                used = set(re.findall(r"\b(?:FROM|JOIN)\s+(\w+)", bare, re.IGNORECASE))
+                if not sql or not used or not used <= tables:
+                    problems.append(f"{pw}: SQL reads tables {sorted(used - tables)} not in schema.sql")
+            elif ttype == "jaeger" and not str(target.get("query", "")).strip():
+                problems.append(f"{pw}: Jaeger query is empty")
+        for text in _strings(panel):
+            for m in _VAR_RE.finditer(text):
+                var = m.group(1) or m.group(2)
+                if var not in variables and var not in GRAFANA_BUILTIN_VARS:
+                    problems.append(f"{pw}: variable ${var} is not defined")
+        for link in _links(panel):
+            internal = link.get("internal")
+            if internal and internal.get("datasourceUid") not in datasources:
+                problems.append(
+                    f"{pw}: link to data source {internal.get('datasourceUid')!r} is not provisioned"
+                )
+            found = re.match(r"^/d/([^/?]+)", str(link.get("url", "")))
+            if found and found.group(1) not in uids:
+                problems.append(f"{pw}: link to dashboard {found.group(1)!r} that does not exist")
+    for var in (dash.get("templating") or {}).get("list") or []:
+        ds = var.get("datasource")
+        if isinstance(ds, dict) and ds.get("uid") not in datasources:
+            problems.append(f"variable {var.get('name')}: data source {ds.get('uid')!r} is not provisioned")
+    for link in dash.get("links") or []:
+        found = re.match(r"^/d/([^/?]+)", str(link.get("url", "")))
+        if found and found.group(1) not in uids:
+            problems.append(f"dashboard link to {found.group(1)!r} that does not exist")
+    r.check(
+        not problems,
+        f"{where}: {len(panels)} panels, queries parse and reference what exists",
+        "; ".join(problems),
+    )
+    if dash.get("uid") == "moot-fleet":
+        for needed in ("moot_runs_finished_total", "gen_ai_client_operation_duration_seconds_bucket",
+                       "moot_model_cost_usd_total", "moot_consumer_pending", "moot_queue_wait_seconds_bucket",
+                       "http_server_request_duration_seconds_count"):  # fmt: skip
+            r.check(needed in metrics_used, f"{where}: the fleet overview shows {needed}")
+    if dash.get("uid") == "moot-run":
+        trace_links = [
+            link
+            for p in panels
+            for link in _links(p)
+            if (link.get("internal") or {}).get("datasourceUid") == "jaeger"
+        ]
+        r.check(bool(trace_links), f"{where}: the run drill-down links to the run's trace")
+        r.check(
+            any(p.get("type") == "traces" for p in panels), f"{where}: the run drill-down shows the trace"
+        )
+
+
+def _links(panel: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Data links of a panel (field defaults and overrides)."""
+    config = panel.get("fieldConfig") or {}
+    yield from (config.get("defaults") or {}).get("links") or []
+    for override in config.get("overrides") or []:
+        for prop in override.get("properties") or []:
+            if prop.get("id") == "links":
+                yield from prop.get("value") or []
+
+
+# --------------------------------------------------------------------------------------------
 
 
 def main() -> int:
@@ -884,6 +1462,7 @@ def main() -> int:
         ("models.example.yaml", models_example),
         ("docker-compose.yml", lambda: check_compose(r, pyproject)),
         ("deploy/k8s", lambda: check_kubernetes(r, pyproject, k8s_version)),
+        ("deploy/observability", lambda: check_observability(r)),
     ]
     for name, step in steps:
         try:

@@ -19,16 +19,71 @@ class RunEventMessage:
 
 
 class GatewayError(RuntimeError):
+    """A response with an error status.
+
+    `detail` is the body's `detail` (FastAPI's list of field errors on 422) or its `error` object
+    (`{"message", "code", ...}`) or the raw text; `message` and `field_errors` read it for people.
+    """
+
     def __init__(self, status: int, detail: Any) -> None:
         super().__init__(f"HTTP {status}: {detail}")
         self.status = status
         self.detail = detail
 
+    @property
+    def message(self) -> str:
+        """One line: the error's message, or the field errors joined."""
+        if isinstance(self.detail, dict) and isinstance(self.detail.get("message"), str):
+            return self.detail["message"]
+        if isinstance(self.detail, list):
+            return "; ".join(f"{field}: {msg}" for field, msg in self.field_errors)
+        return str(self.detail)
+
+    @property
+    def field_errors(self) -> list[tuple[str, str]]:
+        """(field, message) for each validation error, the field a dotted path (`members.0.count`)."""
+        if not isinstance(self.detail, list):
+            return []
+        found = []
+        for err in self.detail:
+            if not isinstance(err, dict):
+                continue
+            loc = [str(p) for p in err.get("loc", ())]
+            if loc and loc[0] in _LOCATIONS:
+                loc = loc[1:]
+            if loc and loc[0] in _RUN_MODES:  # the union member pydantic tried: the body's mode
+                loc = loc[1:]
+            found.append((".".join(loc) or "request", _plain(str(err.get("msg", "")))))
+        return found
+
+
+_LOCATIONS = ("body", "path", "query", "header")
+_RUN_MODES = ("consortium", "debate")
+
+
+def _plain(msg: str) -> str:
+    """pydantic's message without its 'Value error, ' prefix."""
+    return msg.removeprefix("Value error, ")
+
+
+def _detail_of(response: httpx.Response) -> Any:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text
+    if isinstance(body, dict):
+        if "detail" in body:
+            return body["detail"]
+        if isinstance(body.get("error"), dict):
+            return body["error"]
+    return body
+
 
 class MootClient:
     def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 30.0) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout)
 
     async def __aenter__(self) -> MootClient:
         return self
@@ -38,19 +93,28 @@ class MootClient:
 
     async def _json(self, response: httpx.Response) -> Any:
         if response.status_code >= 400:
-            try:
-                detail = response.json().get("detail", response.text)
-            except ValueError:
-                detail = response.text
-            raise GatewayError(response.status_code, detail)
+            raise GatewayError(response.status_code, _detail_of(response))
         return response.json()
 
+    # runs
+
     async def create_run(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Submit a run request (or `{"config": name, "prompt": ..., overrides}`); `{"id", "mode", ...}`."""
         result: dict[str, Any] = await self._json(await self._http.post("/v1/runs", json=body))
         return result
 
     async def get_run(self, run_id: str) -> dict[str, Any]:
         result: dict[str, Any] = await self._json(await self._http.get(f"/v1/runs/{run_id}"))
+        return result
+
+    async def list_runs(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The owner's recent runs, newest first."""
+        body = await self._json(await self._http.get("/v1/runs", params={"limit": limit}))
+        runs: list[dict[str, Any]] = body["data"]
+        return runs
+
+    async def cancel_run(self, run_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._json(await self._http.post(f"/v1/runs/{run_id}/cancel"))
         return result
 
     async def events(self, run_id: str, last_event_id: str | None = None) -> AsyncIterator[RunEventMessage]:
@@ -64,4 +128,35 @@ class MootClient:
                 await source.response.aread()
                 await self._json(source.response)
             async for sse in source.aiter_sse():
+                if not sse.data:
+                    # A keep-alive comment (": ping", after 15 s without events): httpx-sse 0.4.3
+                    # turns it into an empty event once an id was seen.
+                    continue
                 yield RunEventMessage(id=sse.id, type=sse.event, data=json.loads(sse.data))
+
+    # saved configurations
+
+    async def save_config(self, name: str, config: dict[str, Any]) -> dict[str, Any]:
+        """Save a run request without its prompt under `name`; each save adds a version."""
+        result: dict[str, Any] = await self._json(
+            await self._http.put(f"/v1/consortiums/{name}", json=config)
+        )
+        return result
+
+    async def get_config(self, name: str, version: int | None = None) -> dict[str, Any]:
+        params = {"version": version} if version is not None else {}
+        result: dict[str, Any] = await self._json(
+            await self._http.get(f"/v1/consortiums/{name}", params=params)
+        )
+        return result
+
+    async def list_configs(self) -> list[dict[str, Any]]:
+        """The latest version of every saved configuration."""
+        body = await self._json(await self._http.get("/v1/consortiums"))
+        configs: list[dict[str, Any]] = body["data"]
+        return configs
+
+    async def delete_config(self, name: str) -> None:
+        response = await self._http.delete(f"/v1/consortiums/{name}")
+        if response.status_code >= 400:
+            raise GatewayError(response.status_code, _detail_of(response))

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterable
 
 from faststream.nats import NatsBroker
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
@@ -13,6 +14,7 @@ from nats.js.kv import KeyValue
 
 from moot.settings import MootSettings
 from moot.subjects import Names
+from moot.telemetry import broker_middlewares
 
 log = logging.getLogger(__name__)
 
@@ -20,12 +22,20 @@ MSG_ID = "Nats-Msg-Id"
 
 
 def make_broker(settings: MootSettings, **kwargs: object) -> NatsBroker:
-    """A faststream NATS broker; one connection per process, reused for everything."""
+    """A faststream NATS broker; one connection per process, reused for everything.
+
+    With tracing on, every publish and consume goes through the telemetry middleware: W3C trace
+    context travels in the message headers (see `moot.telemetry`).
+    """
     return NatsBroker(
         settings.nats_url,
         name=kwargs.pop("name", "moot"),  # type: ignore[arg-type]
         max_reconnect_attempts=-1,
         logger=log,
+        # faststream logs every message received and processed; at INFO that is two lines per
+        # message with nothing to identify it (see docs/benchmarks.md). Debug level keeps them.
+        log_level=logging.DEBUG,
+        middlewares=broker_middlewares(),
         **kwargs,  # type: ignore[arg-type]
     )
 
@@ -72,7 +82,31 @@ async def ensure_topology(js: JetStreamContext, names: Names, settings: MootSett
         )
 
 
+# faststream's default JetStream publish timeout is 0.5 s, which a loaded server exceeds; a publish
+# that times out may still have been stored, so retrying it is safe (the message id deduplicates).
+PUBLISH_TIMEOUT_SECONDS = 5.0
+PUBLISH_ATTEMPTS = 3
+
+
+async def publish(broker: NatsBroker, names: Names, subject: str, msg_id: str, payload: bytes) -> None:
+    """Publish one message to JetStream, deduplicated by `msg_id`, retrying timeouts."""
+    for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+        try:
+            await broker.publish(
+                payload,
+                subject,
+                headers={MSG_ID: msg_id},
+                stream=names.stream_for(subject),
+                timeout=PUBLISH_TIMEOUT_SECONDS,
+            )
+            return
+        except (TimeoutError, NatsTimeoutError):
+            if attempt == PUBLISH_ATTEMPTS:
+                raise
+            log.warning("publish of %s timed out (attempt %d); retrying", msg_id, attempt)
+
+
 async def publish_all(broker: NatsBroker, names: Names, items: Iterable[tuple[str, str, bytes]]) -> None:
     """Publish (subject, msg_id, payload) triples to JetStream in order, each deduplicated by its id."""
     for subject, msg_id, payload in items:
-        await broker.publish(payload, subject, headers={MSG_ID: msg_id}, stream=names.stream_for(subject))
+        await publish(broker, names, subject, msg_id, payload)

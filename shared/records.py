@@ -56,6 +56,8 @@ async def fetch_run_view(pool: _Fetcher, run_id: str) -> dict[str, Any] | None:
         "finished_at": row["finished_at"].isoformat() if row["finished_at"] else None,
         "reason": row["reason"],
         "owner": row["owner"] or "",
+        "config": None,  # kept in the view once the run ends
+        "continued_from": None,
         "request": json.loads(row["request"]) if row["request"] is not None else None,
     }
     if row["mode"] == "debate":  # the keys of moot.protocols.debate.view

@@ -19,6 +19,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, Field
 
+from moot import telemetry
 from moot.messages import CallJob
 from moot.protocols import protocol_for
 from moot.protocols.base import Command, Transition
@@ -39,10 +40,16 @@ class StoredRun(BaseModel):
     mode: str
     state: dict[str, Any]
     outbox: list[OutboxItem] = Field(default_factory=list)
+    # W3C traceparent of the request that created the run: its trace is the run's trace.
+    traceparent: str | None = None
 
 
 class RunExists(Exception):
     pass
+
+
+class OutboxPending(Exception):
+    """A run was stored but some of its commands are not published yet."""
 
 
 @dataclass
@@ -65,16 +72,29 @@ class RunStore:
 
     async def create(self, run_id: str, mode: str, transition: Transition[Any]) -> None:
         """Store a new run and publish its first commands. RunExists if the id is taken."""
+        telemetry.annotate(run_id=run_id, mode=mode)
         stored = StoredRun(
             mode=mode,
             state=transition.state.model_dump(mode="json"),
             outbox=[self.encode(c) for c in transition.commands],
+            traceparent=telemetry.current_traceparent(),
         )
         try:
             revision = await self.kv.create(run_id, stored.model_dump_json().encode())
         except KeyWrongLastSequenceError as exc:
             raise RunExists(run_id) from exc
-        await self._flush(run_id, stored, revision)
+        try:
+            await self._flush(run_id, stored, revision)
+        except Exception as exc:
+            # The run is stored; only its first messages are not all out. No event will come to
+            # flush them, so the caller must (`flush_pending`), not report a failure.
+            raise OutboxPending(run_id) from exc
+
+    async def flush_pending(self, run_id: str) -> None:
+        """Publish whatever a run still has in its outbox (after a publish failed)."""
+        got = await self._get(run_id)
+        if got is not None:
+            await self._flush(run_id, *got)
 
     async def load(self, run_id: str) -> tuple[str, Any] | None:
         """(mode, state) of a run, or None when the bucket does not hold it."""
@@ -84,9 +104,14 @@ class RunStore:
         stored, _ = got
         return stored.mode, protocol_for(stored.mode).State.model_validate(stored.state)
 
+    async def trace_of(self, run_id: str) -> tuple[bool, str | None]:
+        """(whether the bucket holds the run, the id of its trace: None when it was not traced)."""
+        got = await self._get(run_id)
+        return (True, telemetry.trace_id_of(got[0].traceparent)) if got else (False, None)
+
     async def apply(self, run_id: str, event: Any) -> bool:
         """Fold `event` into the run and publish what follows. False if the run is unknown."""
-        for _ in range(self.max_cas_attempts):
+        for attempt in range(self.max_cas_attempts):
             got = await self._get(run_id)
             if got is None:
                 return False
@@ -103,11 +128,20 @@ class RunStore:
                 mode=stored.mode,
                 state=transition.state.model_dump(mode="json"),
                 outbox=[*stored.outbox, *(self.encode(c) for c in transition.commands)],
+                traceparent=stored.traceparent,
             )
             try:
                 revision = await self.kv.update(run_id, stored.model_dump_json().encode(), last=revision)
             except KeyWrongLastSequenceError:
                 continue  # another arbiter advanced the run first: decide again on its state
+            # What was decided, on the deciding span (the arbiter's): no content, only types.
+            telemetry.annotate(
+                mode=stored.mode,
+                cas_conflicts=attempt,
+                commands=[
+                    f"call_job:{c.role}" if isinstance(c, CallJob) else c.type for c in transition.commands
+                ],
+            )
             await self._flush(run_id, stored, revision)
             return True
         raise RuntimeError(f"run {run_id}: gave up after {self.max_cas_attempts} conflicting writes")
@@ -125,13 +159,17 @@ class RunStore:
         """Publish the outbox, then drop what was published from it (by CAS, retrying on conflict)."""
         if not stored.outbox:
             return
-        await self.publish([(o.subject, o.msg_id, o.payload.encode()) for o in stored.outbox])
+        # In the run's trace even when called from another one (a cancel request).
+        with telemetry.in_run_trace(stored.traceparent, "moot.run publish"):
+            await self.publish([(o.subject, o.msg_id, o.payload.encode()) for o in stored.outbox])
         published = {o.msg_id for o in stored.outbox}
         for _ in range(self.max_cas_attempts):
             remaining = [o for o in stored.outbox if o.msg_id not in published]
             if len(remaining) == len(stored.outbox):
                 return  # someone else already cleared them
-            stored = StoredRun(mode=stored.mode, state=stored.state, outbox=remaining)
+            stored = StoredRun(
+                mode=stored.mode, state=stored.state, outbox=remaining, traceparent=stored.traceparent
+            )
             try:
                 await self.kv.update(run_id, stored.model_dump_json().encode(), last=revision)
                 return

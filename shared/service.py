@@ -2,22 +2,25 @@
 
 Each worker service (member-worker, arbiter, recorder) is a faststream NATS broker inside a
 small FastAPI app whose lifespan starts and stops it; the app serves `/healthz` (the process
-is alive) and `/readyz` (connected and ready to take work) for Kubernetes probes and `moot up`.
+is alive) and `/readyz` (connected and ready to take work) for Kubernetes probes and `moot up`,
+and `/metrics` (Prometheus) with the pending counts of the service's durable consumers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import uvicorn
 from fastapi import FastAPI, Response
 from faststream.nats import NatsBroker
 
+from moot import telemetry
 from moot.settings import MootSettings
 
 
@@ -38,8 +41,12 @@ def service_app(
     on_start: Callable[[], Awaitable[None]] | None = None,
     on_stop: Callable[[], Awaitable[None]] | None = None,
     ready: Callable[[], bool] | None = None,
+    consumers: Sequence[tuple[str, str]] = (),
 ) -> FastAPI:
-    """A FastAPI app that runs `broker` for its lifetime and answers health probes."""
+    """A FastAPI app that runs `broker` for its lifetime and answers health probes.
+
+    `consumers` are the (stream, durable) pairs whose lag `/metrics` reports.
+    """
     started = asyncio.Event()
 
     @asynccontextmanager
@@ -49,13 +56,23 @@ def service_app(
             await on_start()
         await broker.start()
         started.set()
+        lag = (
+            asyncio.create_task(telemetry.watch_consumers(broker.connection.jetstream(), consumers))
+            if consumers
+            else None
+        )
         try:
             yield
         finally:
             started.clear()
+            if lag is not None:
+                lag.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await lag
             await broker.stop()
             if on_stop:
                 await on_stop()
+            telemetry.flush()
 
     app = FastAPI(title=f"moot {name}", lifespan=lifespan, docs_url=None, redoc_url=None)
 
@@ -69,6 +86,10 @@ def service_app(
         if not ok:
             response.status_code = 503
         return {"status": "ready" if ok else "not ready", "service": name}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        return telemetry.metrics_response()
 
     return app
 

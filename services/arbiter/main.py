@@ -6,6 +6,7 @@ import os
 
 from fastapi import FastAPI
 
+from moot import telemetry
 from moot.nats import ensure_topology, make_broker, publish_all
 from moot.runstore import RunStore
 from moot.service import serve, service_app, setup_logging
@@ -18,6 +19,7 @@ def create_app() -> FastAPI:
     settings = get_settings()
     names = Names(settings.namespace)
     setup_logging(settings, "arbiter")
+    telemetry.setup("arbiter")
     broker = make_broker(settings, name="moot-arbiter")
     # The bucket can only be opened once connected, but handlers must be registered before.
     holder: dict[str, RunStore] = {}
@@ -31,7 +33,9 @@ def create_app() -> FastAPI:
 
     concurrency = int(os.environ.get("MOOT_ARBITER_CONCURRENCY", "16"))
     register(broker, names, lambda: holder["store"], concurrency)
-    return service_app("arbiter", broker, on_start=on_start)
+    return service_app(
+        "arbiter", broker, on_start=on_start, consumers=[(names.runs_stream, names.arbiter_consumer)]
+    )
 
 
 def main() -> None:

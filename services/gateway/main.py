@@ -11,6 +11,7 @@ import asyncpg
 import uvicorn
 from fastapi import FastAPI
 
+from moot import telemetry
 from moot.accounts import apply_schema
 from moot.nats import ensure_topology, make_broker, publish_all
 from moot.runstore import RunStore
@@ -50,11 +51,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await broker.stop()
         if pool is not None:
             await pool.close()
+        telemetry.flush()
 
 
 def create_app() -> FastAPI:
     setup_logging(get_settings(), "gateway")
+    telemetry.setup("gateway")
     app = FastAPI(title="moot", version="0.1.0", lifespan=lifespan)
+    # A server span per request (the root of a run's trace for POST /v1/runs), HTTP metrics.
+    telemetry.instrument_fastapi(app)
+    app.add_api_route("/metrics", telemetry.metrics_response, methods=["GET"], include_in_schema=False)
     app.add_exception_handler(ApiError, api_error_handler)
     app.include_router(health.router)
     app.include_router(runs.router)

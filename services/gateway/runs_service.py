@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from typing import Any
 
@@ -13,9 +15,12 @@ from moot.accounts import Principal
 from moot.messages import CancelRequested, ChatMessage, RunMeta, run_request_adapter, utcnow
 from moot.protocols import protocol_for
 from moot.records import fetch_run_view
+from moot.runstore import OutboxPending
 from moot_gateway import configs
 from moot_gateway.deps import Clients
 from moot_gateway.errors import ApiError
+
+log = logging.getLogger(__name__)
 
 # Fields of a submission that are not part of the run request itself.
 CONFIG_FIELD, VERSION_FIELD, CONTINUE_FIELD = "config", "config_version", "continue_from"
@@ -109,8 +114,30 @@ async def resolve(clients: Clients, principal: Principal, body: dict[str, Any]) 
 async def submit(clients: Clients, request: Any, meta: RunMeta) -> str:
     run_id = uuid.uuid4().hex
     transition = protocol_for(request.mode).start(run_id, request, utcnow(), meta)
-    await clients.store.create(run_id, request.mode, transition)
+    try:
+        await clients.store.create(run_id, request.mode, transition)
+    except OutboxPending:
+        # Accepted and stored: answer 202 and keep publishing its first jobs in the background.
+        log.warning("run %s: first messages not all published; retrying in the background", run_id)
+        task = asyncio.create_task(_flush_until_done(clients, run_id))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
     return run_id
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+async def _flush_until_done(clients: Clients, run_id: str) -> None:
+    delay = 0.5
+    for _ in range(20):
+        await asyncio.sleep(delay)
+        try:
+            await clients.store.flush_pending(run_id)
+            return
+        except Exception:
+            delay = min(delay * 2, 30.0)
+    log.error("run %s: its first messages could not be published; it will not start", run_id)
 
 
 async def cancel(clients: Clients, run_id: str, principal: Principal) -> dict[str, Any]:

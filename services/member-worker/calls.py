@@ -5,6 +5,7 @@ litellm is called with `num_retries=0`: retries belong to JetStream redelivery, 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import socket
@@ -12,10 +13,13 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import litellm
 import openai.resources  # noqa: F401  # imported lazily by the first call otherwise: seconds of delay on it
+from opentelemetry.trace import Span, SpanKind, StatusCode
 
+from moot import metrics, telemetry
 from moot.messages import CallCompleted, CallFailed, CallJob, Usage
 from moot.models import ModelList
 
@@ -100,13 +104,36 @@ class ModelCaller:
     async def call(
         self, job: CallJob, attempt: int, on_chunk: ChunkSink | None = None
     ) -> CallCompleted | CallFailed | Retry:
-        """Make the call; a streamed job (`job.stream`) hands each piece of text to `on_chunk`."""
+        """Make the call; a streamed job (`job.stream`) hands each piece of text to `on_chunk`.
+
+        The call is a span (OpenTelemetry GenAI conventions, no prompt or answer text unless
+        content capture is on) and feeds the model-call metrics.
+        """
+        started = time.perf_counter()
+        with telemetry.tracer.start_as_current_span(
+            f"chat {job.model}", kind=SpanKind.CLIENT, attributes=_request_attributes(job, attempt)
+        ) as span:
+            metrics.calls_active.add(1)
+            provider = "unknown"
+            try:
+                outcome, provider = await self._call(job, attempt, on_chunk, span)
+            finally:
+                metrics.calls_active.add(-1)
+                span.set_attribute("gen_ai.provider.name", provider)
+            _observe(span, job, provider, outcome, time.perf_counter() - started)
+            return outcome
+
+    async def _call(
+        self, job: CallJob, attempt: int, on_chunk: ChunkSink | None, span: Span
+    ) -> tuple[CallCompleted | CallFailed | Retry, str]:
         started = time.perf_counter()
         common = _outcome_fields(job, attempt)
         try:
             params = self.models.resolve(job.model)
         except KeyError as exc:
-            return CallFailed(**common, error=str(exc), error_type="configuration")
+            return CallFailed(**common, error=str(exc), error_type="configuration"), "unknown"
+        provider = _provider_of(params)
+        span.set_attributes(_server_attributes(params))
         kwargs: dict[str, Any] = {
             "messages": [m.model_dump() for m in job.messages],
             "num_retries": 0,
@@ -125,16 +152,19 @@ class ModelCaller:
                 await self._stream(kwargs, on_chunk, streamed)
                 text, finish_reason, usage = "".join(streamed.parts), streamed.finish_reason, streamed.usage
                 cost = _token_cost(params["model"], usage)
+                _response_attributes(span, streamed.response)
             else:
                 response = await litellm.acompletion(**kwargs)
                 choice = response.choices[0]
                 text = choice.message.content or _tool_calls_text(choice.message)
                 finish_reason, usage, cost = choice.finish_reason, _usage(response), _cost(response)
+                _response_attributes(span, response)
         except (AttributeError, IndexError, TypeError) as exc:
             latency = int((time.perf_counter() - started) * 1000)
-            return CallFailed(
+            failed = CallFailed(
                 **common, error=f"malformed response: {exc}", error_type="malformed", latency_ms=latency
             )
+            return failed, provider
         except Exception as exc:
             latency = int((time.perf_counter() - started) * 1000)
             retryable = _status_of(exc) in RETRYABLE_STATUS or isinstance(
@@ -142,23 +172,29 @@ class ModelCaller:
             )
             # Chunks already published cannot be taken back: a stream broken midway is not retried.
             if retryable and not streamed.parts:
-                return Retry(_error_text(exc), type(exc).__name__, self.backoff(attempt, _retry_after(exc)))
+                delay = self.backoff(attempt, _retry_after(exc))
+                return Retry(_error_text(exc), type(exc).__name__, delay), provider
             error = _error_text(exc)
             if streamed.parts:
                 error = f"stream broke after {len(streamed.parts)} chunks: {error}"
-            return CallFailed(**common, error=error, error_type=type(exc).__name__, latency_ms=latency)
+            return CallFailed(
+                **common, error=error, error_type=type(exc).__name__, latency_ms=latency
+            ), provider
         latency = int((time.perf_counter() - started) * 1000)
-        return CallCompleted(
+        completed = CallCompleted(
             **common,
             text=text,
             finish_reason=finish_reason,
             latency_ms=latency,
             usage=usage.model_copy(update={"cost_usd": cost}),
         )
+        return completed, provider
 
     async def _stream(self, kwargs: dict[str, Any], on_chunk: ChunkSink, out: _Streamed) -> None:
         response = await litellm.acompletion(**kwargs, stream=True, stream_options={"include_usage": True})
         async for chunk in response:
+            if out.response is None:
+                out.response = chunk  # id and model, for the span
             if getattr(chunk, "usage", None):
                 out.usage = _usage(chunk)
             if not chunk.choices:
@@ -179,6 +215,123 @@ class _Streamed:
     parts: list[str] = field(default_factory=list)
     finish_reason: str | None = None
     usage: Usage = field(default_factory=Usage)
+    response: Any = None  # the first chunk
+
+
+# ------------------------------------------------------------------------------- telemetry
+
+
+def _provider_of(params: dict[str, Any]) -> str:
+    """litellm's provider name (`openai`, `anthropic`, ...) for the resolved parameters."""
+    explicit = params.get("custom_llm_provider")
+    if isinstance(explicit, str) and explicit:
+        return explicit
+    model = str(params.get("model", ""))
+    if "/" in model:
+        return model.split("/", 1)[0]
+    try:
+        return str(litellm.get_llm_provider(model)[1])
+    except Exception:
+        return "unknown"
+
+
+def _request_attributes(job: CallJob, attempt: int) -> dict[str, Any]:
+    """The span's attributes known before the call. No message content unless capture is on."""
+    attributes: dict[str, Any] = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.request.model": job.model,
+        "gen_ai.conversation.id": job.run_id,
+        "gen_ai.request.stream": job.stream,
+        "moot.run_id": job.run_id,
+        "moot.call_id": job.call_id,
+        "moot.round": job.iteration,
+        "moot.role": job.role,
+        "moot.instance": job.instance,
+        "moot.attempt": attempt,
+        "moot.messages": len(job.messages),
+    }
+    if job.temperature is not None:
+        attributes["gen_ai.request.temperature"] = job.temperature
+    if job.max_tokens is not None:
+        attributes["gen_ai.request.max_tokens"] = job.max_tokens
+    if job.tools:
+        attributes["moot.tools"] = len(job.tools)
+    if telemetry.capture_content():
+        attributes["gen_ai.input.messages"] = json.dumps(
+            [m.model_dump(mode="json") for m in job.messages], ensure_ascii=False
+        )
+    return attributes
+
+
+def _server_attributes(params: dict[str, Any]) -> dict[str, Any]:
+    """Where the call goes: host and port of `api_base` (never its user info, never the key)."""
+    api_base = params.get("api_base")
+    if not isinstance(api_base, str) or not api_base:
+        return {}
+    try:
+        url = urlsplit(api_base)
+        port = url.port
+    except ValueError:
+        return {}
+    attributes: dict[str, Any] = {}
+    if url.hostname:
+        attributes["server.address"] = url.hostname
+    if port:
+        attributes["server.port"] = port
+    return attributes
+
+
+def _response_attributes(span: Span, response: Any) -> None:
+    for attribute, name in (("gen_ai.response.id", "id"), ("gen_ai.response.model", "model")):
+        value = getattr(response, name, None)
+        if isinstance(value, str) and value:
+            span.set_attribute(attribute, value)
+
+
+def _observe(
+    span: Span, job: CallJob, provider: str, outcome: CallCompleted | CallFailed | Retry, seconds: float
+) -> None:
+    """Outcome attributes on the span, and the model-call metrics."""
+    labels: dict[str, Any] = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": provider,
+        "gen_ai.request.model": job.model,
+        "moot.role": job.role,
+    }
+    if isinstance(outcome, CallCompleted):
+        labels["moot.outcome"] = "completed"
+        usage = outcome.usage
+        span.set_attributes(
+            {
+                "gen_ai.usage.input_tokens": usage.input_tokens,
+                "gen_ai.usage.output_tokens": usage.output_tokens,
+                "gen_ai.response.finish_reasons": [outcome.finish_reason or "unknown"],
+                "moot.outcome": "completed",
+            }
+        )
+        if usage.cost_usd is not None:
+            span.set_attribute("moot.cost_usd", usage.cost_usd)
+            metrics.model_cost.add(usage.cost_usd, {"gen_ai.request.model": job.model})
+        for token_type, count in (("input", usage.input_tokens), ("output", usage.output_tokens)):
+            metrics.model_tokens.record(count, {**labels, "gen_ai.token.type": token_type})
+        if telemetry.capture_content():
+            span.set_attribute(
+                "gen_ai.output.messages",
+                json.dumps(
+                    [{"role": "assistant", "content": outcome.text, "finish_reason": outcome.finish_reason}],
+                    ensure_ascii=False,
+                ),
+            )
+    else:
+        # The error type only: provider error texts can quote the request.
+        retry = isinstance(outcome, Retry)
+        labels["moot.outcome"] = "retry" if retry else "failed"
+        labels["error.type"] = outcome.error_type or "error"
+        span.set_attributes({"moot.outcome": labels["moot.outcome"], "error.type": labels["error.type"]})
+        span.set_status(StatusCode.ERROR, labels["error.type"])
+        if isinstance(outcome, Retry):
+            span.set_attribute("moot.retry_in_seconds", round(outcome.delay, 3))
+    metrics.model_call_duration.record(seconds, labels)
 
 
 def _usage(response: Any) -> Usage:
@@ -207,9 +360,16 @@ def _token_cost(model: str, usage: Usage) -> float | None:
 
 
 def _cost(response: Any) -> float | None:
-    """Cost in USD when litellm knows the model's price; None (not 0) when it does not."""
-    try:
-        cost = litellm.completion_cost(completion_response=response)
-    except Exception:
-        return None
+    """Cost in USD when litellm knows the model's price; None (not 0) when it does not.
+
+    litellm has already computed it for its own logging; computing it again cost ~5 % of a
+    worker's CPU (docs/benchmarks.md).
+    """
+    hidden = getattr(response, "_hidden_params", None) or {}
+    cost = hidden.get("response_cost")
+    if cost is None:
+        try:
+            cost = litellm.completion_cost(completion_response=response)
+        except Exception:
+            return None
     return float(cost) if cost else None

@@ -11,8 +11,9 @@ from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsMessage, Pu
 from nats.js.api import AckPolicy as JsAckPolicy
 from pydantic import ValidationError
 
+from moot import telemetry
 from moot.messages import CallCompleted, CallFailed, CallJob, FinalChunk
-from moot.nats import MSG_ID
+from moot.nats import MSG_ID, publish
 from moot.settings import MootSettings
 from moot.subjects import Names
 from moot_member_worker.calls import ModelCaller, Retry
@@ -41,6 +42,8 @@ def register(
         ),
     )
     async def execute_call(msg: NatsMessage) -> None:
+        # How long the job sat in the work queue: a metric, and a span beside this consume span.
+        telemetry.observe_queue_wait(msg.raw_message, "member-worker", span_name="queue wait")
         try:
             job = CallJob.model_validate_json(msg.body)
         except ValidationError as exc:
@@ -48,6 +51,9 @@ def register(
             await msg.reject()
             return
         attempt = msg.raw_message.metadata.num_delivered or 1
+        telemetry.annotate(
+            run_id=job.run_id, call_id=job.call_id, round=job.iteration, role=job.role, attempt=attempt
+        )
         heartbeat = asyncio.create_task(_keep_alive(msg, settings.call_ack_wait_seconds / 3))
 
         async def publish_chunk(index: int, delta: str) -> None:
@@ -70,16 +76,24 @@ def register(
                 await msg.nack(delay=outcome.delay)
                 return
             outcome = outcome.give_up(job, attempt)
-        await _publish(broker, names, outcome)
+        try:
+            await _publish(broker, names, outcome)
+        except Exception:
+            # The call happened but its outcome could not be published: redeliver soon rather than
+            # after ack_wait (the repeated call's outcome is deduplicated by its id).
+            log.exception("call %s: outcome not published; redelivering", job.call_id)
+            await msg.nack(delay=2.0)
+            return
         await msg.ack()
 
 
 async def _publish(broker: NatsBroker, names: Names, event: CallCompleted | CallFailed | FinalChunk) -> None:
-    await broker.publish(
-        event.model_dump_json().encode(),
+    await publish(
+        broker,
+        names,
         names.run_event(event.run_id, event.type),
-        headers={MSG_ID: event.event_id()},
-        stream=names.runs_stream,
+        event.event_id(),
+        event.model_dump_json().encode(),
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from moot import telemetry
 from moot.models import ModelList
 from moot.nats import ensure_topology, make_broker
 from moot.service import serve, service_app, setup_logging
@@ -19,6 +20,7 @@ def create_app() -> FastAPI:
     worker = WorkerSettings()
     names = Names(settings.namespace)
     setup_logging(settings, "member-worker")
+    telemetry.setup("member-worker")
     broker = make_broker(settings, name="moot-member-worker")
     caller = ModelCaller(
         ModelList.load(settings.models_file),
@@ -31,7 +33,9 @@ def create_app() -> FastAPI:
     async def on_start() -> None:
         await ensure_topology(broker.connection.jetstream(), names, settings)
 
-    return service_app("member-worker", broker, on_start=on_start)
+    return service_app(
+        "member-worker", broker, on_start=on_start, consumers=[(names.jobs_stream, names.worker_consumer)]
+    )
 
 
 def main() -> None:

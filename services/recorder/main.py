@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from nats.js import JetStreamContext
 from nats.js.errors import Error as JetStreamError
 
+from moot import telemetry
 from moot.nats import ensure_topology, make_broker
 from moot.service import serve, service_app, setup_logging
 from moot.settings import MootSettings, get_settings
@@ -74,6 +75,7 @@ def create_app(
     settings = settings or get_settings()
     rs = recorder_settings or RecorderSettings()
     names = Names(settings.namespace)
+    telemetry.setup("recorder")
     broker = make_broker(settings, name="moot-recorder")
     recorder = BatchRecorder(names, rs)
     # Registered before start (faststream wants it so); it consumes only once on_start has run.
@@ -102,7 +104,14 @@ def create_app(
     def ready() -> bool:
         return pool is not None and schema_applied
 
-    app = service_app("recorder", broker, on_start=on_start, on_stop=on_stop, ready=ready)
+    app = service_app(
+        "recorder",
+        broker,
+        on_start=on_start,
+        on_stop=on_stop,
+        ready=ready,
+        consumers=[(names.runs_stream, names.recorder_consumer)],
+    )
     app.state.recorder = recorder
     return app
 

@@ -21,10 +21,12 @@ events; they cost one row of `events` each and nothing else.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
@@ -32,7 +34,6 @@ from typing import Any, TypeAlias
 import asyncpg
 
 from moot.messages import (
-    RunCancelled,
     AnyRunEvent,
     CallCompleted,
     CallFailed,
@@ -43,6 +44,7 @@ from moot.messages import (
     JudgeDecision,
     RoundComplete,
     RoundStart,
+    RunCancelled,
     RunCompleted,
     RunCreated,
     RunFailed,
@@ -81,6 +83,7 @@ class Envelope:
     payload: str  # the event's JSON as published (cleaned for Postgres), for the events table
     stream_seq: int
     trace_id: str | None = None
+    traceparent: str | None = None  # the message's W3C context: the recorder writes the event under it
 
 
 def envelope_from(data: bytes, stream_seq: int, headers: Mapping[str, str] | None = None) -> Envelope:
@@ -88,7 +91,9 @@ def envelope_from(data: bytes, stream_seq: int, headers: Mapping[str, str] | Non
     raw = _clean(json.loads(data))
     event: Event = run_event_adapter.validate_python(raw)
     payload = json.dumps(raw, ensure_ascii=False, separators=(",", ":"))
-    return Envelope(event, payload, stream_seq, trace_id_from(headers or {}))
+    headers = headers or {}
+    trace_id = trace_id_from(headers)
+    return Envelope(event, payload, stream_seq, trace_id, headers.get("traceparent") if trace_id else None)
 
 
 def trace_id_from(headers: Mapping[str, str]) -> str | None:
@@ -440,6 +445,26 @@ class WriteResult:
     new_events: int = 0
     duplicates: int = 0
     rows: dict[str, int] = field(default_factory=dict)
+    recorded: list[Envelope] = field(default_factory=list)  # the events recorded for the first time
+
+
+# Opens a scope (a span in the run's trace) around the statements that write one run's events.
+RunScope: TypeAlias = Callable[[Sequence[Envelope]], AbstractContextManager[Any]]
+
+
+def by_run(envelopes: Sequence[Envelope]) -> list[list[Envelope]]:
+    """Envelopes sorted by event id (as `unique_events` returns them), cut into one list per run.
+
+    Event ids start with the run id, so each run's events are contiguous and the runs come in
+    run id order: writing run after run locks rows in the same order as writing them all at once.
+    """
+    parts: list[list[Envelope]] = []
+    for env in envelopes:
+        if parts and parts[-1][0].event.run_id == env.event.run_id:
+            parts[-1].append(env)
+        else:
+            parts.append([env])
+    return parts
 
 
 @dataclass
@@ -472,38 +497,60 @@ class Writer:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    async def write(self, envelopes: Sequence[Envelope]) -> WriteResult:
-        """Record a batch in one transaction. Raises on database errors; then nothing is written."""
+    async def write(self, envelopes: Sequence[Envelope], run_scope: RunScope | None = None) -> WriteResult:
+        """Record a batch in one transaction. Raises on database errors; then nothing is written.
+
+        With `run_scope` (tracing on) the statements are issued run by run, each run's inside
+        `run_scope(its envelopes)`, so a run's trace holds the writes of its own events; without,
+        one statement per table for the whole batch.
+        """
         unique = unique_events(envelopes)
         if not unique:
             return WriteResult(duplicates=len(envelopes))
+        parts = [unique] if run_scope is None else by_run(unique)
+        new_ids: set[str] = set()
+        counts = dict.fromkeys(Rows().counts(), 0)
         async with self.pool.acquire() as conn, conn.transaction():
-            inserted = await conn.fetch(
-                _INSERT_EVENTS,
-                [env.event.event_id() for env in unique],
-                [env.event.run_id for env in unique],
-                [env.event.type for env in unique],
-                [env.stream_seq for env in unique],
-                [env.payload for env in unique],
-                [_aware(env.event.at) for env in unique],
-            )
-            new_ids = {r["event_id"] for r in inserted}
-            rows = to_rows(env for env in unique if env.event.event_id() in new_ids)
-            if rows.runs:
-                await conn.executemany(_UPSERT_RUN, rows.runs)
-            if rows.iterations:
-                await conn.executemany(_UPSERT_ITERATION, rows.iterations)
-            if rows.debate_rounds:
-                await conn.executemany(_UPSERT_DEBATE_ROUND, rows.debate_rounds)
-            if rows.calls:
-                await conn.executemany(_UPSERT_CALL, rows.calls)
+            for part in parts:
+                with run_scope(part) if run_scope is not None else contextlib.nullcontext():
+                    inserted, rows = await self._write(conn, part)
+                new_ids |= inserted
+                for table, n in rows.counts().items():
+                    counts[table] += n
         return WriteResult(
             new_events=len(new_ids),
             duplicates=len(envelopes) - len(new_ids),
-            rows={EVENTS_TABLE: len(new_ids), **rows.counts()},
+            rows={EVENTS_TABLE: len(new_ids), **counts},
+            recorded=[env for env in unique if env.event.event_id() in new_ids],
         )
 
-    async def write_each(self, envelopes: Sequence[Envelope]) -> tuple[WriteResult, list[Envelope]]:
+    @staticmethod
+    async def _write(conn: asyncpg.Connection, unique: Sequence[Envelope]) -> tuple[set[str], Rows]:
+        """Insert the events, then the rows of those new to the database; their ids and the rows."""
+        inserted = await conn.fetch(
+            _INSERT_EVENTS,
+            [env.event.event_id() for env in unique],
+            [env.event.run_id for env in unique],
+            [env.event.type for env in unique],
+            [env.stream_seq for env in unique],
+            [env.payload for env in unique],
+            [_aware(env.event.at) for env in unique],
+        )
+        new_ids = {r["event_id"] for r in inserted}
+        rows = to_rows(env for env in unique if env.event.event_id() in new_ids)
+        if rows.runs:
+            await conn.executemany(_UPSERT_RUN, rows.runs)
+        if rows.iterations:
+            await conn.executemany(_UPSERT_ITERATION, rows.iterations)
+        if rows.debate_rounds:
+            await conn.executemany(_UPSERT_DEBATE_ROUND, rows.debate_rounds)
+        if rows.calls:
+            await conn.executemany(_UPSERT_CALL, rows.calls)
+        return new_ids, rows
+
+    async def write_each(
+        self, envelopes: Sequence[Envelope], run_scope: RunScope | None = None
+    ) -> tuple[WriteResult, list[Envelope]]:
         """Record events one transaction each, to isolate the ones the database rejects.
 
         Used after a batch failed with a row error. Returns what was written and the rejected
@@ -513,7 +560,7 @@ class Writer:
         rejected: list[Envelope] = []
         for env in envelopes:
             try:
-                result = await self.write([env])
+                result = await self.write([env], run_scope)
             except ROW_ERRORS as exc:
                 # The sqlstate and message say what is wrong; the row values (answers, prompts) stay out.
                 log.error(
@@ -525,6 +572,7 @@ class Writer:
                 continue
             total.new_events += result.new_events
             total.duplicates += result.duplicates
+            total.recorded += result.recorded
             for table, n in result.rows.items():
                 total.rows[table] += n
         return total, rejected

@@ -561,7 +561,8 @@ async def test_records_a_debate_once_even_when_events_come_again(recorder: Recor
     running = await fetch_run_view(recorder.pool, run_id)
     assert running == {
         "id": run_id, "mode": "debate", "status": "running", "created_at": T0.isoformat(), "finished_at": None,
-        "reason": None, "request": request.model_dump(mode="json"), "debaters": [], "rounds": [],
+        "reason": None, "owner": "", "config": None, "continued_from": None,
+        "request": request.model_dump(mode="json"), "debaters": [], "rounds": [],
         "final": None, "result": None, "usage": {"input_tokens": 0, "output_tokens": 0, "cost_usd": None},
     }  # fmt: skip
     assert running.keys() == end.run.keys()
@@ -585,7 +586,7 @@ async def test_records_a_debate_once_even_when_events_come_again(recorder: Recor
         "result": {"text": FINAL_TEXT, "model": "judge", "by": "judge"},
         # 10 calls answered (9 turns and the judge's, plus the verdict, minus beta#1's failed turn)
         "input_tokens": 1000, "output_tokens": 200, "iterations": 3, "view": end.run,
-        "created_at": T0, "finished_at": at(11), "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+        "created_at": T0, "finished_at": at(11), "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "owner": None,
     }  # fmt: skip
 
     speakers = ["alpha#1", "alpha#2", "beta#1"]

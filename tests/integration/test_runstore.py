@@ -14,7 +14,7 @@ from nats.js.errors import NotFoundError
 from moot.messages import CallCompleted, CallJob, ConsortiumRequest, MemberSpec, Usage, parse_event
 from moot.nats import ensure_topology, make_broker, publish_all
 from moot.protocols import consortium
-from moot.runstore import RunExists, RunStore
+from moot.runstore import OutboxPending, RunExists, RunStore
 from moot.settings import MootSettings
 from moot.subjects import Names
 
@@ -111,8 +111,9 @@ async def test_outbox_left_by_a_crash_is_published_by_the_next_touch(
         raise ConnectionError("process died")
 
     crashing = RunStore(kv=store.kv, names=names, publish=crash_before_publish)
-    with pytest.raises(ConnectionError):
+    with pytest.raises(OutboxPending) as pending:
         await crashing.create(run_id, "consortium", t)
+    assert isinstance(pending.value.__cause__, ConnectionError)
     assert await _stored(js, names.jobs_stream, names.call_jobs) == []  # nothing reached NATS
 
     # The redelivered event of any call finds the outbox and publishes it (plus its own effects).

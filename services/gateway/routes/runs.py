@@ -11,6 +11,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from moot import telemetry
 from moot.messages import TERMINAL_EVENT_TYPES
 from moot.records import recent_runs
 from moot_gateway import runs_service
@@ -60,7 +61,9 @@ async def create_run(
     request, meta = await runs_service.resolve(clients, principal, body)
     run_id = await runs_service.submit(clients, request, meta)
     response.headers["Location"] = f"/v1/runs/{run_id}"
-    return {"id": run_id, "mode": request.mode, "status": "running", "links": _links(run_id)}
+    trace_id = telemetry.current_trace_id()  # this request's trace is the run's trace
+    run = {"id": run_id, "mode": request.mode, "status": "running", "trace_id": trace_id}
+    return {**run, "links": _links(run_id)}
 
 
 @router.get("")
@@ -79,7 +82,8 @@ async def get_run(run_id: str, clients: ClientsDep, principal: PrincipalDep) -> 
     view = await runs_service.view_of(clients, run_id, principal)
     if view is None:
         raise runs_service.not_found(f"run {run_id!r}")
-    return {**view, "links": _links(run_id)}
+    trace_id = await telemetry.run_trace_id(clients.store, clients.pool, run_id)
+    return {**view, "trace_id": trace_id, "links": _links(run_id)}
 
 
 @router.post("/{run_id}/cancel")
@@ -95,7 +99,7 @@ async def _existing_run(run_id: str, clients: ClientsDep, principal: PrincipalDe
     return run_id
 
 
-def _start_after(last_event_id: Annotated[str | None, Header()] = None) -> int:
+async def _start_after(last_event_id: Annotated[str | None, Header()] = None) -> int:
     if not last_event_id:
         return 0
     try:
