@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from moot import cli_configs, cli_keys, cli_runs
+from moot.accounts import local_key
 from moot.cli_common import EXIT_FAILED, EXIT_INTERRUPTED, CliError, connect, err, explain, gateway_url
 from moot.cli_requests import (
     add_consortium_options,
@@ -76,7 +77,14 @@ def _make_stack(args: argparse.Namespace, *, test_models: bool) -> Any:
 
 async def _up(args: argparse.Namespace) -> int:
     stack = _make_stack(args, test_models=args.test_models)
-    code: int = await stack.run_forever()
+
+    async def print_local_key() -> None:
+        assert stack.infrastructure is not None
+        key = await local_key(stack.infrastructure.database_url, str(stack.data_dir))
+        print(f"moot: API key for this stack (kept in {stack.data_dir}/local-api-key):", file=sys.stderr)
+        print(f"export MOOT_URL={stack.gateway_url} MOOT_API_KEY={key}", flush=True)
+
+    code: int = await stack.run_forever(on_ready=print_local_key)
     return code
 
 

@@ -34,7 +34,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -363,10 +363,11 @@ class Stack:
             if child.running() and child.pid is not None:
                 _signal_group(child.pid, signal.SIGKILL)
 
-    async def run_forever(self) -> int:
+    async def run_forever(self, on_ready: Callable[[], Awaitable[None]] | None = None) -> int:
         """Start, run until SIGINT/SIGTERM or until a child fails for good, stop. Returns an exit code.
 
-        A second signal kills the children instead of waiting for their graceful exit.
+        `on_ready` runs once everything is up. A second signal kills the children instead of
+        waiting for their graceful exit.
         """
         loop = asyncio.get_running_loop()
         stop_requested = asyncio.Event()
@@ -396,6 +397,8 @@ class Stack:
             interrupted.cancel()
             try:
                 starting.result()
+                if on_ready is not None:
+                    await on_ready()
             except Exception as exc:  # a message, not a traceback, for the person at the terminal
                 self._say(f"error: {exc}")
                 return 1
