@@ -256,6 +256,7 @@ async def _run(
         stderr=asyncio.subprocess.STDOUT,
         env=env,
         start_new_session=True,
+        limit=1 << 20,  # pip -v prints whole compiler command lines
     )
     assert process.stdout is not None
 

@@ -1,14 +1,18 @@
 """Reading what models write: the arbiter's tagged answer and a member's stated confidence.
 
 Models, small ones especially, break the format in every way: tags missing, reordered, left
-open, wrapped in code fences, confidence as a percentage. The parser recovers what it reasonably
-can and says what it could not, instead of quietly defaulting.
+open, closed but never opened, wrapped in code fences, tags copied from the prompt nested in the
+answer, confidence as a percentage, in prose, or as a bare number on a line of its own. The
+parser recovers what it reasonably can and says what it could not, instead of quietly
+defaulting. `tests/unit/test_local_model_parsing.py` holds answers of SmolLM2-135M (the local
+model), which breaks the format in most of these ways.
 """
 
 from __future__ import annotations
 
 import re
 
+from moot import prompts
 from moot.messages import ArbiterVerdict
 
 ARBITER_TAGS = ("synthesis", "confidence", "analysis", "dissent", "needs_iteration", "refinement_areas")
@@ -32,21 +36,36 @@ _OPEN = {t: _open_re(t) for t in ARBITER_TAGS}
 _CLOSE = {t: _close_re(t) for t in ARBITER_TAGS}
 
 
-def _extract(text: str, tag: str) -> tuple[str | None, bool]:
-    """Content of the first `<tag>`; (None, False) when absent; (content, True) when left open.
+# Where an unopened tag's content can start: after an arbiter tag, or after a tag of the prompt
+# (`<answer>`, `<iteration>`) that small models copy into their reply.
+_BOUNDARY_TAG_RE = re.compile(
+    rf"<\s*/?\s*(?:{'|'.join((*ARBITER_TAGS, 'answer', 'iteration'))})\b[^>]*>", re.IGNORECASE
+)
 
-    An unclosed tag runs to the next arbiter tag that opens after it, or to the end.
+
+def _extract(text: str, tag: str) -> tuple[str | None, str]:
+    """Content of the first `<tag>` and how it was found: "ok", "unclosed", "unopened"; (None, "") when absent.
+
+    An unclosed tag runs to the next arbiter tag that opens after it, or to the end. A closing
+    tag without its opening one (small models often start right with the content) takes what
+    comes before it, from the last tag before it (an arbiter tag, or one copied from the prompt) or
+    from the start.
     """
     m = _OPEN[tag].search(text)
     if not m:
-        return None, False
+        close = _CLOSE[tag].search(text)
+        if close is None:
+            return None, ""
+        before = [b.end() for b in _BOUNDARY_TAG_RE.finditer(text, 0, close.start())]
+        content = text[(before[-1] if before else 0) : close.start()].strip()
+        return (content, "unopened") if content else (None, "")
     start = m.end()
     close = _CLOSE[tag].search(text, start)
     next_opens = [o.start() for t in ARBITER_TAGS if t != tag if (o := _OPEN[t].search(text, start))]
     if close and (not next_opens or close.start() <= min(next_opens) or tag == "refinement_areas"):
-        return text[start : close.start()].strip(), False
+        return text[start : close.start()].strip(), "ok"
     end = min(next_opens) if next_opens else len(text)
-    return text[start:end].strip(), True
+    return text[start:end].strip(), "unclosed"
 
 
 def parse_confidence_value(raw: str) -> float | None:
@@ -73,8 +92,54 @@ def _parse_bool(raw: str) -> bool | None:
     return None
 
 
+_OTHER_FIELDS_RE = re.compile(
+    rf"<\s*({'|'.join(t for t in ARBITER_TAGS if t != 'synthesis')})\b[^>]*>.*?<\s*/\s*\1\s*>",
+    re.IGNORECASE | re.DOTALL,
+)
+# `<confidence:0.8>` or `<confidence=0.8>`: the number put into the tag.
+_CONFIDENCE_IN_TAG = re.compile(r"<\s*confidence\s*[:=]\s*([\d.]+\s*%?)\s*>", re.IGNORECASE)
+_BARE_NUMBER_LINE = re.compile(r"^[^\w.]*(0?\.\d+|1\.0+|\d{1,3}\s*%)\W*$", re.MULTILINE)
+
+
+def _bare_confidence(text: str) -> float | None:
+    """A confidence written as a number alone on a line (0.8, .8, 1.0, 80%), the last such line.
+
+    Not a bare 0 or 1 (or "1."): those are more often list numbers than confidences.
+    """
+    found = _BARE_NUMBER_LINE.findall(_ANY_TAG_RE.sub("\n", text))
+    return parse_confidence_value(found[-1]) if found else None
+
+
 def _strip_tags(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", _ANY_TAG_RE.sub("", text)).strip()
+
+
+def _template_placeholders(template: str) -> dict[str, str]:
+    """Tag -> the text the prompt's reply template puts in it ("your combined best answer")."""
+    return {
+        m.group(1).lower(): " ".join(m.group(2).split()).lower()
+        for m in re.finditer(r"<(\w+)>([^<]+)</\1>", template)
+        if m.group(1).lower() in ARBITER_TAGS
+    }
+
+
+def _placeholders_copied(body: str) -> dict[str, str]:
+    """Tag -> the `<tag>...</tag>` block of `body` that repeats the prompt's placeholder text.
+
+    Small models copy the reply template: a copied `<confidence>a number from 0 to 1, e.g.
+    0.7</confidence>` is the example's number, not the model's confidence.
+    """
+    placeholders = _template_placeholders(prompts.ARBITER_PROMPT)
+    copied: dict[str, str] = {}
+    for m in re.finditer(r"<\s*(\w+)\s*>([^<]*)<\s*/\s*\1\s*>", body):
+        tag = m.group(1).lower()
+        if (
+            tag in placeholders
+            and tag not in copied
+            and " ".join(m.group(2).split()).lower() == placeholders[tag]
+        ):
+            copied[tag] = m.group(0)
+    return copied
 
 
 def parse_arbiter(text: str) -> ArbiterVerdict:
@@ -86,35 +151,55 @@ def parse_arbiter(text: str) -> ArbiterVerdict:
         return ArbiterVerdict(malformed=True, problems=["empty answer"])
 
     fields: dict[str, str | None] = {}
+    copied = _placeholders_copied(body)
+    for block in copied.values():
+        body = body.replace(block, "\n")
     for tag in ARBITER_TAGS:
-        content, unclosed = _extract(body, tag)
+        content, how = _extract(body, tag)
         fields[tag] = content
-        if content is None:
+        if tag in copied and content is None:
+            problems.append(f"<{tag}> is the prompt's placeholder, copied: not read")
+            malformed = malformed or tag in MANDATORY_TAGS
+        elif content is None:
             problems.append(f"missing <{tag}>")
             malformed = malformed or tag in MANDATORY_TAGS
-        elif unclosed:
+        elif how == "unclosed":
             problems.append(f"unclosed <{tag}>")
+            malformed = True
+        elif how == "unopened":
+            problems.append(f"</{tag}> without <{tag}>: read what comes before it")
             malformed = True
 
     synthesis = fields["synthesis"]
     if synthesis is None:
-        # Better an answer the user can read than none: the whole reply, tags removed.
-        synthesis = _strip_tags(body)
+        # Better an answer the user can read than none: the whole reply, without the other
+        # fields' tags and what is in them.
+        synthesis = _strip_tags(_OTHER_FIELDS_RE.sub("\n", body))
         problems.append("no <synthesis>: the whole answer is used as the synthesis")
+        if not synthesis:
+            synthesis = _strip_tags(_FENCE_RE.sub("", text or ""))
     else:
         synthesis = _strip_tags(synthesis) if _ANY_TAG_RE.search(synthesis) else synthesis
 
     confidence: float | None = None
     if fields["confidence"] is not None:
         confidence = parse_confidence_value(fields["confidence"])
-        if confidence is None:
+        if confidence is None and (in_tag := _CONFIDENCE_IN_TAG.search(body)):
+            confidence = parse_confidence_value(in_tag.group(1))
+            problems.append(f"confidence read from the tag itself ({in_tag.group(0)!r})")
+            malformed = True
+        elif confidence is None:
             problems.append(f"unreadable confidence {fields['confidence'][:40]!r}")
             malformed = True
     else:
-        # Small models often write "Confidence: 0.7" in prose instead of the tag.
+        # Small models often write "Confidence: 0.7" in prose instead of the tag, or the number
+        # alone on a line.
         confidence = extract_member_confidence(body)
         if confidence is not None:
             problems.append("confidence read from prose, not from <confidence>")
+        elif (bare := _bare_confidence(body)) is not None:
+            confidence = bare
+            problems.append("confidence read from a bare number, not from <confidence>")
 
     needs_iteration: bool | None = None
     if fields["needs_iteration"] is not None:

@@ -1,24 +1,32 @@
-"""Prompt text sent to models. Written for small models too: short, explicit, with an example."""
+"""Prompt text sent to models. Written for small models too: short, explicit, with an example.
+
+Small models (the local SmolLM2-135M) follow what comes last in a prompt and copy examples: so
+the format comes last, as a template to fill in, and the reply's first tag is named once more.
+How often they comply, before and after: docs/benchmarks.md, "Local model".
+"""
 
 from __future__ import annotations
 
 ARBITER_PROMPT = """\
 You are the arbiter of a panel of AI models. Several models answered the question below.
-Combine their answers into one best answer and judge how sure the panel is.
 {instructions}
-QUESTION:
-{prompt}
+Question: {prompt}
 
-ANSWERS FROM THE MODELS (iteration {iteration}):
+Answers from the models (iteration {iteration}):
 {responses}
 {history}
-Reply ONLY with these six tags, in this order, and nothing else:
-<synthesis>the single best answer to the question, complete and self-contained</synthesis>
-<confidence>a number between 0 and 1, for example 0.85</confidence>
-<analysis>where the models agree and where they differ, briefly</analysis>
-<dissent>any view that disagrees with the synthesis, or "none"</dissent>
-<needs_iteration>true if another round of answers would clearly improve the synthesis, else false</needs_iteration>
+Your task: combine these answers into the single best answer to the question, complete and \
+self-contained, and say how sure you are that it is right, as a number from 0 (not at all) to 1 \
+(certain).
+
+Reply with exactly these six tags, in this order, and nothing else:
+<synthesis>your combined best answer</synthesis>
+<confidence>a number from 0 to 1, e.g. 0.7</confidence>
+<analysis>where the answers agree and where they differ, briefly</analysis>
+<dissent>a view that disagrees with your answer, or none</dissent>
+<needs_iteration>false, or true if another round would clearly help</needs_iteration>
 <refinement_areas><area>one thing to improve</area><area>another thing</area></refinement_areas>
+Start your reply with <synthesis>.
 """
 
 ARBITER_INSTRUCTIONS = "\nThe user gave these instructions, follow them:\n{system}\n"
@@ -50,8 +58,9 @@ Areas to improve:
 {areas}
 
 Write an improved answer to the question. Keep what is right, fix what is weak, and cover the
-areas above. End with a line "Confidence: X" where X is between 0 and 1."""
+areas above. End with a last line giving your confidence in it, a number between 0 and 1, \
+like "Confidence: 0.6"."""
 
-MEMBER_CONFIDENCE_HINT = '\n\nEnd your answer with a line "Confidence: X" where X is between 0 and 1.'
+MEMBER_CONFIDENCE_HINT = '\n\nEnd your answer with a last line giving your confidence in it, a number between 0 and 1, like "Confidence: 0.6".'
 
 ARBITER_CONVERSATION = "\nThe question continues this earlier conversation:\n{conversation}\n"

@@ -406,23 +406,53 @@ def _judge_answered(state: DebateState, call: Call, at: datetime) -> list[Comman
 
 
 _DECISION_WORD = re.compile(r"\b(CONTINUE|STOP)\b", re.IGNORECASE)
+# What small models write instead of the word: "The debate continues.", "Stopping here.", "The
+# debate is over.", "The debate has concluded." (SmolLM2-135M, tests/unit/test_local_model_parsing.py).
+_DECISION_FORM = re.compile(
+    r"\b(?:(?P<go>continu(?:es|ed|ing))|(?P<stop>stop(?:s|ped|ping)|(?:is|are|be)\s+over|"
+    r"(?:has|have|is|be)\s+(?:now\s+)?(?:ended|concluded|finished)|conclude[sd]?|halt(?:s|ed)?))\b",
+    re.IGNORECASE,
+)
+# A negation just before the word turns it around: "should not continue" is a STOP.
+_NEGATED = re.compile(r"(?:\b(?:not|no|never|cannot)|n't)\W+(?:\w+\W+){0,2}$", re.IGNORECASE)
+
+
+def _decision(text: str, pattern: re.Pattern[str]) -> tuple[Literal["CONTINUE", "STOP"], int | None] | None:
+    """The decision `pattern` finds in `text`, and where its reason starts (None: the whole text is it)."""
+    m = pattern.search(text)
+    if m is None:
+        return None
+    stop = (m.group(1) or "").upper() == "STOP" if pattern is _DECISION_WORD else m.group("stop") is not None
+    if _NEGATED.search(text[: m.start()][-40:]):
+        return ("CONTINUE" if stop else "STOP"), None
+    return ("STOP" if stop else "CONTINUE"), m.end() if pattern is _DECISION_WORD else None
 
 
 def parse_judge_answer(text: str) -> tuple[Literal["CONTINUE", "STOP"] | None, str]:
-    """The judge's decision word and its reason; (None, text) when it wrote neither word."""
+    """The judge's decision word and its reason; (None, text) when it wrote none.
+
+    In this order: CONTINUE or STOP (a whole word, any case) on the first non-empty line; one of
+    their forms there ("The debate continues.", "is over", "concluded"); the word anywhere (a
+    form further down is too weak a sign: rambling small models say "continue" in passing). A
+    negation just before it turns it around ("should not continue": STOP).
+    """
     stripped = (text or "").strip()
     first_line, _, more = stripped.partition("\n")
-    m = _DECISION_WORD.search(first_line)
-    if m:
-        rest = first_line[m.end() :] + "\n" + more
-    else:
-        m = _DECISION_WORD.search(stripped)
-        if m is None:
-            return None, stripped
-        rest = stripped[m.end() :]
-    word: Literal["CONTINUE", "STOP"] = "STOP" if m.group(1).upper() == "STOP" else "CONTINUE"
-    reason = rest.strip().lstrip("*-\u2013\u2014:.) ").strip()
-    return word, reason or stripped
+    for where, pattern in (
+        (first_line, _DECISION_WORD),
+        (first_line, _DECISION_FORM),
+        (stripped, _DECISION_WORD),
+    ):
+        found = _decision(where, pattern)
+        if found is None:
+            continue
+        word, end = found
+        if end is None:  # a sentence, not the word alone: all of it is the reason
+            return word, stripped
+        rest = where[end:] + ("\n" + more if where is first_line else "")
+        reason = rest.strip().lstrip("*-\u2013\u2014:.) ").strip()
+        return word, reason or stripped
+    return None, stripped
 
 
 # Self-convergence ----------------------------------------------------------------------------
@@ -737,60 +767,55 @@ NO_HISTORY = "(no earlier rounds)"
 FIRST_TO_SPEAK = "(nobody has spoken yet this round: you are first)"
 ROUND_ONE_ALONE = "(round 1: every debater answers on its own, without seeing the others)"
 
+# The judge, conviction and verdict prompts end with the task and a filled-in example: small
+# models (the local SmolLM2-135M) follow what comes last, and copy an example better than they
+# follow a description. docs/benchmarks.md, "Local model", has how often they comply.
 JUDGE_DECISION_PROMPT = """\
-You judge a debate between AI models. Each first answered the question on its own, then they \
-argued for their positions.
-
 Question:
 {question}
 
-Transcript, rounds 1 to {last_round}:
+Debate between AI models so far, rounds 1 to {last_round}:
 {transcript}
 
-Would another round bring out anything new? Consider whether the participants still raise new \
-arguments of substance, whether one position has clearly come out strongest, and whether real \
-disagreements remain that more debate could settle.
-
-Start your reply with one word on the first line, CONTINUE or STOP, then give your reason in a \
-sentence or two. For example:
+You are the judge of this debate. Should the debaters argue for another round?
+Reply with one word on the first line, CONTINUE or STOP: CONTINUE if another round would bring \
+out something new (new arguments of substance, real disagreements that more debate could \
+settle), STOP if the positions are clear, one has clearly come out strongest, or the last round \
+only repeated earlier points. Then give your reason in one sentence. Example reply:
 STOP
-The positions have converged and the last round repeated earlier points."""
+The positions are clear and the last round repeated them."""
 
 JUDGE_VERDICT_PROMPT = """\
-You judge a debate between AI models. Each first answered the question on its own, then they \
-argued for their positions. The debate is over; give your verdict.
-
 Question:
 {question}
 
-Full transcript:
+Full transcript of a debate between AI models (each first answered the question on its own, \
+then they argued for their positions):
 {transcript}
 
-Write:
+You are the judge, and the debate is over: give your verdict. Write:
 1. each participant's core position and how it changed during the debate;
 2. the strengths and weaknesses of each, saying which arguments were refuted and which held up;
 3. your verdict: the best answer to the question, built from the strongest arguments and \
 evidence of all participants, saying which positions and points you drew on and why."""
 
 CONVICTION_PROMPT = """\
-You are {label} (debater {number}) in a debate between AI models.
-
 Question:
 {question}
 
-Your position across the rounds:
-{own_position}
-
-Full transcript:
+Full transcript of the debate:
 {transcript}
+
+You are {label} (debater {number}) in this debate between AI models. Your position across the \
+rounds:
+{own_position}
 
 Be honest: has another participant argued so well that you now think their answer is better \
 than yours? The other participants are: {others}.
-
-Answer on the first line in exactly one of these forms:
-CONVINCED: <the participant who convinced you, e.g. {others_example}>
+Reply with exactly one of these as the first line, then one sentence saying why:
 NOT CONVINCED
-Then explain briefly why."""
+CONVINCED: {others_example}
+(name the participant who convinced you, e.g. {others_example})"""
 
 SUMMARY_PROMPT = """\
 You are {label}. You took part in a debate between AI models, {standing}
