@@ -304,6 +304,24 @@ class CallJob(BaseModel):
     def make_id(run_id: str, iteration: int, role: str, model: str, instance: int) -> str:
         return f"{run_id}:{iteration}:{role}:{model}:{instance}"
 
+    def _outcome(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "call_id": self.call_id,
+            "iteration": self.iteration,
+            "role": self.role,
+            "model": self.model,
+            "instance": self.instance,
+        }
+
+    def completed(self, text: str, **more: Any) -> CallCompleted:
+        """This call's success, the event a worker publishes."""
+        return CallCompleted(**self._outcome(), text=text, **more)
+
+    def failed(self, error: str, **more: Any) -> CallFailed:
+        """This call's failure, the event a worker publishes."""
+        return CallFailed(**self._outcome(), error=error, **more)
+
 
 class Usage(BaseModel):
     input_tokens: int = 0

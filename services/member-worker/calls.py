@@ -39,9 +39,9 @@ class Retry:
     delay: float
 
     def give_up(self, job: CallJob, attempts: int) -> CallFailed:
-        return CallFailed(
-            **_outcome_fields(job, attempts),
-            error=f"gave up after {attempts} attempts: {self.error}",
+        return job.failed(
+            f"gave up after {attempts} attempts: {self.error}",
+            **_outcome_fields(attempts),
             error_type=self.error_type,
         )
 
@@ -49,17 +49,9 @@ class Retry:
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _outcome_fields(job: CallJob, attempts: int) -> dict[str, Any]:
-    return {
-        "worker": WORKER_ID,
-        "run_id": job.run_id,
-        "call_id": job.call_id,
-        "iteration": job.iteration,
-        "role": job.role,
-        "model": job.model,
-        "instance": job.instance,
-        "attempts": attempts,
-    }
+def _outcome_fields(attempts: int) -> dict[str, Any]:
+    """What the worker adds to a call's outcome: who made the call, in how many attempts."""
+    return {"worker": WORKER_ID, "attempts": attempts}
 
 
 def _status_of(exc: BaseException) -> int | None:
@@ -127,11 +119,11 @@ class ModelCaller:
         self, job: CallJob, attempt: int, on_chunk: ChunkSink | None, span: Span
     ) -> tuple[CallCompleted | CallFailed | Retry, str]:
         started = time.perf_counter()
-        common = _outcome_fields(job, attempt)
+        common = _outcome_fields(attempt)
         try:
             params = self.models.resolve(job.model)
         except KeyError as exc:
-            return CallFailed(**common, error=str(exc), error_type="configuration"), "unknown"
+            return job.failed(str(exc), **common, error_type="configuration"), "unknown"
         provider = _provider_of(params)
         span.set_attributes(_server_attributes(params))
         kwargs: dict[str, Any] = {
@@ -161,8 +153,8 @@ class ModelCaller:
                 _response_attributes(span, response)
         except (AttributeError, IndexError, TypeError) as exc:
             latency = int((time.perf_counter() - started) * 1000)
-            failed = CallFailed(
-                **common, error=f"malformed response: {exc}", error_type="malformed", latency_ms=latency
+            failed = job.failed(
+                f"malformed response: {exc}", **common, error_type="malformed", latency_ms=latency
             )
             return failed, provider
         except Exception as exc:
@@ -177,11 +169,9 @@ class ModelCaller:
             error = _error_text(exc)
             if streamed.parts:
                 error = f"stream broke after {len(streamed.parts)} chunks: {error}"
-            return CallFailed(
-                **common, error=error, error_type=type(exc).__name__, latency_ms=latency
-            ), provider
+            return job.failed(error, **common, error_type=type(exc).__name__, latency_ms=latency), provider
         latency = int((time.perf_counter() - started) * 1000)
-        completed = CallCompleted(
+        completed = job.completed(
             **common,
             text=text,
             finish_reason=finish_reason,

@@ -44,16 +44,7 @@ def _request() -> ConsortiumRequest:
 
 
 def _completed(job: CallJob) -> CallCompleted:
-    return CallCompleted(
-        run_id=job.run_id,
-        call_id=job.call_id,
-        iteration=job.iteration,
-        role=job.role,
-        model=job.model,
-        instance=job.instance,
-        text="answer",
-        usage=Usage(input_tokens=1, output_tokens=1),
-    )
+    return job.completed("answer", usage=Usage(input_tokens=1, output_tokens=1))
 
 
 async def _stored(js: Any, stream: str, subject: str) -> list[str]:

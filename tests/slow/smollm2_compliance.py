@@ -135,14 +135,8 @@ class Model:
 
 
 def _done(job: CallJob, text: str) -> CallCompleted:
-    return CallCompleted(
-        run_id=job.run_id,
-        call_id=job.call_id,
-        iteration=job.iteration,
-        role=job.role,
-        model=job.model,
-        instance=job.instance,
-        text=text,
+    return job.completed(
+        text,
         at=T0,
     )
 

@@ -51,30 +51,15 @@ def jobs(commands: list[object]) -> list[CallJob]:
 
 
 def done(job: CallJob, text: str, tokens: int = 10) -> CallCompleted:
-    return CallCompleted(
-        run_id=job.run_id,
-        call_id=job.call_id,
-        iteration=job.iteration,
-        role=job.role,
-        model=job.model,
-        instance=job.instance,
-        text=text,
+    return job.completed(
+        text,
         usage=Usage(input_tokens=tokens, output_tokens=tokens),
         at=T0,
     )
 
 
 def failed(job: CallJob, error: str = "boom") -> CallFailed:
-    return CallFailed(
-        run_id=job.run_id,
-        call_id=job.call_id,
-        iteration=job.iteration,
-        role=job.role,
-        model=job.model,
-        instance=job.instance,
-        error=error,
-        at=T0,
-    )
+    return job.failed(error, at=T0)
 
 
 def answer_members(

@@ -78,30 +78,15 @@ def label(job: CallJob) -> str:
 
 
 def done(job: CallJob, text: str | None = None, tokens: int = 10) -> CallCompleted:
-    return CallCompleted(
-        run_id=job.run_id,
-        call_id=job.call_id,
-        iteration=job.iteration,
-        role=job.role,
-        model=job.model,
-        instance=job.instance,
-        text=text if text is not None else f"{label(job)} says round {job.iteration}",
+    return job.completed(
+        text if text is not None else f"{label(job)} says round {job.iteration}",
         usage=Usage(input_tokens=tokens, output_tokens=tokens),
         at=T0,
     )
 
 
 def failed(job: CallJob, error: str = "boom") -> CallFailed:
-    return CallFailed(
-        run_id=job.run_id,
-        call_id=job.call_id,
-        iteration=job.iteration,
-        role=job.role,
-        model=job.model,
-        instance=job.instance,
-        error=error,
-        at=T0,
-    )
+    return job.failed(error, at=T0)
 
 
 def play_round(state: DebateState, commands: list[Command]) -> tuple[DebateState, list[Command]]:
