@@ -4,7 +4,7 @@
 
 What it does (see benchmarks/README.md for every option and how to read the output):
 
-1. starts the project's test model server in this process (`moot.testing.model_server.ModelServer`)
+1. starts the project's test model server in this process (`moot.devstack.model_server.ModelServer`)
    with a fixed per-call latency standing in for a provider; the arbiter model answers well-formed
    tags with confidence 0.9, so every run takes exactly one iteration = 4 model calls
    (3 members + arbiter);
@@ -13,9 +13,9 @@ What it does (see benchmarks/README.md for every option and how to read the outp
    call (a new httpx client and SSL context, as the reference tools do; the client is closed
    after its call), C runs in flight. Optionally a second baseline with litellm's own cached
    client (what a moot worker does, but in one process);
-3. the moot stack as processes (`moot.stack.Stack`: gateway, W member workers, arbiter, recorder)
+3. the moot stack as processes (`moot.devstack.stack.Stack`: gateway, W member workers, arbiter, recorder)
    on NATS_URL / DATABASE_URL when set (else testcontainers or embedded servers, per
-   `moot.embedded`), in a database created for this benchmark and dropped afterwards: N runs
+   `moot.devstack.embedded`), in a database created for this benchmark and dropped afterwards: N runs
    submitted with `POST /v1/runs`, C in flight, each followed over SSE (or by polling) to its end;
    then the time until all of them are `completed` rows in Postgres;
 4. CPU seconds per process (psutil) for each phase, optionally a py-spy profile of one or more
@@ -57,12 +57,12 @@ import psutil
 import yaml
 from httpx_sse import aconnect_sse
 
-from moot import prompts
-from moot.embedded import Infrastructure, resolve_infrastructure, with_database
-from moot.parsing import extract_member_confidence, parse_arbiter
-from moot.stack import Stack
-from moot.subjects import Names
-from moot.testing.model_server import ModelServer
+from moot.devstack.embedded import Infrastructure, resolve_infrastructure, with_database
+from moot.devstack.model_server import ModelServer
+from moot.devstack.stack import Stack
+from moot.protocols.consortium import prompts
+from moot.protocols.consortium.parsing import extract_member_confidence, parse_arbiter
+from moot.runtime.subjects import Names
 
 litellm.suppress_debug_info = True
 litellm.telemetry = False
@@ -646,7 +646,7 @@ async def create_api_key(database_url: str) -> str | None:
     """A key for the gateway, written to the stack's database (what `moot keys create` does);
     None for a moot without API keys."""
     try:
-        from moot import accounts  # type: ignore[attr-defined,unused-ignore]
+        from moot.records import accounts
     except ImportError:
         return None
     conn = await asyncpg.connect(database_url)

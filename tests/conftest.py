@@ -1,6 +1,6 @@
 """Session-wide test infrastructure: one NATS and one Postgres for the whole run.
 
-Where they come from follows `moot.embedded.resolve_infrastructure`: `NATS_URL` / `DATABASE_URL`
+Where they come from follows `moot.devstack.embedded.resolve_infrastructure`: `NATS_URL` / `DATABASE_URL`
 from the environment if set, else testcontainers if Docker answers, else embedded servers under
 the session's tmp dir. Isolation between tests comes from names, not servers: each session gets
 its own database and each test its own NATS namespace.
@@ -19,7 +19,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from moot.embedded import Infrastructure, resolve_infrastructure, with_database
+from moot.devstack.embedded import Infrastructure, resolve_infrastructure, with_database
 
 # Test modules may import litellm at collection time, before any fixture runs; without this it
 # would try to download its price map.

@@ -14,10 +14,10 @@ import asyncpg
 import pytest
 import yaml
 
-from moot.accounts import create_key
-from moot.client import MootClient
-from moot.stack import ServiceSpec, Stack, default_services
-from moot.testing.model_server import ModelServer
+from moot.cli.client import MootClient
+from moot.devstack.model_server import ModelServer
+from moot.devstack.stack import ServiceSpec, Stack, default_services
+from moot.records.accounts import create_key
 
 BEHAVIOURS: dict[str, dict[str, Any]] = {
     **{name: {"latency_ms": 20} for name in ("m1", "m2", "m3", "d1", "d2", "d3")},

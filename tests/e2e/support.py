@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 
-from moot.client import MootClient, RunEventMessage
+from moot.cli.client import MootClient, RunEventMessage
 
 
 async def follow(client: MootClient, run_id: str, last_event_id: str | None = None) -> list[RunEventMessage]:

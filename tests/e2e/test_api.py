@@ -9,9 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
-from moot.client import MootClient
-from moot.stack import Stack
-from moot.testing.model_server import ModelServer
+from moot.cli.client import MootClient
+from moot.devstack.model_server import ModelServer
+from moot.devstack.stack import Stack
 from support import follow, wait_for_rows
 
 CONSORTIUM = {

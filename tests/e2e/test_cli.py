@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from moot.embedded import start_postgres
-from moot.stack import Stack
-from moot.testing.model_server import ModelServer
+from moot.devstack.embedded import start_postgres
+from moot.devstack.model_server import ModelServer
+from moot.devstack.stack import Stack
 from support import wait_for_rows
 
 SYNTHESIS = "Synthesis by arb"

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from moot.client import MootClient, RunEventMessage
-from moot.testing.model_server import ModelServer
+from moot.cli.client import MootClient, RunEventMessage
+from moot.devstack.model_server import ModelServer
 from support import follow, wait_for_rows
 
 SEED_EVENTS = {
@@ -186,7 +186,7 @@ async def test_a_failing_judge_stops_the_debate_with_a_reason(client: MootClient
 async def test_bad_debates_are_refused_at_submission(
     client: MootClient, body: dict[str, Any], field: str
 ) -> None:
-    from moot.client import GatewayError
+    from moot.cli.client import GatewayError
 
     with pytest.raises(GatewayError) as info:
         await client.create_run(

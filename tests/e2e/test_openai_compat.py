@@ -8,8 +8,8 @@ import httpx
 import openai
 import pytest
 
-from moot.stack import Stack
-from moot.testing.model_server import ModelServer
+from moot.devstack.model_server import ModelServer
+from moot.devstack.stack import Stack
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import nats
 import pytest
 from nats.js.api import StreamConfig
 
-from moot import embedded
-from moot.embedded import (
+from moot.devstack import embedded
+from moot.devstack.embedded import (
     EmbeddedPostgres,
     Infrastructure,
     docker_available,
@@ -200,7 +200,7 @@ async def test_nats_fixture_url_works(nats_url: str) -> None:
 
 
 def test_namespaces_are_unique_and_valid(namespace: str) -> None:
-    from moot.subjects import Names
+    from moot.runtime.subjects import Names
 
     assert Names(namespace).namespace == namespace
     assert namespace.startswith("t_") and len(namespace) == 10

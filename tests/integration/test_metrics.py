@@ -20,10 +20,10 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from moot.accounts import create_key
-from moot.client import MootClient
-from moot.stack import Stack, default_services
-from moot.testing.model_server import ModelServer
+from moot.cli.client import MootClient
+from moot.devstack.model_server import ModelServer
+from moot.devstack.stack import Stack, default_services
+from moot.records.accounts import create_key
 
 BEHAVIOURS: dict[str, dict[str, Any]] = {
     "m1": {"latency_ms": 20},

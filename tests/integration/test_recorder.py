@@ -35,11 +35,11 @@ from moot.messages import (
     RunFailed,
     Usage,
 )
-from moot.nats import MSG_ID, ensure_topology
 from moot.protocols import consortium, debate
-from moot.records import TABLES, fetch_run_view
-from moot.settings import MootSettings
-from moot.subjects import Names
+from moot.records.queries import TABLES, fetch_run_view
+from moot.runtime.nats import MSG_ID, ensure_topology
+from moot.runtime.settings import MootSettings
+from moot.runtime.subjects import Names
 from moot_recorder.handlers import BatchRecorder
 from moot_recorder.main import create_app
 from moot_recorder.settings import RecorderSettings

@@ -12,11 +12,11 @@ import pytest
 from nats.js.errors import NotFoundError
 
 from moot.messages import CallCompleted, CallJob, ConsortiumRequest, MemberSpec, Usage, parse_event
-from moot.nats import ensure_topology, make_broker, publish_all
 from moot.protocols import consortium
-from moot.runstore import OutboxPending, RunExists, RunStore
-from moot.settings import MootSettings
-from moot.subjects import Names
+from moot.runtime.nats import ensure_topology, make_broker, publish_all
+from moot.runtime.runstore import OutboxPending, RunExists, RunStore
+from moot.runtime.settings import MootSettings
+from moot.runtime.subjects import Names
 
 T0 = datetime(2026, 11, 22, tzinfo=UTC)
 

@@ -19,8 +19,8 @@ import httpx
 import pytest
 import yaml
 
-from moot import stack as stack_module
-from moot.stack import ManagedProcess, ServiceSpec, Stack, StackError, free_ports
+from moot.devstack import stack as stack_module
+from moot.devstack.stack import ManagedProcess, ServiceSpec, Stack, StackError, free_ports
 
 NATS = "nats://127.0.0.1:1"
 DATABASE = "postgresql://postgres@/postgres?host=/nowhere"
@@ -185,7 +185,7 @@ async def test_starts_restarts_and_stops_children(tmp_path: Path, fake_service: 
 async def test_extra_process_and_test_model_server_start_first(
     tmp_path: Path, fake_service: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # `python -m fake_model_server --port N` stands in for moot.testing.model_server.
+    # `python -m fake_model_server --port N` stands in for moot.devstack.model_server.
     script = tmp_path / "fake_service.py"
     (tmp_path / "fake_model_server.py").write_text(
         f"import runpy, sys\nsys.argv[1:1] = ['--path', '/healthz']\nrunpy.run_path({str(script)!r})\n"

@@ -39,11 +39,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from moot.accounts import create_key
-from moot.client import MootClient
-from moot.stack import Stack, default_services
-from moot.subjects import Names
-from moot.testing.model_server import ModelServer
+from moot.cli.client import MootClient
+from moot.devstack.model_server import ModelServer
+from moot.devstack.stack import Stack, default_services
+from moot.records.accounts import create_key
+from moot.runtime.subjects import Names
 
 SERVICES = {"moot-gateway", "moot-member-worker", "moot-arbiter", "moot-recorder"}
 MODEL_KEY = "sk-telemetry-model-key-do-not-leak"
@@ -541,7 +541,7 @@ def test_without_an_endpoint_nothing_is_traced() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     code = """
 from opentelemetry import trace
-from moot import telemetry
+from moot.observability import telemetry
 t = telemetry.setup("probe")
 span = telemetry.tracer.start_span("x")
 print(t.tracing, span.is_recording(), type(trace.get_tracer_provider()).__name__)

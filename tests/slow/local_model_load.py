@@ -22,10 +22,10 @@ import tempfile
 import time
 from typing import Any
 
-from moot.accounts import local_key
-from moot.client import MootClient
-from moot.localmodel import LocalModelConfig
-from moot.stack import Stack
+from moot.cli.client import MootClient
+from moot.devstack.localmodel import LocalModelConfig
+from moot.devstack.stack import Stack
+from moot.records.accounts import local_key
 
 
 async def _one(client: MootClient, n: int, max_tokens: int) -> tuple[dict[str, Any], float]:

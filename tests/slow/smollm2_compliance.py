@@ -28,10 +28,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from moot import localmodel, prompts
+from moot.devstack import localmodel
 from moot.messages import CallCompleted, CallJob, ConsortiumRequest, DebateRequest
-from moot.parsing import parse_arbiter
 from moot.protocols import consortium, debate
+from moot.protocols.consortium import prompts
+from moot.protocols.consortium.parsing import parse_arbiter
+from moot.protocols.debate import prompts as debate_prompts
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 QUESTIONS = [
@@ -106,7 +108,7 @@ class Model:
         from llama_cpp import Llama
 
         path = localmodel.gguf_path()
-        assert path is not None, "run `python -m moot.localmodel install` first"
+        assert path is not None, "run `python -m moot.devstack.localmodel install` first"
         self.llama = Llama(
             model_path=str(path),
             n_ctx=localmodel.DEFAULT_N_CTX,
@@ -232,8 +234,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.baseline:
         prompts.ARBITER_PROMPT = BASELINE_ARBITER
-        debate.JUDGE_DECISION_PROMPT = BASELINE_JUDGE
-        debate.CONVICTION_PROMPT = BASELINE_CONVICTION
+        debate_prompts.JUDGE_DECISION_PROMPT = BASELINE_JUDGE
+        debate_prompts.CONVICTION_PROMPT = BASELINE_CONVICTION
 
     model = Model()
     inputs: dict[str, list[dict[str, Any]]] = {"consortium": [], "debate": []}

@@ -1,7 +1,7 @@
 """The embedded local model end to end: a consortium and a debate on SmolLM2-135M, all recorded.
 
 Slow (a minute or two on two cores) and needs the local model installed
-(`python -m moot.localmodel install`, which scripts/test runs): `pytest -m slow`.
+(`python -m moot.devstack.localmodel install`, which scripts/test runs): `pytest -m slow`.
 
 The model is real and small, so what it writes varies: the test checks that both runs reach
 their end, that whatever the parsers could not read is recorded as such (malformed verdicts,
@@ -23,11 +23,11 @@ import httpx
 import pytest
 import yaml
 
-from moot import localmodel
-from moot.accounts import local_key
-from moot.client import MootClient, RunEventMessage
-from moot.localmodel import LocalModelConfig
-from moot.stack import LOCAL_MODEL_PROCESS, Stack
+from moot.cli.client import MootClient, RunEventMessage
+from moot.devstack import localmodel
+from moot.devstack.localmodel import LocalModelConfig
+from moot.devstack.stack import LOCAL_MODEL_PROCESS, Stack
+from moot.records.accounts import local_key
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -39,7 +39,9 @@ async def local_stack(
     nats_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Stack]:
     if not localmodel.is_installed():
-        pytest.fail("the local model is not installed: run `.venv/bin/python -m moot.localmodel install`")
+        pytest.fail(
+            "the local model is not installed: run `.venv/bin/python -m moot.devstack.localmodel install`"
+        )
     data_dir = tmp_path_factory.mktemp("local-stack")
     async with Stack(
         data_dir,

@@ -21,7 +21,7 @@ from moot.messages import (
     Usage,
 )
 from moot.protocols import consortium
-from moot.protocols.consortium import ConsortiumState, stop_rule
+from moot.protocols.consortium import ConsortiumState, should_stop
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -163,7 +163,7 @@ def test_stop_rule_branches(
     iteration: int, conf: float | None, needs: bool | None, expected: str, reason_part: str
 ) -> None:
     verdict = ArbiterVerdict(synthesis="s", confidence=conf, needs_iteration=needs)
-    decision, reason = stop_rule(iteration, verdict, request())
+    decision, reason = should_stop(iteration, verdict, request())
     assert decision == expected
     assert reason_part in reason
 
@@ -171,8 +171,8 @@ def test_stop_rule_branches(
 def test_stop_rule_minimum_iterations() -> None:
     req = request(min_iterations=2, max_iterations=3)
     verdict = ArbiterVerdict(synthesis="s", confidence=0.99, needs_iteration=False)
-    assert stop_rule(1, verdict, req) == ("iterate", "minimum of 2 iterations not reached")
-    assert stop_rule(2, verdict, req)[0] == "stop"
+    assert should_stop(1, verdict, req) == ("iterate", "minimum of 2 iterations not reached")
+    assert should_stop(2, verdict, req)[0] == "stop"
 
 
 def test_full_run_to_max_iterations() -> None:

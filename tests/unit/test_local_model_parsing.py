@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from moot.messages import DebateRequest
-from moot.parsing import parse_arbiter
+from moot.messages import CallCompleted, CallJob, DebateRequest, JudgeDecision
 from moot.protocols import debate
+from moot.protocols.consortium.parsing import parse_arbiter
 from moot.protocols.debate import parse_conviction, parse_judge_answer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "smollm2"
@@ -175,18 +175,18 @@ def test_an_unreadable_judge_answer_lets_the_debate_go_on_and_says_so() -> None:
     )
     at = datetime(2026, 1, 1, tzinfo=UTC)
     t = debate.start("r", req, at)
-    state, pending = t.state, [c for c in t.commands if isinstance(c, debate.CallJob)]
+    state, pending = t.state, [c for c in t.commands if isinstance(c, CallJob)]
     decision = None
     while pending:
         job = pending.pop(0)
         text = answer("judge-neither.txt") if job.role == "judge" else "I prefer the office."
-        outcome = debate.CallCompleted(
+        outcome = CallCompleted(
             run_id="r", call_id=job.call_id, iteration=job.iteration, role=job.role,
             model=job.model, instance=job.instance, text=text, at=at,
         )  # fmt: skip
         state, commands = debate.decide(state, outcome)
-        decision = next((c for c in commands if isinstance(c, debate.JudgeDecision)), decision)
-        pending += [c for c in commands if isinstance(c, debate.CallJob)]
+        decision = next((c for c in commands if isinstance(c, JudgeDecision)), decision)
+        pending += [c for c in commands if isinstance(c, CallJob)]
     assert decision is not None and decision.continue_ and not decision.readable
     assert state.status == "completed" and len(state.rounds) == 3
     assert state.rounds[1].decision_readable is False

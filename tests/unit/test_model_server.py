@@ -19,7 +19,7 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
-from moot.testing.model_server import (
+from moot.devstack.model_server import (
     CONFIG_ENV,
     ModelBehaviour,
     ModelServer,
@@ -428,7 +428,7 @@ def test_cli_prints_url(tmp_path: Path) -> None:
     path = tmp_path / "models.json"
     path.write_text(json.dumps({"models": {"cli-model": {"reply": "from the cli"}}}))
     process = subprocess.Popen(
-        [sys.executable, "-m", "moot.testing.model_server", "--port", "0", "--config", str(path)],
+        [sys.executable, "-m", "moot.devstack.model_server", "--port", "0", "--config", str(path)],
         stdout=subprocess.PIPE,
         text=True,
     )

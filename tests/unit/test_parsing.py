@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from moot.parsing import extract_member_confidence, parse_arbiter, parse_confidence_value
+from moot.protocols.consortium.parsing import extract_member_confidence, parse_arbiter, parse_confidence_value
 
 WELL_FORMED = """<synthesis>Paris is the capital of France.</synthesis>
 <confidence>0.92</confidence>

@@ -1,0 +1,42 @@
+"""arbiter wiring: settings, broker, run store over the KV bucket, the outcome subscriber."""
+
+from __future__ import annotations
+
+import os
+
+from fastapi import FastAPI
+
+from moot.observability import telemetry
+from moot.runtime.nats import ensure_topology, make_broker, publish_all
+from moot.runtime.runstore import RunStore
+from moot.runtime.service import serve, service_app, setup_logging
+from moot.runtime.settings import get_settings
+from moot.runtime.subjects import Names
+from moot_arbiter.handlers import register
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()
+    names = Names(settings.namespace)
+    setup_logging(settings, "arbiter")
+    telemetry.setup("arbiter")
+    broker = make_broker(settings, name="moot-arbiter")
+    # The bucket can only be opened once connected, but handlers must be registered before.
+    holder: dict[str, RunStore] = {}
+
+    async def publish(items: list[tuple[str, str, bytes]]) -> None:
+        await publish_all(broker, names, items)
+
+    async def on_start() -> None:
+        kv = await ensure_topology(broker.connection.jetstream(), names, settings)
+        holder["store"] = RunStore(kv=kv, names=names, publish=publish)
+
+    concurrency = int(os.environ.get("MOOT_ARBITER_CONCURRENCY", "16"))
+    register(broker, names, lambda: holder["store"], concurrency)
+    return service_app(
+        "arbiter", broker, on_start=on_start, consumers=[(names.runs_stream, names.arbiter_consumer)]
+    )
+
+
+def main() -> None:
+    serve(create_app(), default_port=8002)

@@ -1,0 +1,31 @@
+"""Request dependencies: the process-wide clients the lifespan opened, as typed aliases."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+import asyncpg
+from fastapi import Depends, Request
+from faststream.nats import NatsBroker
+
+from moot.runtime.runstore import RunStore
+from moot.runtime.settings import MootSettings
+from moot.runtime.subjects import Names
+
+
+@dataclass
+class Clients:
+    settings: MootSettings
+    names: Names
+    broker: NatsBroker
+    store: RunStore
+    pool: asyncpg.Pool | None
+
+
+def get_clients(request: Request) -> Clients:
+    clients: Clients = request.app.state.clients
+    return clients
+
+
+ClientsDep = Annotated[Clients, Depends(get_clients)]

@@ -1,0 +1,75 @@
+"""gateway wiring: one NATS connection, the run store, a Postgres pool, the routers."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+import uvicorn
+from fastapi import FastAPI
+
+from moot.observability import telemetry
+from moot.records.accounts import apply_schema
+from moot.runtime.nats import ensure_topology, make_broker, publish_all
+from moot.runtime.runstore import RunStore
+from moot.runtime.service import setup_logging
+from moot.runtime.settings import get_settings
+from moot.runtime.subjects import Names
+from moot_gateway.deps import Clients
+from moot_gateway.errors import ApiError, api_error_handler
+from moot_gateway.routes import configs, health, openai, runs
+from moot_gateway.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings = get_settings()
+    gw = GatewaySettings()
+    names = Names(settings.namespace)
+    # Connect a NatsBroker in the lifespan (faststream's FastAPI plugin is deprecated).
+    broker = make_broker(settings, name="moot-gateway")
+    await broker.connect()
+    kv = await ensure_topology(broker.connection.jetstream(), names, settings)
+
+    async def publish(items: list[tuple[str, str, bytes]]) -> None:
+        await publish_all(broker, names, items)
+
+    # Postgres holds the API keys: without it no request can be authenticated, so the gateway
+    # does not start (its supervisor, or Kubernetes, restarts it until Postgres answers).
+    pool = await asyncpg.create_pool(settings.database_url, min_size=gw.db_pool_min, max_size=gw.db_pool_max)
+    async with pool.acquire() as conn:
+        await apply_schema(conn)
+    app.state.clients = Clients(settings, names, broker, RunStore(kv=kv, names=names, publish=publish), pool)
+    try:
+        yield
+    finally:
+        await broker.stop()
+        if pool is not None:
+            await pool.close()
+        telemetry.flush()
+
+
+def create_app() -> FastAPI:
+    setup_logging(get_settings(), "gateway")
+    telemetry.setup("gateway")
+    app = FastAPI(title="moot", version="0.1.0", lifespan=lifespan)
+    # A server span per request (the root of a run's trace for POST /v1/runs), HTTP metrics.
+    telemetry.instrument_fastapi(app)
+    app.add_api_route("/metrics", telemetry.metrics_response, methods=["GET"], include_in_schema=False)
+    app.add_exception_handler(ApiError, api_error_handler)
+    app.include_router(health.router)
+    app.include_router(runs.router)
+    app.include_router(configs.router)
+    app.include_router(openai.router)
+    return app
+
+
+def main() -> None:
+    port = int(os.environ.get("MOOT_HTTP_PORT", "8000"))
+    host = os.environ.get("MOOT_HTTP_HOST", "0.0.0.0")
+    uvicorn.run(create_app(), host=host, port=port, log_level="warning", access_log=False)

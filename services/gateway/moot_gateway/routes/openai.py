@@ -1,0 +1,195 @@
+"""OpenAI-compatible endpoint: every saved configuration is a model any OpenAI client can call.
+
+`POST /v1/chat/completions` with `model` set to a saved name runs it: the last user message is
+the prompt, the messages before it are the conversation so far, system messages become the
+system prompt. The answer is the consortium's synthesis or the debate's verdict; `moot.run_id`
+names the run, whose full record is at `/v1/runs/{id}`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, status
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from moot.messages import ChatMessage
+from moot.records.accounts import Principal
+from moot_gateway import configs, runs_service
+from moot_gateway.auth import PrincipalDep
+from moot_gateway.deps import Clients, ClientsDep
+from moot_gateway.errors import ApiError
+from moot_gateway.routes.runs import replay
+
+router = APIRouter(prefix="/v1", tags=["openai compatible"])
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    # Other OpenAI parameters (temperature, ...) are accepted and ignored: the saved
+    # configuration decides how its models are called.
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+
+@router.get("/models")
+async def list_models(clients: ClientsDep, principal: PrincipalDep) -> dict[str, Any]:
+    """The caller's saved configurations, as models."""
+    if clients.pool is None:
+        raise ApiError(status.HTTP_503_SERVICE_UNAVAILABLE, "saved configurations are unavailable right now")
+    saved = await configs.latest_all(clients.pool, principal.owner)
+    return {"object": "list", "data": [_model_object(s, principal) for s in saved]}
+
+
+def _model_object(saved: dict[str, Any], principal: Principal) -> dict[str, Any]:
+    created = int(time.mktime(time.strptime(saved["created_at"][:19], "%Y-%m-%dT%H:%M:%S")))
+    return {
+        "id": saved["name"],
+        "object": "model",
+        "created": created,
+        "owned_by": principal.owner,
+        "moot": {"mode": saved["config"].get("mode"), "version": saved["version"]},
+    }
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(
+    body: Annotated[dict[str, Any], Body()], clients: ClientsDep, principal: PrincipalDep
+) -> dict[str, Any] | StreamingResponse:
+    try:
+        chat = ChatCompletionRequest.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"])
+        raise ApiError(status.HTTP_400_BAD_REQUEST, f"{param}: {first['msg']}", param=param) from exc
+    if clients.pool is None or await configs.get(clients.pool, principal.owner, chat.model) is None:
+        raise ApiError(
+            status.HTTP_404_NOT_FOUND,
+            f"The model '{chat.model}' does not exist (save a configuration under that name first)",
+            param="model",
+            code="model_not_found",
+        )
+    system, history, prompt = runs_service.history_from_chat(chat.messages)
+    saved = await configs.get(clients.pool, principal.owner, chat.model)
+    assert saved is not None
+    submission: dict[str, Any] = {"config": chat.model, "prompt": prompt}
+    if saved["config"].get("mode") == "debate":
+        # Debates have per-debater system prompts only; the caller's goes first in the conversation.
+        history = [*([ChatMessage(role="system", content=system)] if system else []), *history]
+    elif system:
+        submission["system"] = system
+    submission["history"] = [m.model_dump() for m in history]
+    try:
+        request, meta = await runs_service.resolve(clients, principal, submission)
+    except Exception as exc:  # a saved configuration plus this conversation that is no valid run
+        raise ApiError(
+            status.HTTP_400_BAD_REQUEST, f"cannot run {chat.model!r} with these messages: {exc}"
+        ) from exc
+    run_id = await runs_service.submit(clients, request, meta)
+    created = int(time.time())
+    if chat.stream:
+        include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
+        return StreamingResponse(
+            _stream(clients, principal, run_id, chat.model, created, include_usage),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    view = await _wait(clients, principal, run_id)
+    answer = runs_service.final_answer(view)
+    if view["status"] != "completed" or answer is None:
+        raise ApiError(
+            status.HTTP_424_FAILED_DEPENDENCY,
+            f"run {run_id} {view['status']}: {view.get('reason') or 'no final answer'}",
+            type="run_error",
+            code="run_failed",
+        )
+    return {
+        "id": f"chatcmpl-{run_id}",
+        "object": "chat.completion",
+        "created": created,
+        "model": chat.model,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}
+        ],
+        "usage": _usage(view),
+        "moot": _extra(run_id, view),
+    }
+
+
+async def _wait(clients: Clients, principal: Principal, run_id: str) -> dict[str, Any]:
+    async for _ in replay(clients, run_id, 0):
+        pass  # the replay ends with the run's final event
+    view = await runs_service.view_of(clients, run_id, principal)
+    assert view is not None
+    return view
+
+
+def _usage(view: dict[str, Any]) -> dict[str, int]:
+    usage = view.get("usage") or {}
+    prompt, completion = usage.get("input_tokens", 0), usage.get("output_tokens", 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _extra(run_id: str, view: dict[str, Any] | None = None) -> dict[str, Any]:
+    extra: dict[str, Any] = {"run_id": run_id, "run": f"/v1/runs/{run_id}"}
+    if view is not None:
+        extra["status"] = view["status"]
+    return extra
+
+
+async def _stream(
+    clients: Clients, principal: Principal, run_id: str, model: str, created: int, include_usage: bool
+) -> AsyncIterator[str]:
+    """chat.completion.chunk events as the answer is produced, then `[DONE]`.
+
+    A debate's verdict streams as the model writes it (its final_chunk events); a consortium's
+    synthesis is known only when the arbiter's last answer has been judged, so it comes whole.
+    """
+
+    def sse(data: str) -> str:
+        return f"data: {data}\n\n"
+
+    def chunk(delta: dict[str, Any], finish: Literal["stop"] | None = None, **more: Any) -> str:
+        body = {
+            "id": f"chatcmpl-{run_id}",
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            "moot": _extra(run_id),
+            **more,
+        }
+        return sse(json.dumps(body))
+
+    yield chunk({"role": "assistant", "content": ""})
+    streamed = False
+    async for event in replay(clients, run_id, 0):
+        if event.event == "final_chunk" and isinstance(event.data, dict):
+            streamed = True
+            yield chunk({"content": event.data["delta"]})
+    view = await runs_service.view_of(clients, run_id, principal)
+    assert view is not None
+    answer = runs_service.final_answer(view)
+    if view["status"] != "completed" or answer is None:
+        error = {
+            "message": f"run {run_id} {view['status']}: {view.get('reason')}",
+            "type": "run_error",
+            "code": "run_failed",
+        }
+        yield sse(json.dumps({"error": error, "moot": _extra(run_id, view)}))
+        return
+    if not streamed:
+        yield chunk({"content": answer})
+    yield chunk({}, "stop", **({"usage": _usage(view)} if include_usage else {}))
+    yield sse("[DONE]")

@@ -1,0 +1,153 @@
+"""Runs: submit one, read it, follow its events live."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Header, Query, Response, status
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from moot.messages import TERMINAL_EVENT_TYPES
+from moot.observability import telemetry
+from moot.records.queries import recent_runs
+from moot_gateway import runs_service
+from moot_gateway.auth import PrincipalDep
+from moot_gateway.deps import Clients, ClientsDep
+from moot_gateway.errors import ApiError
+
+router = APIRouter(prefix="/v1/runs", tags=["runs"])
+
+EXAMPLES = {
+    "consortium": {
+        "value": {
+            "mode": "consortium",
+            "prompt": "Is P = NP?",
+            "members": [{"model": "gpt-4o-mini", "count": 2}, {"model": "claude"}],
+            "arbiter": "gpt-4o-mini",
+        }
+    },
+    "debate": {
+        "value": {
+            "mode": "debate",
+            "prompt": "Is a hot dog a sandwich?",
+            "members": [{"model": "gpt-4o-mini"}, {"model": "claude"}],
+            "judge_mode": "external_judge",
+            "judge": "gpt-4o-mini",
+        }
+    },
+    "saved": {"value": {"config": "my-panel", "prompt": "Is P = NP?", "max_iterations": 2}},
+}
+
+
+def _links(run_id: str) -> dict[str, str]:
+    return {"self": f"/v1/runs/{run_id}", "events": f"/v1/runs/{run_id}/events"}
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED)
+async def create_run(
+    body: Annotated[dict[str, Any], Body(openapi_examples=EXAMPLES)],
+    clients: ClientsDep,
+    principal: PrincipalDep,
+    response: Response,
+) -> dict[str, Any]:
+    """Accept a run: a consortium or debate request, or `config` (a saved name) plus overrides.
+
+    `continue_from` (a finished run's id) makes the run continue that run's conversation.
+    """
+    request, meta = await runs_service.resolve(clients, principal, body)
+    run_id = await runs_service.submit(clients, request, meta)
+    response.headers["Location"] = f"/v1/runs/{run_id}"
+    trace_id = telemetry.current_trace_id()  # this request's trace is the run's trace
+    run = {"id": run_id, "mode": request.mode, "status": "running", "trace_id": trace_id}
+    return {**run, "links": _links(run_id)}
+
+
+@router.get("")
+async def list_runs(
+    clients: ClientsDep, principal: PrincipalDep, limit: Annotated[int, Query(ge=1, le=500)] = 20
+) -> dict[str, Any]:
+    """The caller's recent runs, newest first."""
+    if clients.pool is None:
+        raise ApiError(status.HTTP_503_SERVICE_UNAVAILABLE, "the run record is unavailable right now")
+    return {"object": "list", "data": await recent_runs(clients.pool, principal.owner, limit)}
+
+
+@router.get("/{run_id}")
+async def get_run(run_id: str, clients: ClientsDep, principal: PrincipalDep) -> dict[str, Any]:
+    """The run: status, result, every iteration or round with every answer, token usage."""
+    view = await runs_service.view_of(clients, run_id, principal)
+    if view is None:
+        raise runs_service.not_found(f"run {run_id!r}")
+    trace_id = await telemetry.run_trace_id(clients.store, clients.pool, run_id)
+    return {**view, "trace_id": trace_id, "links": _links(run_id)}
+
+
+@router.post("/{run_id}/cancel")
+async def cancel_run(run_id: str, clients: ClientsDep, principal: PrincipalDep) -> dict[str, Any]:
+    """Stop a running run: no new jobs; results in flight are recorded but do not advance it."""
+    return {**await runs_service.cancel(clients, run_id, principal), "links": _links(run_id)}
+
+
+async def _existing_run(run_id: str, clients: ClientsDep, principal: PrincipalDep) -> str:
+    # A dependency, not the body: an SSE endpoint's body runs after the 200 has been sent.
+    if await runs_service.view_of(clients, run_id, principal) is None:
+        raise runs_service.not_found(f"run {run_id!r}")
+    return run_id
+
+
+async def _start_after(last_event_id: Annotated[str | None, Header()] = None) -> int:
+    if not last_event_id:
+        return 0
+    try:
+        return int(last_event_id)
+    except ValueError as exc:
+        raise ApiError(
+            status.HTTP_400_BAD_REQUEST, "Last-Event-ID must be an event id", param="Last-Event-ID"
+        ) from exc
+
+
+@router.get("/{run_id}/events", response_class=EventSourceResponse)
+async def run_events(
+    run_id: Annotated[str, Depends(_existing_run)],
+    start_after: Annotated[int, Depends(_start_after)],
+    clients: ClientsDep,
+) -> AsyncIterator[ServerSentEvent]:
+    """The run's events as SSE, replayed from JetStream; `id` (and `seq` in the data) is the stream sequence.
+
+    A client that reconnects with `Last-Event-ID` gets everything after that event; the stream
+    ends after the run's final event (`run.completed`, `run.failed` or `run.cancelled`).
+    """
+    async for event in replay(clients, run_id, start_after):
+        yield event
+
+
+async def replay(clients: Clients, run_id: str, start_after: int) -> AsyncIterator[ServerSentEvent]:
+    names = clients.names
+    js = clients.broker.connection.jetstream()
+    config = (
+        ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start_after + 1)
+        if start_after
+        else ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+    )
+    sub = await js.subscribe(
+        names.run_events(run_id), stream=names.runs_stream, ordered_consumer=True, config=config
+    )
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=30.0)
+            except NatsTimeout:
+                continue  # the response class sends keep-alive comments meanwhile
+            event_type = names.event_type_of(msg.subject)
+            seq = msg.metadata.sequence.stream
+            # The sequence goes into the payload too, for clients that read data only.
+            data = {**json.loads(msg.data), "seq": seq}
+            yield ServerSentEvent(data=data, event=event_type, id=str(seq))
+            if event_type in TERMINAL_EVENT_TYPES:
+                return
+    finally:
+        await sub.unsubscribe()

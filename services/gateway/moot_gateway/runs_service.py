@@ -1,0 +1,169 @@
+"""Submitting and reading runs on behalf of an owner; shared by the runs API and the OpenAI endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+from fastapi import status
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from moot.messages import CancelRequested, ChatMessage, RunMeta, run_request_adapter, utcnow
+from moot.protocols import protocol_for
+from moot.records.accounts import Principal
+from moot.records.queries import fetch_run_view
+from moot.runtime.runstore import OutboxPending
+from moot_gateway import configs
+from moot_gateway.deps import Clients
+from moot_gateway.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+# Fields of a submission that are not part of the run request itself.
+CONFIG_FIELD, VERSION_FIELD, CONTINUE_FIELD = "config", "config_version", "continue_from"
+
+
+def not_found(what: str, param: str | None = None) -> ApiError:
+    return ApiError(status.HTTP_404_NOT_FOUND, f"{what} not found", param=param, code="not_found")
+
+
+async def view_of(clients: Clients, run_id: str, principal: Principal) -> dict[str, Any] | None:
+    """The run's view if it exists and belongs to `principal`; None otherwise (never another's)."""
+    if len(run_id) != 32 or any(c not in "0123456789abcdef" for c in run_id):
+        return None
+    view: dict[str, Any] | None = None
+    loaded = await clients.store.load(run_id)
+    if loaded is not None:
+        mode, state = loaded
+        view = protocol_for(mode).view(state)
+    elif clients.pool is not None:
+        view = await fetch_run_view(clients.pool, run_id)
+    if view is None or view.get("owner", "") != principal.owner:
+        return None
+    return view
+
+
+def final_answer(view: dict[str, Any]) -> str | None:
+    """What a finished run answered: a consortium's synthesis, a debate's verdict."""
+    result = view.get("result") or {}
+    answer = result.get("synthesis") if view.get("mode") == "consortium" else result.get("text")
+    return answer if isinstance(answer, str) else None
+
+
+async def _history_of(clients: Clients, run_id: str, principal: Principal) -> list[dict[str, Any]]:
+    earlier = await view_of(clients, run_id, principal)
+    if earlier is None:
+        raise _invalid(CONTINUE_FIELD, f"run {run_id!r} not found")
+    answer = final_answer(earlier)
+    if earlier.get("status") != "completed" or answer is None:
+        raise _invalid(
+            CONTINUE_FIELD, f"run {run_id!r} has no final answer to continue from ({earlier.get('status')})"
+        )
+    request = earlier.get("request") or {}
+    return [
+        *request.get("history", []),
+        {"role": "user", "content": request.get("prompt", "")},
+        {"role": "assistant", "content": answer},
+    ]
+
+
+def _invalid(field: str, message: str) -> RequestValidationError:
+    return RequestValidationError(
+        [{"type": "value_error", "loc": ("body", field), "msg": message, "input": None}]
+    )
+
+
+async def resolve(clients: Clients, principal: Principal, body: dict[str, Any]) -> tuple[Any, RunMeta]:
+    """The run request a submission stands for: saved configuration + overrides, earlier conversation."""
+    body = dict(body)
+    meta = RunMeta(owner=principal.owner)
+    name = body.pop(CONFIG_FIELD, None)
+    version = body.pop(VERSION_FIELD, None)
+    continue_from = body.pop(CONTINUE_FIELD, None)
+    if name is not None:
+        if clients.pool is None:
+            raise ApiError(
+                status.HTTP_503_SERVICE_UNAVAILABLE, "saved configurations are unavailable right now"
+            )
+        if not isinstance(name, str) or (version is not None and not isinstance(version, int)):
+            raise _invalid(CONFIG_FIELD, "config must be a name and config_version an integer")
+        saved = await configs.get(clients.pool, principal.owner, name, version)
+        if saved is None:
+            raise _invalid(
+                CONFIG_FIELD, f"no saved configuration {name!r}" + (f" version {version}" if version else "")
+            )
+        body = {**saved["config"], **body}  # per-run overrides win
+        meta.config_name, meta.config_version = saved["name"], saved["version"]
+    if continue_from is not None:
+        if not isinstance(continue_from, str):
+            raise _invalid(CONTINUE_FIELD, "continue_from must be a run id")
+        body["history"] = [*await _history_of(clients, continue_from, principal), *body.get("history", [])]
+        meta.continued_from = continue_from
+    try:
+        request = run_request_adapter.validate_python(body)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        ) from exc
+    return request, meta
+
+
+async def submit(clients: Clients, request: Any, meta: RunMeta) -> str:
+    run_id = uuid.uuid4().hex
+    transition = protocol_for(request.mode).start(run_id, request, utcnow(), meta)
+    try:
+        await clients.store.create(run_id, request.mode, transition)
+    except OutboxPending:
+        # Accepted and stored: answer 202 and keep publishing its first jobs in the background.
+        log.warning("run %s: first messages not all published; retrying in the background", run_id)
+        task = asyncio.create_task(_flush_until_done(clients, run_id))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+    return run_id
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+async def _flush_until_done(clients: Clients, run_id: str) -> None:
+    delay = 0.5
+    for _ in range(20):
+        await asyncio.sleep(delay)
+        try:
+            await clients.store.flush_pending(run_id)
+            return
+        except Exception:
+            delay = min(delay * 2, 30.0)
+    log.error("run %s: its first messages could not be published; it will not start", run_id)
+
+
+async def cancel(clients: Clients, run_id: str, principal: Principal) -> dict[str, Any]:
+    view = await view_of(clients, run_id, principal)
+    if view is None:
+        raise not_found(f"run {run_id!r}")
+    if view["status"] != "running":
+        raise ApiError(
+            status.HTTP_409_CONFLICT, f"run {run_id!r} is already {view['status']}", code="run_finished"
+        )
+    await clients.store.apply(run_id, CancelRequested(run_id=run_id))
+    after = await view_of(clients, run_id, principal)
+    assert after is not None
+    return after
+
+
+def history_from_chat(messages: list[ChatMessage]) -> tuple[str | None, list[ChatMessage], str]:
+    """OpenAI messages -> (system prompt, conversation so far, prompt = the last user message)."""
+    system = (
+        "\n\n".join(m.content for m in messages if m.role == "system" and isinstance(m.content, str)) or None
+    )
+    rest = [m for m in messages if m.role != "system"]
+    last_user = max((i for i, m in enumerate(rest) if m.role == "user"), default=None)
+    if last_user is None:
+        raise ApiError(status.HTTP_400_BAD_REQUEST, "messages must contain a user message", param="messages")
+    prompt = rest[last_user].content
+    if not isinstance(prompt, str):
+        prompt = " ".join(str(p.get("text", "")) for p in prompt if isinstance(p, dict))
+    return system, rest[:last_user], prompt

@@ -1,0 +1,42 @@
+"""member-worker wiring: settings, model list, broker, the call subscriber, health endpoints."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from moot.observability import telemetry
+from moot.runtime.models import ModelList
+from moot.runtime.nats import ensure_topology, make_broker
+from moot.runtime.service import serve, service_app, setup_logging
+from moot.runtime.settings import get_settings
+from moot.runtime.subjects import Names
+from moot_member_worker.calls import ModelCaller
+from moot_member_worker.handlers import register
+from moot_member_worker.settings import WorkerSettings
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()
+    worker = WorkerSettings()
+    names = Names(settings.namespace)
+    setup_logging(settings, "member-worker")
+    telemetry.setup("member-worker")
+    broker = make_broker(settings, name="moot-member-worker")
+    caller = ModelCaller(
+        ModelList.load(settings.models_file),
+        timeout=settings.call_timeout_seconds,
+        backoff_base=worker.backoff_base_seconds,
+        backoff_max=worker.backoff_max_seconds,
+    )
+    register(broker, names, settings, caller, worker.concurrency)
+
+    async def on_start() -> None:
+        await ensure_topology(broker.connection.jetstream(), names, settings)
+
+    return service_app(
+        "member-worker", broker, on_start=on_start, consumers=[(names.jobs_stream, names.worker_consumer)]
+    )
+
+
+def main() -> None:
+    serve(create_app(), default_port=8001)

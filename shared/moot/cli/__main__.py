@@ -1,0 +1,3 @@
+from moot.cli.main import main
+
+main()

@@ -1,0 +1,244 @@
+"""The `moot` command.
+
+`moot up` starts the whole stack; `moot demo` starts it and runs a consortium. The other commands
+talk to a running gateway (`MOOT_URL`, `MOOT_API_KEY`): `run`, `debate`, `save`, `list`,
+`remove`, `runs`, `show`; `keys` manages API keys in Postgres directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from moot.cli import configs as cli_configs
+from moot.cli import keys as cli_keys
+from moot.cli import runs as cli_runs
+from moot.cli.client import GatewayError, MootClient
+from moot.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, CliError, connect, err, explain, gateway_url
+from moot.cli.requests import (
+    add_consortium_options,
+    add_debate_options,
+    add_model_options,
+    add_submission_options,
+    submission,
+)
+from moot.devstack.demo import DEMO_PROMPT, run_demo
+from moot.records.accounts import local_key
+
+STACK_COMMANDS = ("up", "demo")
+# A gateway command, once its options are checked: what to do with a connected client.
+Action = Callable[[MootClient], Awaitable[int]]
+
+
+def _stack_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=".moot", help="where embedded NATS/Postgres keep data and logs")
+    p.add_argument("--port", type=int, default=8000, help="gateway port")
+    p.add_argument("--workers", type=int, default=2, help="member-worker processes")
+    p.add_argument("--namespace", default=os.environ.get("MOOT_NAMESPACE", "moot"))
+    p.add_argument(
+        "--models-file",
+        default=os.environ.get("MOOT_MODELS_FILE"),
+        help="LiteLLM-style model list (default: $MOOT_MODELS_FILE)",
+    )
+    p.add_argument(
+        "--test-models",
+        action="store_true",
+        help="also start the test model server and use its models (fast, slow, arbiter)",
+    )
+    p.add_argument(
+        "--local",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also run the embedded local model, named local (default: when no model list and no "
+        "--test-models); installed on first use",
+    )
+
+
+def _make_stack(args: argparse.Namespace, *, test_models: bool) -> Any:
+    from moot.devstack.stack import (  # imported late: `moot --help` should not pay for it
+        Stack,
+        wants_local_model,
+    )
+
+    return Stack(
+        args.data_dir,
+        port=args.port,
+        workers=args.workers,
+        namespace=args.namespace,
+        models_file=args.models_file,
+        nats_url=os.environ.get("NATS_URL"),
+        database_url=os.environ.get("DATABASE_URL"),
+        test_model_server=test_models,
+        local_model=wants_local_model(args.local, args.models_file, test_models),
+    )
+
+
+async def _up(args: argparse.Namespace) -> int:
+    stack = _make_stack(args, test_models=args.test_models)
+
+    async def print_local_key() -> None:
+        assert stack.infrastructure is not None
+        key = await local_key(stack.infrastructure.database_url, str(stack.data_dir))
+        print(f"moot: API key for this stack (kept in {stack.data_dir}/local-api-key):", file=sys.stderr)
+        print(f"export MOOT_URL={stack.gateway_url} MOOT_API_KEY={key}", flush=True)
+
+    code: int = await stack.run_forever(on_ready=print_local_key)
+    return code
+
+
+# --------------------------------------------------------------------------- gateway commands
+
+
+def _run_action(p: argparse.ArgumentParser, args: argparse.Namespace) -> Action:
+    body = submission(p, args, "consortium")
+    return lambda client: cli_runs.submit_and_follow(client, body, args)
+
+
+def _debate_action(p: argparse.ArgumentParser, args: argparse.Namespace) -> Action:
+    body = submission(p, args, "debate")
+    return lambda client: cli_runs.submit_and_follow(client, body, args)
+
+
+def _save_action(p: argparse.ArgumentParser, args: argparse.Namespace) -> Action:
+    config = cli_configs.config_of(p, args)
+    return lambda client: cli_configs.save_config(client, args, config)
+
+
+def _simple(command: Callable[[MootClient, argparse.Namespace], Awaitable[int]]) -> Any:
+    """An action for a command that needs no checks beyond argparse's."""
+    return lambda _p, args: lambda client: command(client, args)
+
+
+def _gateway_command(sub: Any, name: str, prepare: Any, **kwargs: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(name, **kwargs)
+    p.set_defaults(prepare=prepare, subparser=p)
+    return p
+
+
+def _add_gateway_commands(sub: Any) -> None:
+    run = _gateway_command(
+        sub,
+        "run",
+        _run_action,
+        help="run a consortium: progress on stderr, the synthesis on stdout",
+        description="Members answer in parallel, the arbiter synthesizes, until it is confident enough. "
+        "Progress goes to stderr, the synthesis to stdout. Ctrl-C cancels the run.",
+    )
+    add_submission_options(run)
+    add_model_options(run)
+    add_consortium_options(run)
+
+    debate = _gateway_command(
+        sub,
+        "debate",
+        _debate_action,
+        help="run a debate: progress on stderr, the verdict streamed to stdout",
+        description="Debaters state positions, then argue turn by turn until the judge mode ends it. "
+        "Progress goes to stderr, the verdict streams to stdout. Ctrl-C cancels the run.",
+    )
+    add_submission_options(debate)
+    add_model_options(debate)
+    add_debate_options(debate)
+
+    save = _gateway_command(
+        sub, "save", _save_action, help="save a consortium (or, with --debate, a debate) under a name"
+    )
+    save.add_argument("name", metavar="NAME", help="lowercase letters, digits, '.', '_' and '-'")
+    save.add_argument("--mode", choices=("consortium", "debate"), default="consortium")
+    save.add_argument("--debate", action="store_true", help="same as --mode debate")
+    add_model_options(save)
+    add_consortium_options(save)
+    add_debate_options(save)
+
+    listing = _gateway_command(
+        sub, "list", _simple(cli_configs.list_configs), help="the saved configurations"
+    )
+    listing.add_argument("--json", action="store_true", help="as JSON")
+    remove = _gateway_command(
+        sub, "remove", _simple(cli_configs.remove_config), help="remove a saved configuration"
+    )
+    remove.add_argument("name", metavar="NAME")
+
+    runs = _gateway_command(sub, "runs", _simple(cli_runs.list_runs), help="your recent runs, newest first")
+    runs.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
+    runs.add_argument("--json", action="store_true", help="as JSON")
+    show = _gateway_command(sub, "show", _simple(cli_runs.show_run), help="one run: status, answers, result")
+    show.add_argument("run_id", metavar="RUN_ID")
+    show.add_argument("--json", action="store_true", help="the full run record as JSON")
+    show.add_argument("--full", action="store_true", help="every answer in full, not just its first line")
+
+
+async def _with_gateway(action: Action) -> int:
+    url = gateway_url()
+    try:
+        async with connect() as client:
+            return await action(client)
+    except (GatewayError, httpx.HTTPError) as exc:
+        raise explain(exc, url) from exc
+
+
+def _run_admin_or_gateway_command(args: argparse.Namespace) -> int:
+    """Run a command other than `up`/`demo`; its exit code (CliError's message goes to stderr)."""
+    try:
+        if args.command == "keys":
+            return asyncio.run(cli_keys.COMMANDS[args.keys_command](args))
+        action = args.prepare(args.subparser, args)  # usage errors exit here, before connecting
+        return asyncio.run(_with_gateway(action))
+    except CliError as exc:
+        err(f"moot: {exc.message}")
+        return exc.code
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `moot runs | head -1`: nobody reads stdout any more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="moot", description="Deliberation of language models, distributed.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser(
+        "up", help="start NATS, Postgres (embedded unless NATS_URL/DATABASE_URL) and all services"
+    )
+    _stack_args(up)
+
+    demo = sub.add_parser(
+        "demo",
+        help="start the stack, run a consortium (and on the local model a short debate), print the answers, stop",
+    )
+    _stack_args(demo)
+    demo.add_argument("prompt", nargs="?", default=DEMO_PROMPT)
+    demo.add_argument("-m", "--member", action="append", help="MODEL[:COUNT], repeatable")
+    demo.add_argument("--arbiter")
+    demo.add_argument("--max-iterations", type=int, default=2)
+    demo.add_argument("--max-tokens", type=int, help="per answer (default on the local model: 300)")
+    demo.add_argument(
+        "--debate",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also run a short debate (default: on the local model's default line-up)",
+    )
+    demo.add_argument("--debate-prompt", help="the debate's question")
+    demo.add_argument("--judge", help="the debate's judge (default: the arbiter)")
+    demo.add_argument("--max-rounds", type=int, default=3, help="debate rounds at most (default: 3)")
+
+    _add_gateway_commands(sub)
+    cli_keys.add_commands(sub)
+
+    args = parser.parse_args(argv)
+    if args.command not in STACK_COMMANDS:
+        sys.exit(_run_admin_or_gateway_command(args))
+    Path(args.data_dir).mkdir(parents=True, exist_ok=True)
+    runner = {"up": _up, "demo": lambda a: run_demo(a, _make_stack)}[args.command]
+    try:
+        sys.exit(asyncio.run(runner(args)))
+    except KeyboardInterrupt:
+        sys.exit(130)

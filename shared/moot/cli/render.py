@@ -1,0 +1,288 @@
+"""What the CLI shows: live progress of a run from its events, a finished run, lists of runs and configurations."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from moot.cli.client import RunEventMessage
+from moot.cli.common import plural, short, table
+
+# --------------------------------------------------------------------------- live progress
+
+
+def _who(d: dict[str, Any]) -> str:
+    return f"{d['model']}#{d['instance']}"
+
+
+def _members_text(members: list[dict[str, Any]]) -> str:
+    return ", ".join(m["model"] + (f" x{m['count']}" if m.get("count", 1) > 1 else "") for m in members)
+
+
+def _confidence(value: float | None) -> str:
+    return f"{value:.2f}" if value is not None else "unreadable"
+
+
+class Progress:
+    """Turns a run's events into progress lines (`say`, stderr) and its streamed verdict (`write`, stdout)."""
+
+    def __init__(self, say: Callable[[str], None], write: Callable[[str], None]) -> None:
+        self.say, self.write = say, write
+        self.expected = 0  # calls of the current iteration or round
+        self.done = 0  # of which have an outcome
+        self.streamed = False  # some of the final answer was written
+        self._line_open = False  # the streamed text does not end with a newline yet
+
+    def show(self, event: RunEventMessage) -> None:
+        if event.type == "final_chunk":
+            self._chunk(event.data.get("delta", ""))
+            return
+        handler = getattr(self, "_on_" + event.type.replace(".", "_"), None)
+        line = handler(event.data) if handler else None
+        if line:
+            self.say(line)
+
+    def _chunk(self, delta: str) -> None:
+        if delta:
+            self.write(delta)
+            self.streamed = True
+            self._line_open = not delta.endswith("\n")
+
+    def _tick(self) -> str:
+        self.done += 1
+        return f"[{self.done}/{self.expected}]"
+
+    def _start(self, expected: int) -> None:
+        self.expected, self.done = expected, 0
+
+    # consortium
+
+    def _on_run_created(self, d: dict[str, Any]) -> str:
+        r = d["request"]
+        return (
+            f"consortium: {_members_text(r['members'])}; arbiter {r['arbiter']}; up to {r['max_iterations']}"
+            f" iterations, stopping at confidence {r['confidence_threshold']:.2f}"
+        )
+
+    def _on_iteration_started(self, d: dict[str, Any]) -> str:
+        self._start(len(d["call_ids"]))
+        return f"iteration {d['iteration']}: asking {plural(self.expected, 'member instance')}"
+
+    def _on_call_completed(self, d: dict[str, Any]) -> str | None:
+        if d["role"] != "member":
+            return None  # the arbiter's answer is told by iteration.completed; debates by their own events
+        tokens = (d.get("usage") or {}).get("output_tokens", 0)
+        return f"  {_who(d)} answered {self._tick()} ({d.get('latency_ms', 0)} ms, {tokens} tokens)"
+
+    def _on_call_failed(self, d: dict[str, Any]) -> str | None:
+        if d["role"] == "member":
+            return f"  {_who(d)} failed {self._tick()}: {short(d['error'], 160)}"
+        if d["role"] == "arbiter":
+            return f"  arbiter {d['model']} failed: {short(d['error'], 160)}"
+        return None  # a debate tells its failures by round_model_complete and error
+
+    def _on_iteration_completed(self, d: dict[str, Any]) -> str:
+        verdict = d["verdict"]
+        line = f"  arbiter: confidence {_confidence(verdict.get('confidence'))} -> {d['decision']} ({d['reason']})"
+        if verdict.get("malformed"):
+            line += f"\n  the arbiter's answer was malformed: {'; '.join(verdict.get('problems') or [])}"
+        return line
+
+    # debate
+
+    def _on_debate_start(self, d: dict[str, Any]) -> str:
+        judge = f" by {d['judge']}" if d.get("judge") else ""
+        labels = ", ".join(x["label"] for x in d["debaters"])
+        return f"debate: {labels}; {d['format']}; {d['judge_mode']}{judge}; up to {d['max_rounds']} rounds"
+
+    def _on_round_start(self, d: dict[str, Any]) -> str:
+        self._start(len(d["debaters"]))
+        return f"round {d['round']}: " + ", ".join(x["label"] for x in d["debaters"])
+
+    def _on_round_model_complete(self, d: dict[str, Any]) -> str:
+        if d.get("failed"):
+            return f"  {d['label']} failed {self._tick()}: {short(d.get('error'), 160)}"
+        return f"  {d['label']} answered {self._tick()}: {short(d.get('text'), 100)}"
+
+    def _on_judge_decision(self, d: dict[str, Any]) -> str:
+        word = "continue" if d["continue"] else "stop"
+        unreadable = "" if d.get("readable", True) else " (unreadable answer: the debate goes on)"
+        return f"  judge {d['model']}: {word}{unreadable}: {short(d.get('reason'), 120)}"
+
+    def _on_model_eliminated(self, d: dict[str, Any]) -> str:
+        by = f" (convinced by {d['convinced_by']})" if d.get("convinced_by") else ""
+        return f"  {d['label']} is out{by}: {short(d.get('reasoning'), 100)}"
+
+    def _on_convergence_status(self, d: dict[str, Any]) -> str:
+        kept = f" ({d['kept']} kept: everyone was convinced)" if d.get("kept") else ""
+        return f"  still in: {', '.join(d['remaining']) or 'nobody'}{kept}"
+
+    def _on_final_start(self, d: dict[str, Any]) -> str:
+        return (
+            f"verdict by the judge {d['model']}:" if d.get("by") == "judge" else f"summary by {d['label']}:"
+        )
+
+    def _on_final_complete(self, d: dict[str, Any]) -> None:
+        if self._line_open:
+            self.write("\n")
+            self._line_open = False
+
+    def _on_debate_complete(self, d: dict[str, Any]) -> str:
+        return f"debate over after {plural(d['rounds'], 'round')}: {d['reason']}"
+
+    def _on_error(self, d: dict[str, Any]) -> str:
+        return f"  error: {d.get('message') or d.get('reason') or d}"
+
+
+# --------------------------------------------------------------------------- a finished run
+
+
+def final_answer(run: dict[str, Any]) -> str | None:
+    """A consortium's synthesis or a debate's verdict (or last summary); None without one."""
+    result = run.get("result") or {}
+    answer = result.get("synthesis") if run.get("mode") == "consortium" else result.get("text")
+    return answer if isinstance(answer, str) else None
+
+
+def transcript(run: dict[str, Any]) -> str:
+    """Every turn of a debate, round by round (what a display-only debate has to show)."""
+    parts = []
+    for rnd in run.get("rounds") or []:
+        parts.append(f"== round {rnd['number']}")
+        for turn in rnd.get("turns") or []:
+            said = turn.get("text") if turn.get("status") == "completed" else f"(failed: {turn.get('error')})"
+            parts.append(f"-- {turn.get('label') or _who(turn)}\n{(said or '').strip()}")
+    return "\n\n".join(parts) + "\n" if parts else ""
+
+
+def outcome_line(run: dict[str, Any]) -> str:
+    """`completed: <reason> (2 iterations, 1234 tokens in, 567 out)`."""
+    steps = (
+        plural(len(run.get("iterations") or []), "iteration")
+        if run.get("mode") == "consortium"
+        else plural(len(run.get("rounds") or []), "round")
+    )
+    usage = run.get("usage") or {}
+    cost = f", ${usage['cost_usd']:.4f}" if usage.get("cost_usd") is not None else ""
+    tokens = f"{usage.get('input_tokens', 0)} tokens in, {usage.get('output_tokens', 0)} out{cost}"
+    return f"{run['status']}: {run.get('reason') or '-'} ({steps}, {tokens})"
+
+
+def _call_line(label: str, call: dict[str, Any] | None, full: bool) -> str:
+    if call is None:
+        return f"  {label}: (not asked)"
+    if call.get("status") == "failed":
+        return f"  {label}: failed: {short(call.get('error'), 200)}"
+    if call.get("status") != "completed":
+        return f"  {label}: ({call.get('status')})"
+    text = (call.get("text") or "").strip()
+    if full:
+        return f"  {label}:\n" + "\n".join("    " + line for line in text.splitlines())
+    return f"  {label}: {short(text, 100)}"
+
+
+def _arbiter_line(iteration: dict[str, Any], full: bool) -> str:
+    """The arbiter's call, showing its synthesis rather than its tagged answer when it was readable."""
+    call, verdict = iteration.get("arbiter"), iteration.get("verdict") or {}
+    label = f"arbiter {call['model']}" if call else "arbiter"
+    if call and call.get("status") == "completed" and verdict.get("synthesis"):
+        call = {**call, "text": verdict["synthesis"]}
+    return _call_line(label, call, full)
+
+
+def _consortium_steps(run: dict[str, Any], full: bool) -> list[str]:
+    lines = []
+    for it in run.get("iterations") or []:
+        verdict = it.get("verdict") or {}
+        decided = f" -> {it['decision']} ({it.get('reason')})" if it.get("decision") else ""
+        lines.append(
+            f"iteration {it['number']}: confidence {_confidence(verdict.get('confidence'))}{decided}"
+        )
+        lines += [_call_line(_who(m), m, full) for m in it.get("members") or []]
+        lines.append(_arbiter_line(it, full))
+    return lines
+
+
+def _debate_steps(run: dict[str, Any], full: bool) -> list[str]:
+    lines = []
+    for rnd in run.get("rounds") or []:
+        lines.append(f"round {rnd['number']}: {', '.join(rnd.get('speakers') or [])}")
+        lines += [_call_line(t.get("label") or _who(t), t, full) for t in rnd.get("turns") or []]
+        if rnd.get("decision"):
+            lines.append(f"  judge: {rnd['decision']}: {short(rnd.get('decision_reason'), 120)}")
+        if rnd.get("eliminated"):
+            lines.append(f"  out: {', '.join(rnd['eliminated'])}")
+    return lines
+
+
+def _header(run: dict[str, Any]) -> list[str]:
+    r = run.get("request") or {}
+    lines = [f"run {run['id']} ({run['mode']}), created {_when(run.get('created_at'))}", outcome_line(run)]
+    if run.get("config"):
+        lines.append(f"saved configuration: {run['config']['name']} v{run['config']['version']}")
+    if run.get("continued_from"):
+        lines.append(f"continues: {run['continued_from']}")
+    if run["mode"] == "consortium":
+        lines.append(f"members: {_members_text(r.get('members') or [])}; arbiter {r.get('arbiter')}")
+    else:
+        judge = f" by {r['judge']}" if r.get("judge") else ""
+        lines.append(
+            f"debaters: {_members_text(r.get('members') or [])}; {r.get('format')}; {r.get('judge_mode')}{judge}"
+        )
+    lines.append(f"prompt: {short(r.get('prompt'), 200)}")
+    return lines
+
+
+def _answer_title(run: dict[str, Any]) -> str:
+    result = run.get("result") or {}
+    if run["mode"] == "consortium":
+        return "synthesis"
+    if result.get("by") == "judge":
+        return f"verdict by the judge {result.get('model')}"
+    return f"summary by {(run.get('final') or {}).get('label') or result.get('model')}"
+
+
+def run_summary(run: dict[str, Any], full: bool = False) -> str:
+    """`moot show`: status, what was asked, every iteration or round, then the answer."""
+    steps = _consortium_steps(run, full) if run["mode"] == "consortium" else _debate_steps(run, full)
+    lines = [*_header(run), "", *steps]
+    answer = final_answer(run)
+    if answer is not None:
+        lines += ["", f"{_answer_title(run)}:", answer.strip()]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- lists
+
+
+def _when(iso: str | None) -> str:
+    """`2026-11-22T01:14:42.123+00:00` -> `2026-11-22 01:14:42` (the gateway's times are UTC)."""
+    return iso[:19].replace("T", " ") if iso else "-"
+
+
+def runs_table(runs: list[dict[str, Any]]) -> str:
+    rows = [
+        [r["id"], r["mode"], r["status"], _when(r.get("created_at")), short(r.get("prompt"), 50)]
+        for r in runs
+    ]
+    return table(["ID", "MODE", "STATUS", "CREATED (UTC)", "PROMPT"], rows)
+
+
+def _decider(config: dict[str, Any]) -> str:
+    if config.get("mode") == "debate":
+        return f"judge {config['judge']}" if config.get("judge") else str(config.get("judge_mode"))
+    return f"arbiter {config.get('arbiter')}"
+
+
+def configs_table(configs: list[dict[str, Any]]) -> str:
+    rows = [
+        [
+            c["name"],
+            str(c["version"]),
+            c["config"].get("mode", "consortium"),
+            _members_text(c["config"].get("members") or []),
+            _decider(c["config"]),
+        ]
+        for c in configs
+    ]
+    return table(["NAME", "VERSION", "MODE", "MEMBERS", "ARBITER/JUDGE"], rows)

@@ -1,0 +1,659 @@
+"""The debate protocol: debaters state positions, then argue turn by turn until it is decided.
+
+Pure, like `moot.protocols.consortium`: `start()` and `decide()` take state and an event and
+return the new state and the commands (call jobs, run events). No I/O, no clock: times come from
+events. Duplicate and late call outcomes return the same state object and no commands.
+
+Stages, in order:
+1. `_open_round`        round 1: every debater answers the question on its own, all at once;
+                        rounds 2..max_rounds: `_next_turn` asks one debater at a time, in the
+                        request's order, each seeing the transcript, its own earlier positions
+                        and what the debaters before it said this round (`prompts.turn_prompt`);
+2. `_close_round`       when every turn of the round is in;
+3. `_after_round`       asks `should_stop`, the one place that says whether and why a debate
+                        ends (every turn failed, the judge said STOP, one debater left, the last
+                        round played); if it goes on, rounds 2..max_rounds-1 have a checkpoint
+                        by `judge_mode`, after which `_after_round` asks again:
+   - `external_judge`   `_ask_judge`: CONTINUE or STOP (`parsing.parse_judge_answer`);
+   - `self_convergence` `_ask_convictions`: every debater still in says whether another one
+                        convinced it (`parsing.parse_conviction`); `_eliminate_convinced`
+                        removes those who were;
+   - `display_only`     no checkpoint: every round is played;
+4. `_end`               the judge's streamed verdict or the first remaining debater's streamed
+                        summary (`_ask_final`), or, for `display_only`, no final answer;
+5. `_finish`            `debate_complete`, then `run.completed` with the run's view.
+
+Events are the reference program's: `debate_start`, `round_start`, `round_model_complete`,
+`round_complete`, `judge_decision`, `model_eliminated`, `convergence_status`, `final_start`,
+(`final_chunk`, published by the worker while it streams), `final_complete`, `debate_complete`
+and `error`. A debate starts with `debate_start`, which carries the request (`run.created` is
+typed for consortium requests) and the line-up of debaters. It ends with `debate_complete` or `error`, always followed by `run.completed`
+or `run.failed` carrying the run's view: those two stay the one end-of-run signal for every
+protocol (the recorder, the gateway's `GET` and its SSE, which stops after them, rely on it), so
+`moot.messages.TERMINAL_EVENT_TYPES` is exactly {run.completed, run.failed}.
+
+Decisions where the behaviour had room:
+- Debaters are the request's members expanded by `count`, numbered 1.. in order (a model listed
+  twice continues its instance numbers); each is its own voice, labelled `model#instance` in
+  every prompt; its own position is only its own turns.
+- The judge's answer is read tolerantly: the first CONTINUE or STOP (a whole word, any case) on
+  the first non-empty line, else the first anywhere. An answer with neither is recorded as
+  unreadable (`readable: false`) and the debate continues: the call worked, so nothing is
+  retried, and more debate is the safe side (the last round always ends it).
+- A judge call that fails (the worker has already retried what can be retried) fails the run
+  with that reason; it does not quietly stop the debate.
+- A conviction answer counts as convinced when its first non-empty line starts with CONVINCED
+  (so NOT CONVINCED is not); the name after it is matched against the other debaters' labels,
+  then "debater N", then a model name that fits one debater only. A failed conviction call counts
+  as not convinced, and is listed in `convergence_status.unanswered`.
+- Never everyone is eliminated: when every debater still in is convinced, the one the others
+  named most often stays in (ties: the earliest in order) and `convergence_status.kept` says so.
+- A failed debater turn is recorded and the turn order goes on; the run fails only when every
+  turn of a round failed. A failed final call fails the run.
+- `{model_name}` in a custom template is the model's name; `{debater_number}` tells instances
+  of one model apart. The system prompt, temperature and max_tokens of a debater apply to all of
+  its calls; tools and attachments to its debate turns; images to its round-1 turn only.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from moot.messages import (
+    CallCompleted,
+    CallFailed,
+    CallJob,
+    CancelRequested,
+    ChatMessage,
+    ConvergenceStatus,
+    DebateComplete,
+    DebateError,
+    DebateRequest,
+    DebaterRef,
+    DebaterSpec,
+    DebateStart,
+    DebateTurn,
+    FinalComplete,
+    FinalStart,
+    JudgeDecision,
+    ModelEliminated,
+    RoundComplete,
+    RoundModelComplete,
+    RoundStart,
+    RunCompleted,
+    RunFailed,
+    RunMeta,
+    Usage,
+)
+from moot.protocols.base import Command, Transition, cancel, meta_view
+from moot.protocols.debate import prompts
+from moot.protocols.debate.parsing import parse_conviction, parse_judge_answer
+
+CallStatus = Literal["pending", "completed", "failed"]
+RunStatus = Literal["running", "completed", "failed", "cancelled"]
+CallRole = Literal["debater", "judge", "conviction", "final"]
+
+
+class Debater(BaseModel):
+    number: int  # 1-based place in the request's order; stays the same after eliminations
+    model: str
+    instance: int
+    spec: int  # index of its entry in `request.members`
+    active: bool = True
+    eliminated_in: int | None = None
+    convinced_by: int | None = None  # the debater number it conceded to
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}#{self.instance}"
+
+    def ref(self) -> DebaterRef:
+        return DebaterRef(number=self.number, model=self.model, instance=self.instance, label=self.label)
+
+
+class Call(BaseModel):
+    """One model call of the debate and what came of it."""
+
+    call_id: str
+    role: CallRole
+    model: str
+    instance: int
+    debater_number: int | None = None  # None for the judge
+    status: CallStatus = "pending"
+    text: str | None = None
+    error: str | None = None
+    usage: Usage = Field(default_factory=Usage)
+    latency_ms: int = 0
+    attempts: int = 0
+    worker: str = ""
+    # conviction calls only: what the answer says (a failed call is not convinced)
+    convinced: bool | None = None
+    convinced_by: int | None = None
+
+
+class Round(BaseModel):
+    number: int
+    speakers: list[int]  # debater numbers, in speaking order
+    turns: list[Call] = Field(default_factory=list)
+    judge: Call | None = None
+    decision: Literal["continue", "stop"] | None = None
+    decision_reason: str | None = None
+    decision_readable: bool | None = None
+    convictions: list[Call] = Field(default_factory=list)
+    eliminated: list[int] = Field(default_factory=list)
+    kept: int | None = None  # convinced, but kept in because everyone was
+
+
+class DebateState(BaseModel):
+    run_id: str
+    request: DebateRequest
+    status: RunStatus = "running"
+    created_at: datetime
+    finished_at: datetime | None = None
+    debaters: list[Debater]
+    rounds: list[Round] = Field(default_factory=list)
+    final: Call | None = None
+    result: str | None = None  # the final verdict or summary
+    reason: str | None = None  # why the debate ended (set when its end is decided)
+    usage: Usage = Field(default_factory=Usage)
+    meta: RunMeta = Field(default_factory=RunMeta)
+
+    @property
+    def current(self) -> Round:
+        return self.rounds[-1]
+
+    def debater(self, number: int) -> Debater:
+        return self.debaters[number - 1]
+
+    def active(self) -> list[Debater]:
+        return [d for d in self.debaters if d.active]
+
+
+State = DebateState
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points
+
+
+def start(
+    run_id: str, request: DebateRequest, at: datetime, meta: RunMeta | None = None
+) -> Transition[DebateState]:
+    """A new debate: announce it and open round 1."""
+    meta = meta or RunMeta()
+    state = DebateState(run_id=run_id, request=request, created_at=at, debaters=_line_up(request), meta=meta)
+    announce = DebateStart(
+        run_id=run_id,
+        request=request,
+        max_rounds=request.max_rounds,
+        format=request.format,
+        judge_mode=request.judge_mode,
+        judge=request.judge,
+        debaters=[d.ref() for d in state.debaters],
+        meta=meta,
+        at=at,
+    )
+    return Transition(state, [announce, *_open_round(state, at)])
+
+
+def decide(state: DebateState, event: Any) -> Transition[DebateState]:
+    """Fold one call outcome into the debate. Duplicates and late arrivals change nothing."""
+    if isinstance(event, CancelRequested):
+        return cancel(state, event, view)
+    if state.status != "running" or not isinstance(event, CallCompleted | CallFailed):
+        return Transition(state, [])
+    if _pending_call(state, event.call_id) is None:
+        return Transition(state, [])
+    state = state.model_copy(deep=True)
+    call = _pending_call(state, event.call_id)
+    assert call is not None
+    _record_outcome(state, call, event)
+
+    if call.role == "debater":
+        commands = _turn_taken(state, call, event.at)
+    elif call.role == "judge":
+        commands = _judge_answered(state, call, event.at)
+    elif call.role == "conviction":
+        commands = _conviction_answered(state, event.at)
+    else:
+        commands = _final_answered(state, call, event.at)
+    return Transition(state, commands)
+
+
+def view(state: DebateState) -> dict[str, Any]:
+    """The debate as the API shows it."""
+    final = state.final
+    return {
+        "id": state.run_id,
+        "mode": "debate",
+        "status": state.status,
+        "created_at": state.created_at.isoformat(),
+        "finished_at": state.finished_at.isoformat() if state.finished_at else None,
+        "reason": state.reason,
+        **meta_view(state.meta),
+        "request": state.request.model_dump(mode="json"),
+        "debaters": [
+            {
+                **d.ref().model_dump(mode="json"),
+                "active": d.active,
+                "eliminated_in": d.eliminated_in,
+                "convinced_by": state.debater(d.convinced_by).label if d.convinced_by else None,
+            }
+            for d in state.debaters
+        ],
+        "rounds": [
+            {
+                "number": r.number,
+                "speakers": [state.debater(n).label for n in r.speakers],
+                "turns": [_call_view(state, c) for c in r.turns],
+                "judge": _call_view(state, r.judge) if r.judge else None,
+                "decision": r.decision,
+                "decision_reason": r.decision_reason,
+                "decision_readable": r.decision_readable,
+                "convictions": [_call_view(state, c) for c in r.convictions],
+                "eliminated": [state.debater(n).label for n in r.eliminated],
+                "kept": state.debater(r.kept).label if r.kept else None,
+            }
+            for r in state.rounds
+        ],
+        "final": _call_view(state, final) if final else None,
+        "result": (
+            {"text": state.result, "model": final.model, "by": _final_by(final)}
+            if final and state.result is not None
+            else None
+        ),
+        "usage": state.usage.model_dump(mode="json"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages
+
+
+def _line_up(request: DebateRequest) -> list[Debater]:
+    """Every member instance is a debater of its own, in the request's order."""
+    debaters: list[Debater] = []
+    seen: dict[str, int] = {}
+    for spec_index, spec in enumerate(request.members):
+        for _ in range(spec.count):
+            seen[spec.model] = seen.get(spec.model, 0) + 1
+            debaters.append(
+                Debater(
+                    number=len(debaters) + 1, model=spec.model, instance=seen[spec.model], spec=spec_index
+                )
+            )
+    return debaters
+
+
+def _open_round(state: DebateState, at: datetime) -> list[Command]:
+    number = len(state.rounds) + 1
+    speakers = state.active()
+    state.rounds.append(Round(number=number, speakers=[d.number for d in speakers]))
+    opened = RoundStart(run_id=state.run_id, round=number, debaters=[d.ref() for d in speakers], at=at)
+    if number == 1:
+        # Independent first positions: nobody sees anybody, so everyone is asked at once.
+        return [opened, *(_ask_debater(state, d) for d in speakers)]
+    return [opened, *_next_turn(state)]
+
+
+def _next_turn(state: DebateState) -> list[Command]:
+    rnd = state.current
+    speaker = state.debater(rnd.speakers[len(rnd.turns)])
+    return [_ask_debater(state, speaker)]
+
+
+def _ask_debater(state: DebateState, debater: Debater) -> CallJob:
+    rnd = state.current
+    spec = state.request.members[debater.spec]
+    prompt = prompts.turn_prompt(state, debater) + prompts.attachment_blocks(spec)
+    content: str | list[dict[str, Any]] = prompt
+    if rnd.number == 1 and spec.images:
+        content = [{"type": "text", "text": prompt}] + [
+            {"type": "image_url", "image_url": {"url": url}} for url in spec.images
+        ]
+    call = _new_call(state, "debater", debater.model, debater.instance, debater.number)
+    rnd.turns.append(call)
+    return _job(state, call, spec, [ChatMessage(role="user", content=content)], tools=spec.tools)
+
+
+def _turn_taken(state: DebateState, call: Call, at: datetime) -> list[Command]:
+    rnd = state.current
+    done: list[Command] = [
+        RoundModelComplete(run_id=state.run_id, round=rnd.number, at=at, **_turn(state, call))
+    ]
+    if any(t.status == "pending" for t in rnd.turns):
+        return done  # round 1: others still answering
+    if len(rnd.turns) < len(rnd.speakers):
+        return [*done, *_next_turn(state)]
+    return [*done, *_close_round(state, at)]
+
+
+def _close_round(state: DebateState, at: datetime) -> list[Command]:
+    rnd = state.current
+    closed = RoundComplete(
+        run_id=state.run_id,
+        round=rnd.number,
+        responses=[DebateTurn(**_turn(state, t)) for t in rnd.turns],
+        at=at,
+    )
+    return [closed, *_after_round(state, at)]
+
+
+def should_stop(state: DebateState) -> tuple[Literal["stop", "fail", "go_on"], str]:
+    """Where a debate stops, and why: asked after each round and after each checkpoint.
+
+    In this order: every turn of the round failed (the run fails); the judge said STOP; only one
+    debater is left (the others were convinced); the round was the last one (`max_rounds`).
+    Anything else goes on, to the round's checkpoint (judge or convictions) or the next round.
+    """
+    rnd = state.current
+    if rnd.turns and all(t.status == "failed" for t in rnd.turns):
+        errors = "; ".join(f"{t.model}#{t.instance}: {t.error}" for t in rnd.turns)
+        return "fail", f"every debater failed in round {rnd.number}: {errors}"
+    if rnd.decision == "stop":
+        return "stop", f"the judge stopped the debate after round {rnd.number}: {rnd.decision_reason}"
+    remaining = state.active()
+    if len(remaining) == 1:
+        return "stop", f"only {remaining[0].label} remains after round {rnd.number}"
+    if rnd.number >= state.request.max_rounds:
+        return "stop", f"reached max_rounds ({state.request.max_rounds})"
+    return "go_on", ""
+
+
+def _after_round(state: DebateState, at: datetime) -> list[Command]:
+    """The round is over: stop, ask the round's checkpoint, or open the next round.
+
+    Rounds 2..max_rounds-1 have a checkpoint: the judge (`external_judge`) or every debater's
+    conviction (`self_convergence`); `display_only` has none.
+    """
+    verdict, reason = should_stop(state)
+    if verdict == "fail":
+        return _fail(state, reason, at)
+    if verdict == "stop":
+        return _end(state, reason, at)
+    checkpoint = state.current.number >= 2 and state.current.judge is None and not state.current.convictions
+    if checkpoint and state.request.judge_mode == "external_judge":
+        return [_ask_judge(state)]
+    if checkpoint and state.request.judge_mode == "self_convergence":
+        return _ask_convictions(state)
+    return _open_round(state, at)
+
+
+def _end(state: DebateState, reason: str, at: datetime) -> list[Command]:
+    """The debate is decided: the final answer is asked for, or (display only) the run ends."""
+    state.reason = reason
+    if state.request.judge_mode == "display_only":
+        return _finish(state, reason, at)
+    return _ask_final(state, at)
+
+
+# External judge ------------------------------------------------------------------------------
+
+
+def _ask_judge(state: DebateState) -> CallJob:
+    rnd = state.current
+    judge = state.request.judge
+    assert judge is not None
+    rnd.judge = _new_call(state, "judge", judge, 1, None)
+    prompt = prompts.judge_decision_prompt(state)
+    return _job(state, rnd.judge, None, [ChatMessage(role="user", content=prompt)])
+
+
+def _judge_answered(state: DebateState, call: Call, at: datetime) -> list[Command]:
+    rnd = state.current
+    if call.status == "failed":
+        return _fail(state, f"the judge's call after round {rnd.number} failed: {call.error}", at)
+    text = call.text or ""
+    word, reason = parse_judge_answer(text)
+    go_on = word != "STOP"
+    rnd.decision = "continue" if go_on else "stop"
+    rnd.decision_readable = word is not None
+    rnd.decision_reason = (
+        reason if word else "the judge's answer named neither CONTINUE nor STOP; the debate continues"
+    )
+    decided = JudgeDecision.model_validate(
+        {
+            "run_id": state.run_id,
+            "round": rnd.number,
+            "model": call.model,
+            "continue": go_on,
+            "readable": word is not None,
+            "reason": rnd.decision_reason,
+            "raw": text,
+            "at": at,
+        }
+    )
+    return [decided, *_after_round(state, at)]
+
+
+# Self-convergence ----------------------------------------------------------------------------
+
+
+def _ask_convictions(state: DebateState) -> list[Command]:
+    rnd = state.current
+    active = state.active()
+    jobs: list[Command] = []
+    for debater in active:
+        prompt = prompts.conviction_prompt(state, debater)
+        call = _new_call(state, "conviction", debater.model, debater.instance, debater.number)
+        rnd.convictions.append(call)
+        spec = state.request.members[debater.spec]
+        jobs.append(_job(state, call, spec, [ChatMessage(role="user", content=prompt)]))
+    return jobs
+
+
+def _conviction_answered(state: DebateState, at: datetime) -> list[Command]:
+    if any(c.status == "pending" for c in state.current.convictions):
+        return []
+    return _eliminate_convinced(state, at)
+
+
+def _eliminate_convinced(state: DebateState, at: datetime) -> list[Command]:
+    rnd = state.current
+    active = state.active()
+    convinced = [c for c in rnd.convictions if c.convinced]
+    if convinced and len(convinced) == len(active):
+        rnd.kept = _most_persuasive(convinced, active)
+    commands: list[Command] = []
+    for c in convinced:
+        assert c.debater_number is not None
+        debater = state.debater(c.debater_number)
+        if debater.number == rnd.kept:
+            continue
+        debater.active, debater.eliminated_in, debater.convinced_by = False, rnd.number, c.convinced_by
+        rnd.eliminated.append(debater.number)
+        commands.append(
+            ModelEliminated(
+                run_id=state.run_id,
+                round=rnd.number,
+                model=debater.model,
+                instance=debater.instance,
+                debater_number=debater.number,
+                label=debater.label,
+                convinced_by=state.debater(c.convinced_by).label if c.convinced_by else None,
+                reasoning=c.text or "",
+                at=at,
+            )
+        )
+    remaining = state.active()
+    commands.append(
+        ConvergenceStatus(
+            run_id=state.run_id,
+            round=rnd.number,
+            eliminated=[state.debater(n).label for n in rnd.eliminated],
+            remaining=[d.label for d in remaining],
+            kept=state.debater(rnd.kept).label if rnd.kept else None,
+            unanswered=[f"{c.model}#{c.instance}" for c in rnd.convictions if c.status == "failed"],
+            at=at,
+        )
+    )
+    return [*commands, *_after_round(state, at)]
+
+
+def _most_persuasive(convinced: list[Call], active: list[Debater]) -> int:
+    """Who stays when everyone is convinced: the one named most often; ties go to the earliest."""
+    votes = {d.number: 0 for d in active}
+    for c in convinced:
+        if c.convinced_by in votes:
+            votes[c.convinced_by] += 1
+    return max(votes, key=lambda number: (votes[number], -number))
+
+
+# The end ---------------------------------------------------------------------------------------
+
+
+def _ask_final(state: DebateState, at: datetime) -> list[Command]:
+    """The judge's verdict (external judge) or the first remaining debater's summary, streamed."""
+    req = state.request
+    if req.judge_mode == "external_judge":
+        assert req.judge is not None
+        call = _new_call(state, "final", req.judge, 1, None)
+        prompt = prompts.verdict_prompt(state)
+        spec = None
+    else:
+        winner = state.active()[0]
+        call = _new_call(state, "final", winner.model, winner.instance, winner.number)
+        prompt = prompts.summary_prompt(state, winner)
+        spec = req.members[winner.spec]
+    state.final = call
+    started = FinalStart(run_id=state.run_id, call_id=call.call_id, at=at, **_final_who(state, call))
+    job = _job(state, call, spec, [ChatMessage(role="user", content=prompt)], stream=True)
+    return [started, job]
+
+
+def _final_answered(state: DebateState, call: Call, at: datetime) -> list[Command]:
+    what = "verdict" if call.debater_number is None else "summary"
+    if call.status == "failed":
+        return _fail(state, f"the final {what} call ({call.model}) failed: {call.error}", at)
+    state.result = call.text or ""
+    complete = FinalComplete(
+        run_id=state.run_id, call_id=call.call_id, text=state.result, at=at, **_final_who(state, call)
+    )
+    return [complete, *_finish(state, state.reason or "the debate is over", at)]
+
+
+def _finish(state: DebateState, reason: str, at: datetime) -> list[Command]:
+    state.status, state.reason, state.finished_at = "completed", reason, at
+    return [
+        DebateComplete(run_id=state.run_id, rounds=len(state.rounds), reason=reason, at=at),
+        RunCompleted(run_id=state.run_id, reason=reason, run=view(state), at=at),
+    ]
+
+
+def _fail(state: DebateState, reason: str, at: datetime) -> list[Command]:
+    state.status, state.reason, state.finished_at = "failed", reason, at
+    return [
+        DebateError(run_id=state.run_id, message=reason, round=state.current.number, at=at),
+        RunFailed(run_id=state.run_id, reason=reason, run=view(state), at=at),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _new_call(
+    state: DebateState, role: CallRole, model: str, instance: int, debater_number: int | None
+) -> Call:
+    number = state.current.number
+    call_id = CallJob.make_id(state.run_id, number, role, model, instance)
+    return Call(call_id=call_id, role=role, model=model, instance=instance, debater_number=debater_number)
+
+
+def _job(
+    state: DebateState,
+    call: Call,
+    spec: DebaterSpec | None,
+    messages: list[ChatMessage],
+    *,
+    tools: list[dict[str, Any]] | None = None,
+    stream: bool = False,
+) -> CallJob:
+    """The call job; a debater's system prompt, temperature and max_tokens go with all its calls.
+
+    The conversation the debate continues (`history`) comes before every prompt of the run.
+    """
+    messages = [*state.request.history, *messages]
+    if spec is not None and spec.system:
+        messages = [ChatMessage(role="system", content=spec.system), *messages]
+    return CallJob(
+        call_id=call.call_id,
+        run_id=state.run_id,
+        iteration=state.current.number,
+        role=call.role,
+        model=call.model,
+        instance=call.instance,
+        messages=messages,
+        temperature=spec.temperature if spec else None,
+        max_tokens=spec.max_tokens if spec else None,
+        tools=tools,
+        stream=stream,
+    )
+
+
+def _pending_call(state: DebateState, call_id: str) -> Call | None:
+    if not state.rounds:
+        return None
+    rnd = state.current
+    candidates = [*rnd.turns, *rnd.convictions, *([rnd.judge] if rnd.judge else [])]
+    if state.final:
+        candidates.append(state.final)
+    for call in candidates:
+        if call.call_id == call_id and call.status == "pending":
+            return call
+    return None
+
+
+def _record_outcome(state: DebateState, call: Call, event: CallCompleted | CallFailed) -> None:
+    call.attempts, call.latency_ms, call.worker = event.attempts, event.latency_ms, event.worker
+    if isinstance(event, CallCompleted):
+        call.status, call.text, call.usage = "completed", event.text, event.usage
+        state.usage = state.usage.plus(event.usage)
+    else:
+        call.status, call.error = "failed", event.error
+    if call.role == "conviction":
+        others = [d for d in state.active() if d.number != call.debater_number]
+        call.convinced, call.convinced_by = (
+            parse_conviction(call.text or "", others) if call.status == "completed" else (False, None)
+        )
+
+
+def _turn(state: DebateState, call: Call) -> dict[str, Any]:
+    assert call.debater_number is not None
+    return {
+        "call_id": call.call_id,
+        "model": call.model,
+        "instance": call.instance,
+        "debater_number": call.debater_number,
+        "label": state.debater(call.debater_number).label,
+        "failed": call.status == "failed",
+        "text": call.text,
+        "error": call.error,
+    }
+
+
+def _final_by(call: Call) -> Literal["judge", "debater"]:
+    return "judge" if call.debater_number is None else "debater"
+
+
+def _final_who(state: DebateState, call: Call) -> dict[str, Any]:
+    number = call.debater_number
+    return {
+        "model": call.model,
+        "by": _final_by(call),
+        "debater_number": number,
+        "label": state.debater(number).label if number else None,
+    }
+
+
+def _call_view(state: DebateState, c: Call) -> dict[str, Any]:
+    data = c.model_dump(mode="json", exclude={"role", "convinced", "convinced_by"})
+    if c.debater_number is not None:
+        data["label"] = state.debater(c.debater_number).label
+    if c.role == "conviction":
+        data["convinced"] = c.convinced
+        data["convinced_by"] = state.debater(c.convinced_by).label if c.convinced_by else None
+    return data

@@ -1,0 +1,112 @@
+"""NATS wiring shared by the services: the broker, the streams, the run-state bucket, publishing."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from faststream.nats import NatsBroker
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError
+from nats.js.kv import KeyValue
+
+from moot.observability.telemetry import broker_middlewares
+from moot.runtime.settings import MootSettings
+from moot.runtime.subjects import Names
+
+log = logging.getLogger(__name__)
+
+MSG_ID = "Nats-Msg-Id"
+
+
+def make_broker(settings: MootSettings, **kwargs: object) -> NatsBroker:
+    """A faststream NATS broker; one connection per process, reused for everything.
+
+    With tracing on, every publish and consume goes through the telemetry middleware: W3C trace
+    context travels in the message headers (see `moot.observability.telemetry`).
+    """
+    return NatsBroker(
+        settings.nats_url,
+        name=kwargs.pop("name", "moot"),  # type: ignore[arg-type]
+        max_reconnect_attempts=-1,
+        logger=log,
+        # faststream logs every message received and processed; at INFO that is two lines per
+        # message with nothing to identify it (see docs/benchmarks.md). Debug level keeps them.
+        log_level=logging.DEBUG,
+        middlewares=broker_middlewares(),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    try:
+        await js.add_stream(config)
+    except BadRequestError:
+        # Exists with other settings (e.g. retention changed): update what can be updated.
+        await js.update_stream(config)
+
+
+async def ensure_topology(js: JetStreamContext, names: Names, settings: MootSettings) -> KeyValue:
+    """Create (idempotently) the two streams and the run-state bucket; return the bucket."""
+    await _ensure_stream(
+        js,
+        StreamConfig(
+            name=names.runs_stream,
+            subjects=[names.runs_wildcard],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=settings.event_retention_seconds,
+            duplicate_window=120.0,
+        ),
+    )
+    await _ensure_stream(
+        js,
+        StreamConfig(
+            name=names.jobs_stream,
+            subjects=[names.jobs_wildcard],
+            # A job is gone once a worker acks it: the stream is a queue, not a history.
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            duplicate_window=120.0,
+        ),
+    )
+    try:
+        return await js.key_value(names.state_bucket)
+    except Exception:
+        from nats.js.api import KeyValueConfig
+
+        return await js.create_key_value(
+            KeyValueConfig(bucket=names.state_bucket, history=1, ttl=settings.state_ttl_seconds)
+        )
+
+
+# faststream's default JetStream publish timeout is 0.5 s, which a loaded server exceeds; a publish
+# that times out may still have been stored, so retrying it is safe (the message id deduplicates).
+PUBLISH_TIMEOUT_SECONDS = 5.0
+PUBLISH_ATTEMPTS = 3
+
+
+async def publish(broker: NatsBroker, names: Names, subject: str, msg_id: str, payload: bytes) -> None:
+    """Publish one message to JetStream, deduplicated by `msg_id`, retrying timeouts."""
+    for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+        try:
+            await broker.publish(
+                payload,
+                subject,
+                headers={MSG_ID: msg_id},
+                stream=names.stream_for(subject),
+                timeout=PUBLISH_TIMEOUT_SECONDS,
+            )
+            return
+        except (TimeoutError, NatsTimeoutError):
+            if attempt == PUBLISH_ATTEMPTS:
+                raise
+            log.warning("publish of %s timed out (attempt %d); retrying", msg_id, attempt)
+
+
+async def publish_all(broker: NatsBroker, names: Names, items: Iterable[tuple[str, str, bytes]]) -> None:
+    """Publish (subject, msg_id, payload) triples to JetStream in order, each deduplicated by its id."""
+    for subject, msg_id, payload in items:
+        await publish(broker, names, subject, msg_id, payload)

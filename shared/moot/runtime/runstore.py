@@ -1,0 +1,183 @@
+"""Run state in NATS KV, advanced by compare-and-set, with an outbox so no command is lost.
+
+A transition is written together with the commands it produced (the outbox) in one CAS write;
+only then are the commands published (each with a deterministic Nats-Msg-Id, so republishing
+is harmless) and removed from the outbox. A process that dies between the write and the
+publish leaves the commands in the outbox, and whoever next touches the run (the redelivered
+event, or any later one) publishes them. Several arbiters may work on one run at once: a
+write that lost the race reloads and decides again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+from pydantic import BaseModel, Field
+
+from moot.messages import CallJob
+from moot.observability import telemetry
+from moot.protocols import protocol_for
+from moot.protocols.base import Command, Transition
+from moot.runtime.subjects import Names
+
+log = logging.getLogger(__name__)
+
+Publisher = Callable[[list[tuple[str, str, bytes]]], Awaitable[None]]
+
+
+class OutboxItem(BaseModel):
+    subject: str
+    msg_id: str
+    payload: str
+
+
+class StoredRun(BaseModel):
+    mode: str
+    state: dict[str, Any]
+    outbox: list[OutboxItem] = Field(default_factory=list)
+    # W3C traceparent of the request that created the run: its trace is the run's trace.
+    traceparent: str | None = None
+
+
+class RunExists(Exception):
+    pass
+
+
+class OutboxPending(Exception):
+    """A run was stored but some of its commands are not published yet."""
+
+
+@dataclass
+class RunStore:
+    kv: KeyValue
+    names: Names
+    publish: Publisher
+    max_cas_attempts: int = 50
+
+    def encode(self, command: Command) -> OutboxItem:
+        if isinstance(command, CallJob):
+            return OutboxItem(
+                subject=self.names.call_jobs, msg_id=command.call_id, payload=command.model_dump_json()
+            )
+        return OutboxItem(
+            subject=self.names.run_event(command.run_id, command.type),
+            msg_id=command.event_id(),
+            payload=command.model_dump_json(),
+        )
+
+    async def create(self, run_id: str, mode: str, transition: Transition[Any]) -> None:
+        """Store a new run and publish its first commands. RunExists if the id is taken."""
+        telemetry.annotate(run_id=run_id, mode=mode)
+        stored = StoredRun(
+            mode=mode,
+            state=transition.state.model_dump(mode="json"),
+            outbox=[self.encode(c) for c in transition.commands],
+            traceparent=telemetry.current_traceparent(),
+        )
+        try:
+            revision = await self.kv.create(run_id, stored.model_dump_json().encode())
+        except KeyWrongLastSequenceError as exc:
+            raise RunExists(run_id) from exc
+        try:
+            await self._flush(run_id, stored, revision)
+        except Exception as exc:
+            # The run is stored; only its first messages are not all out. No event will come to
+            # flush them, so the caller must (`flush_pending`), not report a failure.
+            raise OutboxPending(run_id) from exc
+
+    async def flush_pending(self, run_id: str) -> None:
+        """Publish whatever a run still has in its outbox (after a publish failed)."""
+        got = await self._get(run_id)
+        if got is not None:
+            await self._flush(run_id, *got)
+
+    async def load(self, run_id: str) -> tuple[str, Any] | None:
+        """(mode, state) of a run, or None when the bucket does not hold it."""
+        got = await self._get(run_id)
+        if got is None:
+            return None
+        stored, _ = got
+        return stored.mode, protocol_for(stored.mode).State.model_validate(stored.state)
+
+    async def trace_of(self, run_id: str) -> tuple[bool, str | None]:
+        """(whether the bucket holds the run, the id of its trace: None when it was not traced)."""
+        got = await self._get(run_id)
+        return (True, telemetry.trace_id_of(got[0].traceparent)) if got else (False, None)
+
+    async def apply(self, run_id: str, event: Any) -> bool:
+        """Fold `event` into the run and publish what follows. False if the run is unknown."""
+        for attempt in range(self.max_cas_attempts):
+            got = await self._get(run_id)
+            if got is None:
+                return False
+            stored, revision = got
+            protocol = protocol_for(stored.mode)
+            state = protocol.State.model_validate(stored.state)
+            transition = protocol.decide(state, event)
+            if transition.state is state and not transition.commands:
+                # Nothing new (duplicate or late event); still finish any publish a crash cut short.
+                if stored.outbox:
+                    await self._flush(run_id, stored, revision)
+                return True
+            stored = StoredRun(
+                mode=stored.mode,
+                state=transition.state.model_dump(mode="json"),
+                outbox=[*stored.outbox, *(self.encode(c) for c in transition.commands)],
+                traceparent=stored.traceparent,
+            )
+            try:
+                revision = await self.kv.update(run_id, stored.model_dump_json().encode(), last=revision)
+            except KeyWrongLastSequenceError:
+                continue  # another arbiter advanced the run first: decide again on its state
+            # What was decided, on the deciding span (the arbiter's): no content, only types.
+            telemetry.annotate(
+                mode=stored.mode,
+                cas_conflicts=attempt,
+                commands=[
+                    f"call_job:{c.role}" if isinstance(c, CallJob) else c.type for c in transition.commands
+                ],
+            )
+            await self._flush(run_id, stored, revision)
+            return True
+        raise RuntimeError(f"run {run_id}: gave up after {self.max_cas_attempts} conflicting writes")
+
+    async def _get(self, run_id: str) -> tuple[StoredRun, int] | None:
+        try:
+            entry = await self.kv.get(run_id)
+        except KeyNotFoundError:
+            return None
+        if entry.value is None or entry.revision is None:
+            return None
+        return StoredRun.model_validate_json(entry.value), entry.revision
+
+    async def _flush(self, run_id: str, stored: StoredRun, revision: int) -> None:
+        """Publish the outbox, then drop what was published from it (by CAS, retrying on conflict)."""
+        if not stored.outbox:
+            return
+        # In the run's trace even when called from another one (a cancel request).
+        with telemetry.in_run_trace(stored.traceparent, "moot.run publish"):
+            await self.publish([(o.subject, o.msg_id, o.payload.encode()) for o in stored.outbox])
+        published = {o.msg_id for o in stored.outbox}
+        for _ in range(self.max_cas_attempts):
+            remaining = [o for o in stored.outbox if o.msg_id not in published]
+            if len(remaining) == len(stored.outbox):
+                return  # someone else already cleared them
+            stored = StoredRun(
+                mode=stored.mode, state=stored.state, outbox=remaining, traceparent=stored.traceparent
+            )
+            try:
+                await self.kv.update(run_id, stored.model_dump_json().encode(), last=revision)
+                return
+            except KeyWrongLastSequenceError:
+                got = await self._get(run_id)
+                if got is None:
+                    return
+                stored, revision = got
+        log.warning(
+            "run %s: outbox not cleared after conflicts; it will be republished (deduplicated)", run_id
+        )
