@@ -2,8 +2,9 @@
 """Validate moot's deployment files offline; exit non-zero on any problem.
 
 Checks:
-  * Dockerfile / .dockerignore: base image, non-root user, the litellm cost-map setting, and that
-    everything `pip install .` needs survives the .dockerignore allow-list.
+  * Dockerfile / .dockerignore: base image, non-root user, the litellm cost-map setting, one image
+    per service (the SERVICE build argument installs `moot` and that service's distribution), and
+    that every distribution's files survive the .dockerignore allow-list.
   * docker-compose.yml: the Compose specification JSON schema (vendored by check-jsonschema as
     `vendor.compose-spec`), plus references: build contexts and Dockerfiles, bind-mounted files,
     depends_on targets and their healthchecks, ports and MOOT_HTTP_PORT of each moot service.
@@ -51,7 +52,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 MODELS_EXAMPLE = ROOT / "deploy" / "models.example.yaml"
 
-IMAGE = "ghcr.io/moot/moot:0.1.0"
+IMAGE = "ghcr.io/moot/moot-{service}:0.1.0"
 NAMESPACE = "moot"
 # moot service -> (python module, MOOT_HTTP_PORT); same ports in compose and Kubernetes.
 SERVICES = {
@@ -106,31 +107,60 @@ def section(title: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# pyproject: which modules and console scripts the image provides
+# The workspace: which distributions each image installs, and what they provide
 # --------------------------------------------------------------------------------------------
 
+# The distributions of the repository, by folder; each holds one package named like the folder's
+# import name (shared/moot, services/gateway/moot_gateway, ...).
+DISTRIBUTIONS = ["shared", *(f"services/{name}" for name in SERVICES)]
+# What the Dockerfile's SERVICE installs: `moot` (shared/) and the service's own distribution.
+IMAGE_DISTRIBUTIONS = {
+    **{name: ["shared", f"services/{name}"] for name in SERVICES},
+    "test-model": ["shared"],
+}
 
-def load_pyproject() -> dict[str, Any]:
-    with (ROOT / "pyproject.toml").open("rb") as f:
-        return tomllib.load(f)
+
+class Workspace:
+    """The pyproject.toml of every distribution, and what an image built from them provides."""
+
+    def __init__(self) -> None:
+        self.pyprojects: dict[str, dict[str, Any]] = {}
+        for folder in DISTRIBUTIONS:
+            with (ROOT / folder / "pyproject.toml").open("rb") as f:
+                self.pyprojects[folder] = tomllib.load(f)
+
+    def packages(self, folder: str) -> dict[str, Path]:
+        """Top-level package -> its source folder: a folder of the package's name (import name = path)."""
+        project = self.pyprojects[folder]
+        find = project.get("tool", {}).get("setuptools", {}).get("packages", {}).get("find", {})
+        out = {}
+        for pattern in find.get("include", []):
+            name = pattern.rstrip("*").rstrip(".")
+            out[name] = ROOT / folder / name
+        return out
+
+    def provides(self, service: str) -> tuple[dict[str, Path], dict[str, str]]:
+        """(packages, console scripts) of the image built with SERVICE=service."""
+        packages: dict[str, Path] = {}
+        scripts: dict[str, str] = {}
+        for folder in IMAGE_DISTRIBUTIONS.get(service, []):
+            packages |= self.packages(folder)
+            scripts |= self.pyprojects[folder].get("project", {}).get("scripts", {})
+        return packages, scripts
 
 
-def check_entrypoint(r: Report, pyproject: dict[str, Any], argv: list[str], where: str) -> None:
-    """`python -m pkg` must be a package the project installs; a bare command a console script."""
-    package_dir: dict[str, str] = pyproject.get("tool", {}).get("setuptools", {}).get("package-dir", {})
-    packages = pyproject.get("tool", {}).get("setuptools", {}).get("packages", [])
-    scripts = pyproject.get("project", {}).get("scripts", {})
+def check_entrypoint(r: Report, ws: Workspace, service: str, argv: list[str], where: str) -> None:
+    """`python -m pkg.mod` must be a module the service's image installs; a bare command a console script."""
+    packages, scripts = ws.provides(service)
     if len(argv) >= 3 and argv[0] == "python" and argv[1] == "-m":
         module = argv[2]
-        declared = module in package_dir and module in packages
-        if r.check(declared, f"{where}: `python -m {module}` is a package installed by pyproject.toml"):
-            src = ROOT / package_dir[module]
-            r.check(src.is_dir(), f"{where}: source dir {rel(src)} exists")
-            if not (src / "__main__.py").is_file():
-                # The service code is written in parallel with these files; flag, don't fail.
-                r.warn(f"{where}: {rel(src / '__main__.py')} not present yet")
+        top, *rest = module.split(".")
+        if r.check(top in packages, f"{where}: `python -m {module}` is installed in the {service} image"):
+            src = packages[top].joinpath(*rest)
+            runnable = (src / "__main__.py").is_file() or src.with_suffix(".py").is_file()
+            r.check(runnable, f"{where}: {rel(src)} runs with -m (a __main__.py or a module)")
     elif argv:
-        r.check(argv[0] in scripts, f"{where}: `{argv[0]}` is a [project.scripts] entry point")
+        r.check(argv[0] in scripts, f"{where}: `{argv[0]}` is a console script of the {service} image")
     else:
         r.fail(f"{where}: no command")
 
@@ -190,7 +220,7 @@ def dockerignore_excludes(patterns: list[str], path: str) -> bool:
     return excluded
 
 
-def check_docker(r: Report, pyproject: dict[str, Any]) -> None:
+def check_docker(r: Report, ws: Workspace) -> None:
     section("Dockerfile / .dockerignore")
     if not r.check(DOCKERFILE.is_file(), "Dockerfile exists"):
         return
@@ -232,7 +262,19 @@ def check_docker(r: Report, pyproject: dict[str, Any]) -> None:
         "ENV LITELLM_LOCAL_MODEL_COST_MAP=True in the final stage",
     )
     runs = " ".join(a for instr, a in instrs if instr == "RUN")
-    r.check(re.search(r"pip install \.(\s|$)", runs) is not None, "project installed with `pip install .`")
+    # The `case "$SERVICE" in` branches: label(s) -> what that branch installs.
+    branches = {
+        label: installed.split()
+        for labels, installed in re.findall(r"([\w|-]+)\)\s*pip install ([^;]*);", runs)
+        for label in labels.split("|")
+    }
+    for service, folders in IMAGE_DISTRIBUTIONS.items():
+        want = ["./" + f if f == "shared" else '"./services/$SERVICE"' for f in folders]
+        got = branches.get(service)
+        r.check(got == want, f"SERVICE={service} installs {' '.join(want)}", f"got {got}")
+    r.check(
+        "ARG SERVICE" in {f"{i} {a.split('=')[0]}" for i, a in instrs}, "the SERVICE build argument exists"
+    )
     for instr, a in instrs:
         if instr == "COPY":
             m = re.search(r"--from=(\S+)", a)
@@ -244,21 +286,21 @@ def check_docker(r: Report, pyproject: dict[str, Any]) -> None:
     patterns = [
         ln.strip() for ln in DOCKERIGNORE.read_text().splitlines() if ln.strip() and not ln.startswith("#")
     ]
-    needed = ["pyproject.toml"]
-    readme = pyproject.get("project", {}).get("readme")
-    if isinstance(readme, str):
-        if (ROOT / readme).is_file():
-            needed.append(readme)
-        else:
-            r.warn(f"pyproject.toml readme {readme!r} does not exist (yet)")
-    package_dir = pyproject.get("tool", {}).get("setuptools", {}).get("package-dir", {})
-    needed += sorted(set(package_dir.values()))
+    needed: list[str] = []
+    for folder, project in ws.pyprojects.items():
+        needed.append(f"{folder}/pyproject.toml")
+        readme = project.get("project", {}).get("readme")
+        if isinstance(readme, str):
+            r.check((ROOT / folder / readme).is_file(), f"{folder}: readme {readme} exists")
+            needed.append(f"{folder}/{readme}")
+        needed += [rel(src) for src in ws.packages(folder).values()]
+        needed.append(rel(ROOT / "shared" / "moot" / "records" / "migrations" / "0001_initial.sql"))
     for path in needed:
         r.check(
             not dockerignore_excludes(patterns, path),
             f".dockerignore keeps {path} in the build context",
         )
-    for path in [".venv", ".git", "tests"]:
+    for path in [".venv", ".git", "tests", "benchmarks", ".moot"]:
         r.check(dockerignore_excludes(patterns, path), f".dockerignore excludes {path}")
 
 
@@ -318,7 +360,7 @@ def env_dict(env: Any) -> dict[str, str]:
     return {}
 
 
-def check_compose(r: Report, pyproject: dict[str, Any]) -> None:
+def check_compose(r: Report, ws: Workspace) -> None:
     section("docker-compose.yml")
     if not r.check(COMPOSE_FILE.is_file(), "docker-compose.yml exists"):
         return
@@ -399,9 +441,15 @@ def check_compose(r: Report, pyproject: dict[str, Any]) -> None:
             fixed = [p for p in svc.get("ports") or [] if ":" in str(p)]
             r.check(not fixed, f"{where}: {replicas} replicas and no fixed host port", str(fixed))
         command = svc.get("command")
-        if name in SERVICES or name == "test-model":
+        if build is not None:
+            built = (build.get("args") or {}).get("SERVICE") if isinstance(build, dict) else None
+            if not r.check(built in IMAGE_DISTRIBUTIONS, f"{where}: builds an image with SERVICE={built}"):
+                continue
+            if name in IMAGE_DISTRIBUTIONS:
+                r.check(built == name, f"{where}: builds its own image (SERVICE={name})", f"got {built}")
+            r.check(svc.get("image") == f"moot-{built}:local", f"{where}: image moot-{built}:local")
             if isinstance(command, list):
-                check_entrypoint(r, pyproject, [str(c) for c in command], where)
+                check_entrypoint(r, ws, built, [str(c) for c in command], where)
             else:
                 r.fail(f"{where}: command should be an exec-form list")
 
@@ -503,7 +551,7 @@ def pod_containers(doc: Doc) -> Iterator[dict[str, Any]]:
     yield from spec.get("containers") or []
 
 
-def check_kubernetes(r: Report, pyproject: dict[str, Any], k8s_version: str) -> None:
+def check_kubernetes(r: Report, ws: Workspace, k8s_version: str) -> None:
     section(f"deploy/k8s (Kubernetes {k8s_version} schemas from kubernetes-validate)")
     import kubernetes_validate
     from kubernetes_validate import utils as kv_utils
@@ -602,13 +650,20 @@ def check_kubernetes(r: Report, pyproject: dict[str, Any], k8s_version: str) -> 
         any(doc.kind == "Namespace" and doc.name == NAMESPACE for doc in applied),
         f"the kustomization creates Namespace {NAMESPACE}",
     )
+    overridden = {img.get("name") for img in k.get("images") or []}
+    for service in SERVICES:
+        name = IMAGE.format(service=service).partition(":")[0]
+        r.check(name in overridden, f"images override covers {name}")
     for img in k.get("images") or []:
-        r.check(IMAGE.startswith(img.get("name", "") + ":"), f"images override targets {img.get('name')}")
+        r.check(
+            any(IMAGE.format(service=s).startswith(img.get("name", "") + ":") for s in SERVICES),
+            f"images override targets {img.get('name')}, a service image",
+        )
 
-    check_k8s_references(r, pyproject, docs)
+    check_k8s_references(r, ws, docs)
 
 
-def check_k8s_references(r: Report, pyproject: dict[str, Any], docs: list[Doc]) -> None:
+def check_k8s_references(r: Report, ws: Workspace, docs: list[Doc]) -> None:
     section("deploy/k8s cross-references and settings")
     by_kind: dict[str, dict[str, Doc]] = {}
     for doc in docs:
@@ -705,9 +760,10 @@ def check_k8s_references(r: Report, pyproject: dict[str, Any], docs: list[Doc]) 
         r.check(len(containers) == 1, f"{doc}: one container")
         for c in containers:
             where = f"{doc} container {c['name']}"
-            r.check(c.get("image") == IMAGE, f"{where}: image {IMAGE}", c.get("image", ""))
+            image = IMAGE.format(service=comp)
+            r.check(c.get("image") == image, f"{where}: image {image}", c.get("image", ""))
             r.check(c.get("command") == ["python", "-m", module], f"{where}: runs `python -m {module}`")
-            check_entrypoint(r, pyproject, c.get("command") or [], where)
+            check_entrypoint(r, ws, comp, c.get("command") or [], where)
             env = {e["name"]: e for e in c.get("env") or []}
             for ef in c.get("envFrom") or []:
                 if "configMapRef" in ef:
@@ -778,6 +834,22 @@ def check_k8s_references(r: Report, pyproject: dict[str, Any], docs: list[Doc]) 
                 r.warn(f"{where}: root filesystem is writable")
             for m in c.get("volumeMounts") or []:
                 r.check(m["name"] in volumes, f"{where}: volumeMount {m['name']} has a volume")
+
+    # The migration Job: a service image running a module that image installs.
+    jobs = by_kind.get("Job", {})
+    job = jobs.get("moot-migrate")
+    if r.check(job is not None, "Job moot-migrate exists (the schema's migrations)") and job:
+        for c in job.data["spec"]["template"]["spec"].get("containers") or []:
+            where = f"{job} container {c['name']}"
+            service = next((sv for sv in SERVICES if c.get("image") == IMAGE.format(service=sv)), None)
+            if r.check(service is not None, f"{where}: runs a service image", c.get("image", "")):
+                assert service is not None
+                check_entrypoint(r, ws, service, c.get("command") or [], where)
+            env = {e["name"]: e for e in c.get("env") or []}
+            r.check(
+                "secretKeyRef" in ((env.get("DATABASE_URL") or {}).get("valueFrom") or {}),
+                f"{where}: DATABASE_URL from a Secret",
+            )
 
     # member-worker specifics
     worker = deployments.get("moot-member-worker")
@@ -879,7 +951,7 @@ OBS_DIR = ROOT / "deploy" / "observability"
 COLLECTOR_FILE = OBS_DIR / "otel-collector.yaml"
 PROMETHEUS_FILE = OBS_DIR / "prometheus.yml"
 GRAFANA_DIR = OBS_DIR / "grafana"
-SCHEMA_SQL = ROOT / "services" / "recorder" / "schema.sql"
+MIGRATIONS_DIR = ROOT / "shared" / "moot" / "records" / "migrations"
 
 # What the services export, as Prometheus names (histograms also as _bucket, _count, _sum). Keep
 # in step with shared/metrics.py and the libraries' instruments; tests/integration/test_metrics.py
@@ -1291,7 +1363,8 @@ def check_grafana(r: Report, services: dict[str, Any]) -> None:
         len(files) >= 2, f"{rel(dashboards_dir)} has the dashboards (fleet overview, run drill-down)"
     ):
         return
-    tables = set(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEMA_SQL.read_text()))
+    schema = "\n".join(p.read_text() for p in sorted(MIGRATIONS_DIR.glob("*.sql")))
+    tables = set(re.findall(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)", schema))
     uids: dict[str, Path] = {}
     loaded: list[tuple[Path, dict[str, Any]]] = []
     for path in files:
@@ -1372,7 +1445,7 @@ def check_dashboard(
                 bare = re.sub(r"\bextract\s*\([^)]*\)", "", sql, flags=re.IGNORECASE)
                 used = set(re.findall(r"\b(?:FROM|JOIN)\s+(\w+)", bare, re.IGNORECASE))
                 if not sql or not used or not used <= tables:
-                    problems.append(f"{pw}: SQL reads tables {sorted(used - tables)} not in schema.sql")
+                    problems.append(f"{pw}: SQL reads tables {sorted(used - tables)} not in the migrations")
             elif ttype == "jaeger" and not str(target.get("query", "")).strip():
                 problems.append(f"{pw}: Jaeger query is empty")
         for text in _strings(panel):
@@ -1447,10 +1520,10 @@ def main() -> int:
     try:
         from kubernetes_validate import utils as kv_utils
     except ImportError:
-        print("kubernetes-validate is not installed: pip install -e '.[test]'", file=sys.stderr)
+        print("kubernetes-validate is not installed: pip install -r requirements/test.txt", file=sys.stderr)
         return 2
     k8s_version = args.k8s_version or kv_utils.latest_version()
-    pyproject = load_pyproject()
+    ws = Workspace()
 
     def models_example() -> None:
         section("deploy/models.example.yaml")
@@ -1458,10 +1531,10 @@ def main() -> int:
             check_model_list(r, yaml.safe_load(MODELS_EXAMPLE.read_text()), rel(MODELS_EXAMPLE))
 
     steps = [
-        ("Dockerfile", lambda: check_docker(r, pyproject)),
+        ("Dockerfile", lambda: check_docker(r, ws)),
         ("models.example.yaml", models_example),
-        ("docker-compose.yml", lambda: check_compose(r, pyproject)),
-        ("deploy/k8s", lambda: check_kubernetes(r, pyproject, k8s_version)),
+        ("docker-compose.yml", lambda: check_compose(r, ws)),
+        ("deploy/k8s", lambda: check_kubernetes(r, ws, k8s_version)),
         ("deploy/observability", lambda: check_observability(r)),
     ]
     for name, step in steps:
