@@ -709,7 +709,7 @@ def check_k8s_references(r: Report, ws: Workspace, docs: list[Doc]) -> None:
                 r.check(
                     meta.get("stream") == f"{NAMESPACE.upper()}_JOBS"
                     and meta.get("consumer") == f"{NAMESPACE}-member-worker",
-                    f"{so}: stream/consumer match shared/subjects.py for namespace {NAMESPACE}",
+                    f"{so}: stream/consumer match moot.runtime.subjects for namespace {NAMESPACE}",
                 )
                 r.check(
                     all(isinstance(v, str) for v in meta.values()),
@@ -954,7 +954,7 @@ GRAFANA_DIR = OBS_DIR / "grafana"
 MIGRATIONS_DIR = ROOT / "shared" / "moot" / "records" / "migrations"
 
 # What the services export, as Prometheus names (histograms also as _bucket, _count, _sum). Keep
-# in step with shared/metrics.py and the libraries' instruments; tests/integration/test_metrics.py
+# in step with moot.observability.metrics and the libraries' instruments; tests/integration/test_metrics.py
 # scrapes a running stack and fails if one of these is missing, so a dashboard that passes here
 # queries metrics that exist.
 EXPORTED_METRICS = {
