@@ -26,12 +26,14 @@ def register(broker: NatsBroker, names: Names, get_store: Callable[[], RunStore]
         names.call_results,
         stream=JStream(names.runs_stream, declare=False),
         durable=names.arbiter_consumer,
+        title=names.arbiter_consumer,  # its name in docs/asyncapi.json
         pull_sub=PullSub(batch_size=1, timeout=5.0),
         max_workers=concurrency,
         ack_policy=AckPolicy.MANUAL,
         config=ConsumerConfig(ack_policy=JsAckPolicy.EXPLICIT, ack_wait=60.0, max_deliver=50),
     )
     async def fold_call_outcome(msg: NatsMessage) -> None:
+        """arbiter: fold each call outcome into its run's state; publish the jobs and events that follow."""
         telemetry.observe_queue_wait(msg.raw_message, "arbiter")
         try:
             event = parse_event(msg.body)

@@ -28,6 +28,7 @@ def register(
         names.call_jobs,
         stream=JStream(names.jobs_stream, declare=False),
         durable=names.worker_consumer,
+        title=names.worker_consumer,  # its name in docs/asyncapi.json
         pull_sub=PullSub(batch_size=1, timeout=5.0),
         # faststream issue 2563: concurrent pull subscribers fetch ahead; with ack_wait far above the
         # slowest call and in_progress() during calls, what is fetched ahead is not redelivered.
@@ -42,6 +43,7 @@ def register(
         ),
     )
     async def execute_call(msg: NatsMessage) -> None:
+        """member-worker: make each job's model call; publish its outcome (and a streamed call's chunks)."""
         # How long the job sat in the work queue: a metric, and a span beside this consume span.
         telemetry.observe_queue_wait(msg.raw_message, "member-worker", span_name="queue wait")
         try:
