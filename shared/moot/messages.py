@@ -427,7 +427,7 @@ class IterationCompleted(_Event):
 class RunCompleted(_Event):
     type: Literal["run.completed"] = "run.completed"
     reason: str
-    run: dict[str, Any]  # the run's full view, as GET /v1/runs/{id} shows it
+    run: views.RunView  # the run's full view, as GET /v1/runs/{id} shows it
 
     def event_id(self) -> str:
         return f"{self.run_id}:run.end"
@@ -436,7 +436,7 @@ class RunCompleted(_Event):
 class RunFailed(_Event):
     type: Literal["run.failed"] = "run.failed"
     reason: str
-    run: dict[str, Any]
+    run: views.RunView
 
     def event_id(self) -> str:
         # Shares the id with run.completed: a run ends once, whichever end is published first.
@@ -448,7 +448,7 @@ class RunCancelled(_Event):
 
     type: Literal["run.cancelled"] = "run.cancelled"
     reason: str
-    run: dict[str, Any]
+    run: views.RunView
 
     def event_id(self) -> str:
         return f"{self.run_id}:run.end"
@@ -663,3 +663,8 @@ TERMINAL_EVENT_TYPES = frozenset({"run.completed", "run.failed", "run.cancelled"
 
 def parse_event(data: bytes | str) -> AnyRunEvent:
     return run_event_adapter.validate_json(data)
+
+
+# The views are made of the requests above and travel in the run's end events: imported last,
+# so that either module may be imported first (pydantic resolves `views.RunView` on first use).
+from moot import views  # noqa: E402

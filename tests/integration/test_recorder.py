@@ -353,7 +353,7 @@ async def test_records_a_run_once_even_when_events_come_again(recorder: Recorder
     assert (run["input_tokens"], run["output_tokens"]) == (600, 120)
     assert run["cost_usd"] == pytest.approx(0.006)
     assert run["iterations"] == 1
-    assert json.loads(run["view"]) == end.run
+    assert json.loads(run["view"]) == end.run.model_dump(mode="json")
     assert run["created_at"] == T0 and run["finished_at"] == T0
     assert run["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
 
@@ -391,7 +391,9 @@ async def test_records_a_run_once_even_when_events_come_again(recorder: Recorder
 
     # Redelivery after JetStream's duplicate window: same events, no Nats-Msg-Id, new stream
     # sequences. Plus a late run.failed for the finished run (it shares run.completed's id).
-    late_fail = RunFailed(run_id=run_id, reason="late failure", run={**end.run, "status": "failed"}, at=T0)
+    late_fail = RunFailed(
+        run_id=run_id, reason="late failure", run=end.run.model_copy(update={"status": "failed"}), at=T0
+    )
     again = [events[0], events[1], events[2], events[6], events[-2], events[-1], late_fail]
     for event in again:
         last = await recorder.publish(event, dedup=False)
@@ -425,13 +427,13 @@ async def test_end_before_start_still_ends_completed(recorder: Recorder) -> None
         created.request.prompt,
         T0,
     )
-    assert json.loads(run["view"]) == end.run
+    assert json.loads(run["view"]) == end.run.model_dump(mode="json")
 
     await recorder.publish(created, headers={"traceparent": TRACEPARENT})
     await recorder.consumed(await recorder.publish(started))
     after = await recorder.run(run_id)
     assert after["status"] == "completed"
-    assert json.loads(after["view"]) == end.run and after["finished_at"] == T0
+    assert json.loads(after["view"]) == end.run.model_dump(mode="json") and after["finished_at"] == T0
     assert json.loads(after["request"]) == created.request.model_dump(mode="json")
     assert after["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"  # only run.created carried one
     assert await recorder.count("iterations", run_id) == 1
@@ -463,14 +465,15 @@ async def test_running_run_view_and_bad_messages(recorder: Recorder) -> None:
 
     view = await fetch_run_view(recorder.pool, run_id)
     assert view is not None
-    assert (view["id"], view["mode"], view["status"], view["created_at"]) == (
+    shown = view.model_dump(mode="json")
+    assert (shown["id"], shown["mode"], shown["status"], shown["created_at"]) == (
         run_id,
         "consortium",
         "running",
         T0.isoformat(),
     )
-    assert view["request"] == created.request.model_dump(mode="json")
-    assert view["result"] is None and view["finished_at"] is None
+    assert shown["request"] == created.request.model_dump(mode="json")
+    assert shown["result"] is None and shown["finished_at"] is None
     assert await fetch_run_view(recorder.pool, "no-such-run") is None
 
 
@@ -518,13 +521,13 @@ def test_row_mapping() -> None:
     verdict = next(r for r in rows.iterations if r[2] is None)
     assert verdict[4:9] == ("2 + 2 = 4.", 0.9, "All agree.", "None.", False) and verdict[12] == "stop"
 
-    # A view with an unknown status still ends the run, as its end event says.
+    # A view that is not finished still ends the run, as its end event says.
     end = events[-1]
     assert isinstance(end, RunCompleted) and isinstance(events[-2], IterationCompleted)
-    odd = end.model_copy(update={"run": {**end.run, "status": "weird"}})
+    odd = end.model_copy(update={"run": end.run.model_copy(update={"status": "running"})})
     env = envelope_from(odd.model_dump_json().encode(), 99)
     assert to_rows([env]).runs[0][2] == "completed"
-    failed = RunFailed(run_id=run_id, reason="x", run={"status": "cancelled"})
+    failed = RunFailed(run_id=run_id, reason="x", run=end.run.model_copy(update={"status": "cancelled"}))
     assert to_rows([envelope_from(failed.model_dump_json().encode(), 100)]).runs[0][2] == "cancelled"
 
     assert trace_id_from({"traceparent": TRACEPARENT}) == "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -558,14 +561,16 @@ async def test_records_a_debate_once_even_when_events_come_again(recorder: Recor
 
     # Running: the minimal view of a debate, with the keys of the full one.
     await recorder.consumed(await recorder.publish(start, headers={"traceparent": TRACEPARENT}))
-    running = await fetch_run_view(recorder.pool, run_id)
+    running_view = await fetch_run_view(recorder.pool, run_id)
+    assert running_view is not None
+    running = running_view.model_dump(mode="json")
     assert running == {
         "id": run_id, "mode": "debate", "status": "running", "created_at": T0.isoformat(), "finished_at": None,
         "reason": None, "owner": "", "config": None, "continued_from": None,
         "request": request.model_dump(mode="json"), "debaters": [], "rounds": [],
         "final": None, "result": None, "usage": {"input_tokens": 0, "output_tokens": 0, "cost_usd": None},
     }  # fmt: skip
-    assert running.keys() == end.run.keys()
+    assert running.keys() == end.run.model_dump().keys()
 
     last = 0
     for event in events[1:]:
@@ -585,7 +590,7 @@ async def test_records_a_debate_once_even_when_events_come_again(recorder: Recor
         "request": request.model_dump(mode="json"), "reason": "reached max_rounds (3)",
         "result": {"text": FINAL_TEXT, "model": "judge", "by": "judge"},
         # 10 calls answered (9 turns and the judge's, plus the verdict, minus beta#1's failed turn)
-        "input_tokens": 1000, "output_tokens": 200, "iterations": 3, "view": end.run,
+        "input_tokens": 1000, "output_tokens": 200, "iterations": 3, "view": end.run.model_dump(mode="json"),
         "created_at": T0, "finished_at": at(11), "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "owner": None,
     }  # fmt: skip
 
@@ -630,7 +635,7 @@ async def test_records_a_debate_once_even_when_events_come_again(recorder: Recor
     # stream sequences), and a late run.failed for the finished debate. Not a row changes.
     before = await snapshot(recorder.pool, run_id)
     late_fail = RunFailed(
-        run_id=run_id, reason="late failure", run={**end.run, "status": "failed"}, at=at(99)
+        run_id=run_id, reason="late failure", run=end.run.model_copy(update={"status": "failed"}), at=at(99)
     )
     for event in [*events, late_fail]:
         last = await recorder.publish(event, dedup=False)
@@ -662,7 +667,7 @@ async def test_debate_end_before_start_still_ends_completed(recorder: Recorder) 
 
     after = await recorder.run(run_id)
     assert after["status"] == "completed" and after["reason"] == "reached max_rounds (3)"
-    assert json.loads(after["view"]) == end.run and after["finished_at"] == at(11)
+    assert json.loads(after["view"]) == end.run.model_dump(mode="json") and after["finished_at"] == at(11)
     assert json.loads(after["request"]) == start.request.model_dump(mode="json")
     assert after["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"  # only debate_start carried one
     assert await fetch_run_view(recorder.pool, run_id) == end.run

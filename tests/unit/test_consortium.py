@@ -110,7 +110,7 @@ def test_stops_when_confident_and_arbiter_wants_no_more() -> None:
     assert state.status == "completed"
     assert isinstance(commands[0], IterationCompleted) and commands[0].decision == "stop"
     assert isinstance(commands[1], RunCompleted)
-    assert commands[1].run["result"]["synthesis"] == "S"
+    assert commands[1].run.answer == "S"
     assert state.result is not None and state.result.confidence == pytest.approx(0.9)
     # 3 members + 1 arbiter, 10 in / 10 out each
     assert state.usage.input_tokens == 40 and state.usage.output_tokens == 40
@@ -235,17 +235,17 @@ def test_view_shows_iterations_members_and_usage() -> None:
     state, commands = answer_members(t.state, jobs(t.commands))
     state, _ = consortium.decide(state, done(jobs(commands)[0], arbiter_xml()))
     v = consortium.view(state)
-    assert v["status"] == "completed" and v["mode"] == "consortium"
-    assert v["result"]["synthesis"] == "S"
-    [it] = v["iterations"]
-    assert [(m["model"], m["instance"], m["status"]) for m in it["members"]] == [
+    assert v.status == "completed" and v.mode == "consortium"
+    assert v.result is not None and v.result.synthesis == "S"
+    [it] = v.iterations
+    assert [(m.model, m.instance, m.status) for m in it.members] == [
         ("a", 1, "completed"),
         ("a", 2, "completed"),
         ("b", 1, "completed"),
     ]
-    assert it["members"][0]["confidence"] == pytest.approx(0.7)
-    assert it["arbiter"]["status"] == "completed" and it["decision"] == "stop"
-    assert v["usage"] == {"input_tokens": 40, "output_tokens": 40, "cost_usd": None}
+    assert it.members[0].confidence == pytest.approx(0.7)
+    assert it.arbiter is not None and it.arbiter.status == "completed" and it.decision == "stop"
+    assert v.usage.model_dump() == {"input_tokens": 40, "output_tokens": 40, "cost_usd": None}
 
 
 @pytest.mark.parametrize(

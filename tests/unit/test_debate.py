@@ -38,6 +38,7 @@ from moot.messages import (
 from moot.protocols import debate, protocol_for
 from moot.protocols.base import Command
 from moot.protocols.debate import DebateState, parse_conviction, parse_judge_answer
+from moot.views import DebateView
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 QUESTION = "Is a hot dog a sandwich?"
@@ -277,7 +278,7 @@ def test_display_only_plays_every_round_then_completes_without_judge_or_final() 
     assert state.status == "completed" and len(state.rounds) == 3 and state.final is None
     assert state.reason == "reached max_rounds (3)"
     ended = commands[-1]
-    assert isinstance(ended, RunCompleted) and ended.run["mode"] == "debate" and ended.run["result"] is None
+    assert isinstance(ended, RunCompleted) and ended.run.mode == "debate" and ended.run.result is None
     # 3 debaters x 3 rounds, 10 in / 10 out each
     assert state.usage.input_tokens == 90 and state.usage.output_tokens == 90
 
@@ -331,8 +332,9 @@ def test_judge_decides_after_rounds_two_to_max_minus_one_then_gives_a_streamed_v
     assert state.reason == "reached max_rounds (3)"
     ended = commands[-1]
     assert isinstance(ended, RunCompleted)
-    assert ended.run["result"] == {"text": "The verdict.", "model": "j", "by": "judge"}
-    assert ended.run["rounds"][1]["decision"] == "continue"
+    assert isinstance(ended.run, DebateView) and ended.run.result is not None
+    assert ended.run.result.model_dump() == {"text": "The verdict.", "model": "j", "by": "judge"}
+    assert ended.run.rounds[1].decision == "continue"
 
 
 def test_judge_stop_ends_early_with_the_verdict() -> None:
@@ -457,12 +459,13 @@ def test_convinced_debaters_are_eliminated_and_the_last_one_summarizes() -> None
     assert events(commands) == ["final_complete", "debate_complete", "run.completed"]
     assert state.reason == "only b#1 remains after round 2" and state.result == "Summary."
     v = debate.view(state)
-    assert [(d["label"], d["active"], d["convinced_by"]) for d in v["debaters"]] == [
+    assert [(d.label, d.active, d.convinced_by) for d in v.debaters] == [
         ("a#1", False, "b#1"),
         ("a#2", False, "b#1"),
         ("b#1", True, None),
     ]
-    assert v["result"] == {"text": "Summary.", "model": "b", "by": "debater"}
+    assert v.result is not None
+    assert v.result.model_dump() == {"text": "Summary.", "model": "b", "by": "debater"}
 
 
 def test_eliminated_debaters_no_longer_speak_and_the_first_remaining_sums_up_at_the_end() -> None:
@@ -615,18 +618,19 @@ def test_view_shows_rounds_turns_and_decisions() -> None:
     state, commands = play_rounds(judged(max_rounds=3), 2)
     state, commands = debate.decide(state, done(only_job(commands), "STOP: done"))
     v = debate.view(state)
-    assert v["mode"] == "debate" and v["status"] == "running"
-    assert [d["label"] for d in v["debaters"]] == ["a#1", "a#2", "b#1"]
-    second = v["rounds"][1]
-    assert second["speakers"] == ["a#1", "a#2", "b#1"]
-    assert [(t["label"], t["status"]) for t in second["turns"]] == [
+    assert v.mode == "debate" and v.status == "running"
+    assert [d.label for d in v.debaters] == ["a#1", "a#2", "b#1"]
+    second = v.rounds[1]
+    assert second.speakers == ["a#1", "a#2", "b#1"]
+    assert [(t.label, t.status) for t in second.turns] == [
         ("a#1", "completed"),
         ("a#2", "completed"),
         ("b#1", "completed"),
     ]
-    assert (second["decision"], second["decision_reason"], second["judge"]["model"]) == ("stop", "done", "j")
-    assert v["final"]["status"] == "pending"
-    assert v["request"]["judge"] == "j"
+    assert second.judge is not None
+    assert (second.decision, second.decision_reason, second.judge.model) == ("stop", "done", "j")
+    assert v.final is not None and v.final.status == "pending"
+    assert v.request.judge == "j"
 
 
 def test_debate_is_a_registered_protocol() -> None:

@@ -16,6 +16,7 @@ from moot.protocols import protocol_for
 from moot.records.accounts import Principal
 from moot.records.queries import fetch_run_view
 from moot.runtime.runstore import OutboxPending
+from moot.views import ConsortiumView, DebateView
 from moot_gateway import configs
 from moot_gateway.deps import Clients
 from moot_gateway.errors import ApiError
@@ -30,42 +31,35 @@ def not_found(what: str, param: str | None = None) -> ApiError:
     return ApiError(status.HTTP_404_NOT_FOUND, f"{what} not found", param=param, code="not_found")
 
 
-async def view_of(clients: Clients, run_id: str, principal: Principal) -> dict[str, Any] | None:
+async def view_of(clients: Clients, run_id: str, principal: Principal) -> ConsortiumView | DebateView | None:
     """The run's view if it exists and belongs to `principal`; None otherwise (never another's)."""
     if len(run_id) != 32 or any(c not in "0123456789abcdef" for c in run_id):
         return None
-    view: dict[str, Any] | None = None
+    view: ConsortiumView | DebateView | None = None
     loaded = await clients.store.load(run_id)
     if loaded is not None:
         mode, state = loaded
         view = protocol_for(mode).view(state)
     elif clients.pool is not None:
         view = await fetch_run_view(clients.pool, run_id)
-    if view is None or view.get("owner", "") != principal.owner:
+    if view is None or view.owner != principal.owner:
         return None
     return view
-
-
-def final_answer(view: dict[str, Any]) -> str | None:
-    """What a finished run answered: a consortium's synthesis, a debate's verdict."""
-    result = view.get("result") or {}
-    answer = result.get("synthesis") if view.get("mode") == "consortium" else result.get("text")
-    return answer if isinstance(answer, str) else None
 
 
 async def _history_of(clients: Clients, run_id: str, principal: Principal) -> list[dict[str, Any]]:
     earlier = await view_of(clients, run_id, principal)
     if earlier is None:
         raise _invalid(CONTINUE_FIELD, f"run {run_id!r} not found")
-    answer = final_answer(earlier)
-    if earlier.get("status") != "completed" or answer is None:
+    answer = earlier.answer
+    if earlier.status != "completed" or answer is None:
         raise _invalid(
-            CONTINUE_FIELD, f"run {run_id!r} has no final answer to continue from ({earlier.get('status')})"
+            CONTINUE_FIELD, f"run {run_id!r} has no final answer to continue from ({earlier.status})"
         )
-    request = earlier.get("request") or {}
+    request = earlier.request
     return [
-        *request.get("history", []),
-        {"role": "user", "content": request.get("prompt", "")},
+        *(m.model_dump() for m in request.history),
+        {"role": "user", "content": request.prompt},
         {"role": "assistant", "content": answer},
     ]
 
@@ -140,13 +134,13 @@ async def _flush_until_done(clients: Clients, run_id: str) -> None:
     log.error("run %s: its first messages could not be published; it will not start", run_id)
 
 
-async def cancel(clients: Clients, run_id: str, principal: Principal) -> dict[str, Any]:
+async def cancel(clients: Clients, run_id: str, principal: Principal) -> ConsortiumView | DebateView:
     view = await view_of(clients, run_id, principal)
     if view is None:
         raise not_found(f"run {run_id!r}")
-    if view["status"] != "running":
+    if view.status != "running":
         raise ApiError(
-            status.HTTP_409_CONFLICT, f"run {run_id!r} is already {view['status']}", code="run_finished"
+            status.HTTP_409_CONFLICT, f"run {run_id!r} is already {view.status}", code="run_finished"
         )
     await clients.store.apply(run_id, CancelRequested(run_id=run_id))
     after = await view_of(clients, run_id, principal)

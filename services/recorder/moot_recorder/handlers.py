@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from moot.messages import DebateStart, RunCancelled, RunCompleted, RunCreated, RunFailed
 from moot.observability import metrics, telemetry
 from moot.runtime.subjects import Names
+from moot.views import DebateView
 from moot_recorder.settings import RecorderSettings
 from moot_recorder.writer import (
     ROW_ERRORS,
@@ -188,26 +189,15 @@ def _observe_recorded(result: WriteResult, skipped: int) -> None:
             metrics.runs_started.add(1, {"mode": e.request.mode})
         elif isinstance(e, RunCompleted | RunFailed | RunCancelled):
             view = e.run
-            mode = view.get("mode") if isinstance(view.get("mode"), str) else "unknown"
             status = {RunCompleted: "completed", RunFailed: "failed"}.get(type(e), "cancelled")
-            labels = {"mode": mode, "status": status}
+            labels = {"mode": view.mode, "status": status}
             metrics.runs_finished.add(1, labels)
-            created, finished = _time(view.get("created_at")), _time(view.get("finished_at")) or e.at
-            if created is not None:
-                seconds = (_aware(finished) - _aware(created)).total_seconds()
+            if view.created_at is not None:
+                finished = view.finished_at or e.at
+                seconds = (_aware(finished) - _aware(view.created_at)).total_seconds()
                 metrics.run_duration.record(max(0.0, seconds), labels)
-            rounds = view.get("rounds" if mode == "debate" else "iterations")
-            if isinstance(rounds, list):
-                metrics.run_rounds.record(len(rounds), labels)
-
-
-def _time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        return None
+            rounds = view.rounds if isinstance(view, DebateView) else view.iterations
+            metrics.run_rounds.record(len(rounds), labels)
 
 
 def _aware(dt: datetime) -> datetime:
@@ -256,10 +246,12 @@ def register(broker: NatsBroker, names: Names, settings: RecorderSettings, recor
         names.runs_wildcard,
         stream=JStream(names.runs_stream, declare=False),  # ensure_topology creates the streams
         durable=names.recorder_consumer,
+        title=names.recorder_consumer,  # its name in docs/asyncapi.json
         config=consumer_config(names, settings),
         pull_sub=PullSub(batch_size=settings.batch_size, timeout=settings.batch_timeout_seconds, batch=True),
         ack_policy=AckPolicy.MANUAL,
         decoder=_keep_raw,
     )
     async def record_events(batch: Annotated[NatsBatchMessage, Context("message")]) -> None:
+        """recorder: write every run event to Postgres, a batch per transaction."""
         await recorder.handle(batch)

@@ -58,6 +58,7 @@ from moot.records.queries import (
     RUNS_TABLE,
     TABLES,
 )
+from moot.views import DebateView
 
 log = logging.getLogger(__name__)
 
@@ -160,23 +161,6 @@ def _aware(dt: datetime) -> datetime:
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return _aware(datetime.fromisoformat(value))
-    except ValueError:
-        return None
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _float(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
 def run_row(env: Envelope) -> Row | None:
     """The `runs` row an event contributes to, or None (only a run's start and end do)."""
     e = env.event
@@ -188,33 +172,30 @@ def run_row(env: Envelope) -> Row | None:
                 e.meta.owner or None)  # fmt: skip
     if isinstance(e, RunCompleted | RunFailed | RunCancelled):
         view = e.run
-        status = view.get("status")
+        status: str = view.status
         if status not in TERMINAL_STATUSES:
             # The end event is the authority that the run is over, whatever the view says.
             status = {RunCompleted: "completed", RunFailed: "failed"}.get(type(e), "cancelled")
-        raw_request, raw_usage = view.get("request"), view.get("usage")
-        end_request: dict[str, Any] | None = raw_request if isinstance(raw_request, dict) else None
-        usage: dict[str, Any] = raw_usage if isinstance(raw_usage, dict) else {}
+        data = view.model_dump(mode="json")
         # What the run went through: a consortium's iterations, a debate's rounds.
-        iterations = view.get("rounds" if view.get("mode") == "debate" else "iterations")
-        prompt = end_request.get("prompt") if end_request else None
+        steps = len(view.rounds) if isinstance(view, DebateView) else len(view.iterations)
         return (
             e.run_id,
-            view.get("mode") if isinstance(view.get("mode"), str) else None,
+            view.mode,
             status,
-            prompt if isinstance(prompt, str) else None,
-            _json(end_request),
+            view.request.prompt,
+            _json(data["request"]),
             e.reason,
-            _json(view.get("result")),
-            _int(usage.get("input_tokens")),
-            _int(usage.get("output_tokens")),
-            _float(usage.get("cost_usd")),
-            len(iterations) if isinstance(iterations, list) else None,
-            _json(view),
-            _parse_time(view.get("created_at")),
-            _parse_time(view.get("finished_at")) or _aware(e.at),
+            _json(data["result"]),
+            view.usage.input_tokens,
+            view.usage.output_tokens,
+            view.usage.cost_usd,
+            steps,
+            _json(data),
+            _aware(view.created_at) if view.created_at else None,
+            _aware(view.finished_at) if view.finished_at else _aware(e.at),
             env.trace_id,
-            view.get("owner") if isinstance(view.get("owner"), str) and view.get("owner") else None,
+            view.owner or None,
         )
     return None
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from httpx_sse import aconnect_sse
+
+if TYPE_CHECKING:
+    from moot.views import RunView
 
 
 @dataclass
@@ -104,6 +107,7 @@ class MootClient:
         return result
 
     async def get_run(self, run_id: str) -> dict[str, Any]:
+        """The run's JSON as the gateway serves it (its view, `trace_id` and `links`)."""
         result: dict[str, Any] = await self._json(await self._http.get(f"/v1/runs/{run_id}"))
         return result
 
@@ -113,9 +117,13 @@ class MootClient:
         runs: list[dict[str, Any]] = body["data"]
         return runs
 
-    async def cancel_run(self, run_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self._json(await self._http.post(f"/v1/runs/{run_id}/cancel"))
-        return result
+    async def cancel_run(self, run_id: str) -> RunView:
+        """Cancel a running run; its view afterwards."""
+        from moot.views import run_view_adapter  # late: its models take a while to build
+
+        return run_view_adapter.validate_python(
+            await self._json(await self._http.post(f"/v1/runs/{run_id}/cancel"))
+        )
 
     async def events(self, run_id: str, last_event_id: str | None = None) -> AsyncIterator[RunEventMessage]:
         """The run's events until its last one."""

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from moot.cli.client import RunEventMessage
 from moot.cli.common import plural, short, table
+
+if TYPE_CHECKING:  # the views' models take a while to build: not at every start of the CLI
+    from moot.views import CallView, ConsortiumView, DebateCallView, DebateView, IterationView, RunView
 
 # --------------------------------------------------------------------------- live progress
 
@@ -137,118 +140,111 @@ class Progress:
 # --------------------------------------------------------------------------- a finished run
 
 
-def final_answer(run: dict[str, Any]) -> str | None:
-    """A consortium's synthesis or a debate's verdict (or last summary); None without one."""
-    result = run.get("result") or {}
-    answer = result.get("synthesis") if run.get("mode") == "consortium" else result.get("text")
-    return answer if isinstance(answer, str) else None
-
-
-def transcript(run: dict[str, Any]) -> str:
+def transcript(run: RunView) -> str:
     """Every turn of a debate, round by round (what a display-only debate has to show)."""
     parts = []
-    for rnd in run.get("rounds") or []:
-        parts.append(f"== round {rnd['number']}")
-        for turn in rnd.get("turns") or []:
-            said = turn.get("text") if turn.get("status") == "completed" else f"(failed: {turn.get('error')})"
-            parts.append(f"-- {turn.get('label') or _who(turn)}\n{(said or '').strip()}")
+    for rnd in run.rounds if run.mode == "debate" else []:
+        parts.append(f"== round {rnd.number}")
+        for turn in rnd.turns:
+            said = turn.text if turn.status == "completed" else f"(failed: {turn.error})"
+            parts.append(f"-- {turn.label or _instance(turn)}\n{(said or '').strip()}")
     return "\n\n".join(parts) + "\n" if parts else ""
 
 
-def outcome_line(run: dict[str, Any]) -> str:
+def outcome_line(run: RunView) -> str:
     """`completed: <reason> (2 iterations, 1234 tokens in, 567 out)`."""
     steps = (
-        plural(len(run.get("iterations") or []), "iteration")
-        if run.get("mode") == "consortium"
-        else plural(len(run.get("rounds") or []), "round")
+        plural(len(run.rounds), "round") if run.mode == "debate" else plural(len(run.iterations), "iteration")
     )
-    usage = run.get("usage") or {}
-    cost = f", ${usage['cost_usd']:.4f}" if usage.get("cost_usd") is not None else ""
-    tokens = f"{usage.get('input_tokens', 0)} tokens in, {usage.get('output_tokens', 0)} out{cost}"
-    return f"{run['status']}: {run.get('reason') or '-'} ({steps}, {tokens})"
+    usage = run.usage
+    cost = f", ${usage.cost_usd:.4f}" if usage.cost_usd is not None else ""
+    tokens = f"{usage.input_tokens} tokens in, {usage.output_tokens} out{cost}"
+    return f"{run.status}: {run.reason or '-'} ({steps}, {tokens})"
 
 
-def _call_line(label: str, call: dict[str, Any] | None, full: bool) -> str:
+def _instance(call: CallView | DebateCallView) -> str:
+    return f"{call.model}#{call.instance}"
+
+
+def _call_line(
+    label: str, call: CallView | DebateCallView | None, full: bool, text: str | None = None
+) -> str:
     if call is None:
         return f"  {label}: (not asked)"
-    if call.get("status") == "failed":
-        return f"  {label}: failed: {short(call.get('error'), 200)}"
-    if call.get("status") != "completed":
-        return f"  {label}: ({call.get('status')})"
-    text = (call.get("text") or "").strip()
+    if call.status == "failed":
+        return f"  {label}: failed: {short(call.error, 200)}"
+    if call.status != "completed":
+        return f"  {label}: ({call.status})"
+    text = (text or call.text or "").strip()
     if full:
         return f"  {label}:\n" + "\n".join("    " + line for line in text.splitlines())
     return f"  {label}: {short(text, 100)}"
 
 
-def _arbiter_line(iteration: dict[str, Any], full: bool) -> str:
+def _arbiter_line(iteration: IterationView, full: bool) -> str:
     """The arbiter's call, showing its synthesis rather than its tagged answer when it was readable."""
-    call, verdict = iteration.get("arbiter"), iteration.get("verdict") or {}
-    label = f"arbiter {call['model']}" if call else "arbiter"
-    if call and call.get("status") == "completed" and verdict.get("synthesis"):
-        call = {**call, "text": verdict["synthesis"]}
-    return _call_line(label, call, full)
+    call, verdict = iteration.arbiter, iteration.verdict
+    label = f"arbiter {call.model}" if call else "arbiter"
+    synthesis = verdict.synthesis if verdict else None
+    return _call_line(label, call, full, text=synthesis)
 
 
-def _consortium_steps(run: dict[str, Any], full: bool) -> list[str]:
+def _consortium_steps(run: ConsortiumView, full: bool) -> list[str]:
     lines = []
-    for it in run.get("iterations") or []:
-        verdict = it.get("verdict") or {}
-        decided = f" -> {it['decision']} ({it.get('reason')})" if it.get("decision") else ""
-        lines.append(
-            f"iteration {it['number']}: confidence {_confidence(verdict.get('confidence'))}{decided}"
-        )
-        lines += [_call_line(_who(m), m, full) for m in it.get("members") or []]
+    for it in run.iterations:
+        confidence = it.verdict.confidence if it.verdict else None
+        decided = f" -> {it.decision} ({it.reason})" if it.decision else ""
+        lines.append(f"iteration {it.number}: confidence {_confidence(confidence)}{decided}")
+        lines += [_call_line(_instance(m), m, full) for m in it.members]
         lines.append(_arbiter_line(it, full))
     return lines
 
 
-def _debate_steps(run: dict[str, Any], full: bool) -> list[str]:
+def _debate_steps(run: DebateView, full: bool) -> list[str]:
     lines = []
-    for rnd in run.get("rounds") or []:
-        lines.append(f"round {rnd['number']}: {', '.join(rnd.get('speakers') or [])}")
-        lines += [_call_line(t.get("label") or _who(t), t, full) for t in rnd.get("turns") or []]
-        if rnd.get("decision"):
-            lines.append(f"  judge: {rnd['decision']}: {short(rnd.get('decision_reason'), 120)}")
-        if rnd.get("eliminated"):
-            lines.append(f"  out: {', '.join(rnd['eliminated'])}")
+    for rnd in run.rounds:
+        lines.append(f"round {rnd.number}: {', '.join(rnd.speakers)}")
+        lines += [_call_line(t.label or _instance(t), t, full) for t in rnd.turns]
+        if rnd.decision:
+            lines.append(f"  judge: {rnd.decision}: {short(rnd.decision_reason, 120)}")
+        if rnd.eliminated:
+            lines.append(f"  out: {', '.join(rnd.eliminated)}")
     return lines
 
 
-def _header(run: dict[str, Any]) -> list[str]:
-    r = run.get("request") or {}
-    lines = [f"run {run['id']} ({run['mode']}), created {_when(run.get('created_at'))}", outcome_line(run)]
-    if run.get("config"):
-        lines.append(f"saved configuration: {run['config']['name']} v{run['config']['version']}")
-    if run.get("continued_from"):
-        lines.append(f"continues: {run['continued_from']}")
-    if run["mode"] == "consortium":
-        lines.append(f"members: {_members_text(r.get('members') or [])}; arbiter {r.get('arbiter')}")
+def _header(run: RunView) -> list[str]:
+    r = run.request
+    created = run.created_at.isoformat() if run.created_at else None
+    lines = [f"run {run.id} ({run.mode}), created {_when(created)}", outcome_line(run)]
+    if run.config:
+        lines.append(f"saved configuration: {run.config.name} v{run.config.version}")
+    if run.continued_from:
+        lines.append(f"continues: {run.continued_from}")
+    members = _members_text([m.model_dump() for m in r.members])
+    if run.mode == "debate":
+        judge = f" by {run.request.judge}" if run.request.judge else ""
+        lines.append(f"debaters: {members}; {run.request.format}; {run.request.judge_mode}{judge}")
     else:
-        judge = f" by {r['judge']}" if r.get("judge") else ""
-        lines.append(
-            f"debaters: {_members_text(r.get('members') or [])}; {r.get('format')}; {r.get('judge_mode')}{judge}"
-        )
-    lines.append(f"prompt: {short(r.get('prompt'), 200)}")
+        lines.append(f"members: {members}; arbiter {run.request.arbiter}")
+    lines.append(f"prompt: {short(r.prompt, 200)}")
     return lines
 
 
-def _answer_title(run: dict[str, Any]) -> str:
-    result = run.get("result") or {}
-    if run["mode"] == "consortium":
+def _answer_title(run: RunView) -> str:
+    if run.mode == "consortium":
         return "synthesis"
-    if result.get("by") == "judge":
-        return f"verdict by the judge {result.get('model')}"
-    return f"summary by {(run.get('final') or {}).get('label') or result.get('model')}"
+    result = run.result
+    if result is not None and result.by == "judge":
+        return f"verdict by the judge {result.model}"
+    return f"summary by {(run.final.label if run.final else None) or (result.model if result else None)}"
 
 
-def run_summary(run: dict[str, Any], full: bool = False) -> str:
+def run_summary(run: RunView, full: bool = False) -> str:
     """`moot show`: status, what was asked, every iteration or round, then the answer."""
-    steps = _consortium_steps(run, full) if run["mode"] == "consortium" else _debate_steps(run, full)
+    steps = _debate_steps(run, full) if run.mode == "debate" else _consortium_steps(run, full)
     lines = [*_header(run), "", *steps]
-    answer = final_answer(run)
-    if answer is not None:
-        lines += ["", f"{_answer_title(run)}:", answer.strip()]
+    if run.answer is not None:
+        lines += ["", f"{_answer_title(run)}:", run.answer.strip()]
     return "\n".join(lines) + "\n"
 
 

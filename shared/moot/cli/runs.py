@@ -12,13 +12,16 @@ import contextlib
 import json
 import signal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from moot.cli.client import GatewayError, MootClient
 from moot.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, CliError, err, out
-from moot.cli.render import Progress, final_answer, outcome_line, run_summary, runs_table, transcript
+from moot.cli.render import Progress, outcome_line, run_summary, runs_table, transcript
+
+if TYPE_CHECKING:
+    from moot.views import RunView
 
 RECONNECTS = 5  # times the event stream is resumed after a dropped connection
 
@@ -75,41 +78,48 @@ async def follow_or_cancel(client: MootClient, run_id: str, progress: Progress) 
 async def cancel_quietly(client: MootClient, run_id: str) -> None:
     try:
         run = await client.cancel_run(run_id)
-        err(f"run {run_id} {run['status']}")
+        err(f"run {run_id} {run.status}")
     except GatewayError as exc:  # 409: it ended meanwhile
         err(f"run {run_id} not cancelled: {exc.message}")
 
 
-def write_record(run: dict[str, Any], path: str) -> None:
+def view_of(record: dict[str, Any]) -> RunView:
+    """The typed view of a run's record as the gateway serves it."""
+    from moot.views import run_view_adapter  # late: its models take a while to build
+
+    return run_view_adapter.validate_python(record)
+
+
+def write_record(record: dict[str, Any], path: str) -> None:
     try:
-        Path(path).write_text(json.dumps(run, indent=2) + "\n")
+        Path(path).write_text(json.dumps(record, indent=2) + "\n")
     except OSError as exc:
         raise CliError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
-def print_answer(run: dict[str, Any], progress: Progress) -> None:
+def print_answer(run: RunView, progress: Progress) -> None:
     """The synthesis or verdict on stdout, unless the verdict has streamed there already."""
     if progress.streamed:
         return
-    answer = final_answer(run)
-    if answer is not None:
-        out(answer.rstrip() + "\n")
-    elif run["mode"] == "debate":  # display only: the debate itself is what there is to show
+    if run.answer is not None:
+        out(run.answer.rstrip() + "\n")
+    elif run.mode == "debate":  # display only: the debate itself is what there is to show
         out(transcript(run))
 
 
-def report(run: dict[str, Any], progress: Progress, args: argparse.Namespace) -> int:
+def report(record: dict[str, Any], progress: Progress, args: argparse.Namespace) -> int:
     """After the run: answer, --output, --raw, and the exit code (0 only when it completed)."""
-    if run["status"] == "completed":
+    run = view_of(record)
+    if run.status == "completed":
         print_answer(run, progress)
         err(outcome_line(run))
     else:
-        err(f"moot: run {run['id']} {run['status']}: {run.get('reason') or 'no reason given'}")
+        err(f"moot: run {run.id} {run.status}: {run.reason or 'no reason given'}")
     if args.output:
-        write_record(run, args.output)
+        write_record(record, args.output)
     if args.raw:
-        out(json.dumps(run, indent=2) + "\n")
-    return 0 if run["status"] == "completed" else EXIT_FAILED
+        out(json.dumps(record, indent=2) + "\n")
+    return 0 if run.status == "completed" else EXIT_FAILED
 
 
 async def submit_and_follow(client: MootClient, body: dict[str, Any], args: argparse.Namespace) -> int:
@@ -135,10 +145,10 @@ async def list_runs(client: MootClient, args: argparse.Namespace) -> int:
 
 async def show_run(client: MootClient, args: argparse.Namespace) -> int:
     try:
-        run = await client.get_run(args.run_id)
+        record = await client.get_run(args.run_id)
     except GatewayError as exc:
         if exc.status == 404:
             raise CliError(f"no run {args.run_id} (of this key's owner)") from exc
         raise
-    out(json.dumps(run, indent=2) + "\n" if args.json else run_summary(run, full=args.full))
+    out(json.dumps(record, indent=2) + "\n" if args.json else run_summary(view_of(record), full=args.full))
     return 0

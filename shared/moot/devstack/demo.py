@@ -19,7 +19,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from moot.cli.client import GatewayError, MootClient, RunEventMessage
+from moot.cli.client import GatewayError, MootClient
+from moot.cli.common import short
+from moot.cli.render import Progress
+from moot.cli.runs import view_of
 from moot.devstack.localmodel import MODEL_NAME as LOCAL
 from moot.records.accounts import local_key
 
@@ -32,51 +35,6 @@ LOCAL_DEBATE_MAX_TOKENS = 200
 
 def _err(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
-
-
-def _who(d: dict[str, Any]) -> str:
-    role = d.get("role")
-    if role in ("member", "debater", "conviction"):
-        return f"{d['model']}#{d['instance']}"
-    return f"{role} {d['model']}"
-
-
-def _progress(event: RunEventMessage) -> str | None:
-    d = event.data
-    match event.type:
-        case "iteration.started":
-            return f"iteration {d['iteration']}: asking {len(d['call_ids'])} member instances"
-        case "call.completed":
-            return f"  {_who(d)} answered ({d['latency_ms']} ms, {d['usage']['output_tokens']} tokens)"
-        case "call.failed":
-            return f"  {_who(d)} failed: {d['error']}"
-        case "iteration.completed":
-            verdict = d["verdict"]
-            conf = verdict["confidence"]
-            conf_text = f"{conf:.2f}" if conf is not None else "unreadable"
-            line = f"  arbiter: confidence {conf_text} -> {d['decision']} ({d['reason']})"
-            if verdict.get("malformed"):
-                line += f"\n  arbiter's answer was malformed: {'; '.join(verdict.get('problems') or [])}"
-            return line
-        case "debate_start":
-            judge = f", judge {d['judge']}" if d.get("judge") else ""
-            return f"debate: {len(d['debaters'])} debaters, up to {d['max_rounds']} rounds{judge}"
-        case "round_start":
-            return f"round {d['round']}: " + ", ".join(x["label"] for x in d["debaters"])
-        case "judge_decision":
-            readable = "" if d.get("readable", True) else " (unreadable answer: the debate goes on)"
-            word = "continue" if d["continue"] else "stop"
-            return f"  judge: {word}{readable}: {_short(d.get('reason') or '')}"
-        case "final_start":
-            return f"verdict by {d['model']}:" if d.get("by") == "judge" else f"summary by {d['label']}:"
-        case "error":
-            return f"  error: {d.get('message')}"
-    return None
-
-
-def _short(text: str, limit: int = 120) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _member(spec: str) -> dict[str, Any]:
@@ -144,30 +102,18 @@ async def _follow(client: MootClient, body: dict[str, Any], out: Callable[[str],
         _err(f"moot demo: the gateway refused the run: {exc}")
         return False
     run_id = created["id"]
-    _err(f"{body['mode']} {run_id}: {_short(body['prompt'])}")
-    streamed = False
+    _err(f"{body['mode']} {run_id}: {short(body['prompt'], 120)}")
+    progress = Progress(_err, out)
     async for event in client.events(run_id):
-        if event.type == "final_chunk":
-            if not streamed:
-                out("")
-            out(event.data.get("delta", ""))
-            streamed = True
-            continue
-        if event.type == "final_complete" and streamed:
-            out("\n")
-        line = _progress(event)
-        if line:
-            _err(line)
-    run = await client.get_run(run_id)
-    if run["status"] != "completed":
-        _err(f"moot demo: {body['mode']} {run['status']}: {run.get('reason')}")
+        progress.show(event)
+    run = view_of(await client.get_run(run_id))
+    if run.status != "completed":
+        _err(f"moot demo: {run.mode} {run.status}: {run.reason}")
         return False
-    if body["mode"] == "consortium":
-        out(run["result"]["synthesis"].rstrip() + "\n")
-    elif not streamed:  # a judge mode without a final answer, or chunks that were not seen
-        result = run.get("result") or {}
-        out((result.get("text") or "").rstrip() + "\n")
-    _err(f"{body['mode']} {run['status']}: {run.get('reason')}")
+    if run.mode == "consortium" or not progress.streamed:
+        # A debate's verdict has streamed to stdout already, unless no chunk was seen.
+        out((run.answer or "").rstrip() + "\n")
+    _err(f"{run.mode} {run.status}: {run.reason}")
     return True
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from pydantic import BaseModel
 
 from moot.messages import AnyRunEvent, CallJob, CancelRequested, ChatMessage, RunCancelled, RunMeta
+from moot.views import ConsortiumView, DebateView
 
 S = TypeVar("S", bound=BaseModel)
 
@@ -31,10 +33,12 @@ class RunProtocol(Protocol):
 
     def decide(self, state: Any, event: Any) -> Transition[Any]: ...
 
-    def view(self, state: Any) -> dict[str, Any]: ...
+    def view(self, state: Any) -> ConsortiumView | DebateView: ...
 
 
-def cancel(state: Any, event: CancelRequested, view: Any) -> Transition[Any]:
+def cancel(
+    state: Any, event: CancelRequested, view: Callable[[Any], ConsortiumView | DebateView]
+) -> Transition[Any]:
     """Any protocol's run, cancelled where it stands: no new jobs, a final `run.cancelled`."""
     if state.status != "running":
         return Transition(state, [])
@@ -43,12 +47,6 @@ def cancel(state: Any, event: CancelRequested, view: Any) -> Transition[Any]:
     return Transition(
         state, [RunCancelled(run_id=state.run_id, reason=event.reason, run=view(state), at=event.at)]
     )
-
-
-def meta_view(meta: RunMeta) -> dict[str, Any]:
-    """The run's ownership and origin, as every protocol's view shows them."""
-    config = {"name": meta.config_name, "version": meta.config_version} if meta.config_name else None
-    return {"owner": meta.owner, "config": config, "continued_from": meta.continued_from}
 
 
 def conversation_text(history: list[ChatMessage]) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol
 
+from moot.views import ConsortiumView, DebateView, RunSummary, run_view_adapter
+
 # One place for the table names: the recorder's writer and every reader use these.
 RUNS_TABLE = "runs"
 ITERATIONS_TABLE = "iterations"
@@ -32,44 +34,37 @@ FROM {RUNS_TABLE} WHERE id = $1
 """
 
 
-async def fetch_run_view(pool: _Fetcher, run_id: str) -> dict[str, Any] | None:
+async def fetch_run_view(pool: _Fetcher, run_id: str) -> ConsortiumView | DebateView | None:
     """The run as GET /v1/runs/{id} shows it, from Postgres; None when the recorder has no such run.
 
     A finished run returns the full view its run.completed/run.failed event carried, whatever
     its protocol. A run still running (or whose end the recorder has not seen yet) returns a
-    minimal view with the same keys as its protocol's view, built from the runs row: `result`
-    is None there, and so are a debate's `final`; a consortium's `iterations` and a debate's
-    `debaters` and `rounds` are empty (the events and the `iterations` / `debate_rounds` rows
-    hold what happened so far).
+    minimal view built from the runs row: `result` is None there, and so are a debate's `final`;
+    a consortium's `iterations` and a debate's `debaters` and `rounds` are empty (the events and
+    the `iterations` / `debate_rounds` rows hold what happened so far).
     """
     row = await pool.fetchrow(_RUN_QUERY, run_id)
     if row is None:
         return None
     if row["view"] is not None:
-        view: dict[str, Any] = json.loads(row["view"])
-        return view
-    minimal: dict[str, Any] = {
-        "id": row["id"],
-        "mode": row["mode"],
-        "status": row["status"],
-        "created_at": row["created_at"].isoformat() if row["created_at"] else None,
-        "finished_at": row["finished_at"].isoformat() if row["finished_at"] else None,
-        "reason": row["reason"],
-        "owner": row["owner"] or "",
-        "config": None,  # kept in the view once the run ends
-        "continued_from": None,
-        "request": json.loads(row["request"]) if row["request"] is not None else None,
-    }
-    if row["mode"] == "debate":  # the keys of moot.protocols.debate.view
-        minimal |= {"debaters": [], "rounds": [], "final": None, "result": None}
-    else:  # the keys of moot.protocols.consortium.view
-        minimal |= {"result": None, "iterations": []}
-    minimal["usage"] = {
-        "input_tokens": row["input_tokens"] or 0,
-        "output_tokens": row["output_tokens"] or 0,
-        "cost_usd": row["cost_usd"],
-    }
-    return minimal
+        return run_view_adapter.validate_json(row["view"])
+    return run_view_adapter.validate_python(
+        {
+            "id": row["id"],
+            "mode": row["mode"],
+            "status": row["status"],
+            "created_at": row["created_at"],
+            "finished_at": row["finished_at"],
+            "reason": row["reason"],
+            "owner": row["owner"] or "",
+            "request": json.loads(row["request"]),
+            "usage": {
+                "input_tokens": row["input_tokens"] or 0,
+                "output_tokens": row["output_tokens"] or 0,
+                "cost_usd": row["cost_usd"],
+            },
+        }
+    )
 
 
 _RECENT_RUNS = f"""
@@ -78,14 +73,7 @@ FROM {RUNS_TABLE} WHERE owner = $1 ORDER BY created_at DESC NULLS LAST LIMIT $2
 """
 
 
-async def recent_runs(pool: Any, owner: str, limit: int) -> list[dict[str, Any]]:
+async def recent_runs(pool: Any, owner: str, limit: int) -> list[RunSummary]:
     """The owner's most recent runs, newest first (as recorded: a run appears within a batch)."""
     rows = await pool.fetch(_RECENT_RUNS, owner, limit)
-    return [
-        {
-            **dict(r),
-            "created_at": r["created_at"].isoformat() if r["created_at"] else None,
-            "finished_at": r["finished_at"].isoformat() if r["finished_at"] else None,
-        }
-        for r in rows
-    ]
+    return [RunSummary.model_validate(dict(r)) for r in rows]

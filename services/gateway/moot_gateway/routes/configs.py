@@ -13,6 +13,7 @@ from moot_gateway.auth import PrincipalDep
 from moot_gateway.deps import Clients, ClientsDep
 from moot_gateway.errors import ApiError
 from moot_gateway.runs_service import not_found
+from moot_gateway.schemas import SavedConfig, SavedConfigList, SavedConfigSubmission, SavedConfigVersions
 
 router = APIRouter(prefix="/v1/consortiums", tags=["saved configurations"])
 
@@ -25,9 +26,12 @@ def _pool(clients: Clients) -> Any:
     return clients.pool
 
 
-@router.put("/{name}")
+@router.put("/{name}", response_model=SavedConfig)
 async def put_config(
-    name: NameParam, config: Annotated[dict[str, Any], Body()], clients: ClientsDep, principal: PrincipalDep
+    name: NameParam,
+    config: Annotated[SavedConfigSubmission, Body()],
+    clients: ClientsDep,
+    principal: PrincipalDep,
 ) -> dict[str, Any]:
     """Save a configuration (a run request without `prompt`); saving again adds a version."""
     try:
@@ -43,12 +47,12 @@ async def put_config(
     return await configs.put(_pool(clients), principal.owner, name, normalized)
 
 
-@router.get("")
+@router.get("", response_model=SavedConfigList)
 async def list_configs(clients: ClientsDep, principal: PrincipalDep) -> dict[str, Any]:
     return {"object": "list", "data": await configs.latest_all(_pool(clients), principal.owner)}
 
 
-@router.get("/{name}")
+@router.get("/{name}", response_model=SavedConfigVersions)
 async def get_config(
     name: NameParam,
     clients: ClientsDep,

@@ -5,16 +5,17 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from moot_gateway.deps import ClientsDep
+from moot_gateway.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
+@router.get("/healthz", response_model=Health)
 async def healthz() -> dict[str, str]:
     return {"status": "ok", "service": "gateway"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 async def readyz(clients: ClientsDep, response: Response) -> dict[str, str]:
     checks = {"nats": "ok" if await clients.broker.ping(timeout=1.0) else "down", "postgres": "ok"}
     if clients.pool is None:

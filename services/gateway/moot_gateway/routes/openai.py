@@ -15,35 +15,22 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, status
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from moot.messages import ChatMessage
 from moot.records.accounts import Principal
+from moot.views import ConsortiumView, DebateView
 from moot_gateway import configs, runs_service
 from moot_gateway.auth import PrincipalDep
 from moot_gateway.deps import Clients, ClientsDep
 from moot_gateway.errors import ApiError
 from moot_gateway.routes.runs import replay
+from moot_gateway.schemas import ChatCompletion, ChatCompletionRequest, ChatCompletionSubmission, ModelList
 
 router = APIRouter(prefix="/v1", tags=["openai compatible"])
 
 
-class StreamOptions(BaseModel):
-    include_usage: bool = False
-
-
-class ChatCompletionRequest(BaseModel):
-    # Other OpenAI parameters (temperature, ...) are accepted and ignored: the saved
-    # configuration decides how its models are called.
-    model_config = ConfigDict(extra="allow")
-
-    model: str = Field(min_length=1)
-    messages: list[ChatMessage] = Field(min_length=1)
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-
-
-@router.get("/models")
+@router.get("/models", response_model=ModelList)
 async def list_models(clients: ClientsDep, principal: PrincipalDep) -> dict[str, Any]:
     """The caller's saved configurations, as models."""
     if clients.pool is None:
@@ -63,9 +50,24 @@ def _model_object(saved: dict[str, Any], principal: Principal) -> dict[str, Any]
     }
 
 
-@router.post("/chat/completions", response_model=None)
+@router.post(
+    "/chat/completions",
+    response_model=ChatCompletion,
+    responses={
+        200: {
+            "content": {
+                "text/event-stream": {
+                    "schema": {
+                        "type": "string",
+                        "description": "With `stream: true`: `data: <chat.completion.chunk>` events, then `data: [DONE]`.",
+                    }
+                }
+            }
+        }
+    },
+)
 async def chat_completions(
-    body: Annotated[dict[str, Any], Body()], clients: ClientsDep, principal: PrincipalDep
+    body: Annotated[ChatCompletionSubmission, Body()], clients: ClientsDep, principal: PrincipalDep
 ) -> dict[str, Any] | StreamingResponse:
     try:
         chat = ChatCompletionRequest.model_validate(body)
@@ -106,11 +108,11 @@ async def chat_completions(
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     view = await _wait(clients, principal, run_id)
-    answer = runs_service.final_answer(view)
-    if view["status"] != "completed" or answer is None:
+    answer = view.answer
+    if view.status != "completed" or answer is None:
         raise ApiError(
             status.HTTP_424_FAILED_DEPENDENCY,
-            f"run {run_id} {view['status']}: {view.get('reason') or 'no final answer'}",
+            f"run {run_id} {view.status}: {view.reason or 'no final answer'}",
             type="run_error",
             code="run_failed",
         )
@@ -127,7 +129,7 @@ async def chat_completions(
     }
 
 
-async def _wait(clients: Clients, principal: Principal, run_id: str) -> dict[str, Any]:
+async def _wait(clients: Clients, principal: Principal, run_id: str) -> ConsortiumView | DebateView:
     async for _ in replay(clients, run_id, 0):
         pass  # the replay ends with the run's final event
     view = await runs_service.view_of(clients, run_id, principal)
@@ -135,16 +137,15 @@ async def _wait(clients: Clients, principal: Principal, run_id: str) -> dict[str
     return view
 
 
-def _usage(view: dict[str, Any]) -> dict[str, int]:
-    usage = view.get("usage") or {}
-    prompt, completion = usage.get("input_tokens", 0), usage.get("output_tokens", 0)
+def _usage(view: ConsortiumView | DebateView) -> dict[str, int]:
+    prompt, completion = view.usage.input_tokens, view.usage.output_tokens
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def _extra(run_id: str, view: dict[str, Any] | None = None) -> dict[str, Any]:
+def _extra(run_id: str, view: ConsortiumView | DebateView | None = None) -> dict[str, Any]:
     extra: dict[str, Any] = {"run_id": run_id, "run": f"/v1/runs/{run_id}"}
     if view is not None:
-        extra["status"] = view["status"]
+        extra["status"] = view.status
     return extra
 
 
@@ -180,10 +181,10 @@ async def _stream(
             yield chunk({"content": event.data["delta"]})
     view = await runs_service.view_of(clients, run_id, principal)
     assert view is not None
-    answer = runs_service.final_answer(view)
-    if view["status"] != "completed" or answer is None:
+    answer = view.answer
+    if view.status != "completed" or answer is None:
         error = {
-            "message": f"run {run_id} {view['status']}: {view.get('reason')}",
+            "message": f"run {run_id} {view.status}: {view.reason}",
             "type": "run_error",
             "code": "run_failed",
         }

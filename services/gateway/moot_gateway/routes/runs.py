@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Response, status
 from fastapi.sse import EventSourceResponse, ServerSentEvent
@@ -18,6 +18,21 @@ from moot_gateway import runs_service
 from moot_gateway.auth import PrincipalDep
 from moot_gateway.deps import Clients, ClientsDep
 from moot_gateway.errors import ApiError
+from moot_gateway.schemas import (
+    CancelledConsortium,
+    CancelledDebate,
+    CancelResponse,
+    ConsortiumRun,
+    DebateRun,
+    RunAccepted,
+    RunEventData,
+    RunList,
+    RunResponse,
+    RunSubmission,
+    cancel_response,
+    links,
+    run_response,
+)
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
@@ -43,17 +58,13 @@ EXAMPLES = {
 }
 
 
-def _links(run_id: str) -> dict[str, str]:
-    return {"self": f"/v1/runs/{run_id}", "events": f"/v1/runs/{run_id}/events"}
-
-
 @router.post("", status_code=status.HTTP_202_ACCEPTED)
 async def create_run(
-    body: Annotated[dict[str, Any], Body(openapi_examples=EXAMPLES)],
+    body: Annotated[RunSubmission, Body(openapi_examples=EXAMPLES)],
     clients: ClientsDep,
     principal: PrincipalDep,
     response: Response,
-) -> dict[str, Any]:
+) -> RunAccepted:
     """Accept a run: a consortium or debate request, or `config` (a saved name) plus overrides.
 
     `continue_from` (a finished run's id) makes the run continue that run's conversation.
@@ -62,34 +73,35 @@ async def create_run(
     run_id = await runs_service.submit(clients, request, meta)
     response.headers["Location"] = f"/v1/runs/{run_id}"
     trace_id = telemetry.current_trace_id()  # this request's trace is the run's trace
-    run = {"id": run_id, "mode": request.mode, "status": "running", "trace_id": trace_id}
-    return {**run, "links": _links(run_id)}
+    return RunAccepted(id=run_id, mode=request.mode, trace_id=trace_id, links=links(run_id))
 
 
 @router.get("")
 async def list_runs(
     clients: ClientsDep, principal: PrincipalDep, limit: Annotated[int, Query(ge=1, le=500)] = 20
-) -> dict[str, Any]:
+) -> RunList:
     """The caller's recent runs, newest first."""
     if clients.pool is None:
         raise ApiError(status.HTTP_503_SERVICE_UNAVAILABLE, "the run record is unavailable right now")
-    return {"object": "list", "data": await recent_runs(clients.pool, principal.owner, limit)}
+    return RunList(data=await recent_runs(clients.pool, principal.owner, limit))
 
 
-@router.get("/{run_id}")
-async def get_run(run_id: str, clients: ClientsDep, principal: PrincipalDep) -> dict[str, Any]:
+@router.get("/{run_id}", response_model=RunResponse)
+async def get_run(run_id: str, clients: ClientsDep, principal: PrincipalDep) -> ConsortiumRun | DebateRun:
     """The run: status, result, every iteration or round with every answer, token usage."""
     view = await runs_service.view_of(clients, run_id, principal)
     if view is None:
         raise runs_service.not_found(f"run {run_id!r}")
     trace_id = await telemetry.run_trace_id(clients.store, clients.pool, run_id)
-    return {**view, "trace_id": trace_id, "links": _links(run_id)}
+    return run_response(view, trace_id)
 
 
-@router.post("/{run_id}/cancel")
-async def cancel_run(run_id: str, clients: ClientsDep, principal: PrincipalDep) -> dict[str, Any]:
+@router.post("/{run_id}/cancel", response_model=CancelResponse)
+async def cancel_run(
+    run_id: str, clients: ClientsDep, principal: PrincipalDep
+) -> CancelledConsortium | CancelledDebate:
     """Stop a running run: no new jobs; results in flight are recorded but do not advance it."""
-    return {**await runs_service.cancel(clients, run_id, principal), "links": _links(run_id)}
+    return cancel_response(await runs_service.cancel(clients, run_id, principal))
 
 
 async def _existing_run(run_id: str, clients: ClientsDep, principal: PrincipalDep) -> str:
@@ -110,7 +122,16 @@ async def _start_after(last_event_id: Annotated[str | None, Header()] = None) ->
         ) from exc
 
 
-@router.get("/{run_id}/events", response_class=EventSourceResponse)
+@router.get(
+    "/{run_id}/events",
+    response_class=EventSourceResponse,
+    responses={
+        200: {
+            "model": RunEventData,
+            "description": "Server-sent events; each `data` is one run event plus `seq`, its stream sequence.",
+        }
+    },
+)
 async def run_events(
     run_id: Annotated[str, Depends(_existing_run)],
     start_after: Annotated[int, Depends(_start_after)],

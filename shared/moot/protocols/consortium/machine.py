@@ -33,12 +33,10 @@ from moot.messages import (
     RunMeta,
     Usage,
 )
-from moot.protocols.base import Command, Transition, cancel, meta_view
+from moot.protocols.base import Command, Transition, cancel
 from moot.protocols.consortium import prompts
 from moot.protocols.consortium.parsing import extract_member_confidence, parse_arbiter
-
-CallStatus = Literal["pending", "completed", "failed"]
-RunStatus = Literal["running", "completed", "failed", "cancelled"]
+from moot.views import CallStatus, CallView, ConsortiumView, IterationView, RunStatus, origin
 
 
 class Call(BaseModel):
@@ -134,32 +132,30 @@ def decide(state: ConsortiumState, event: Any) -> Transition[ConsortiumState]:
     return _judge_iteration(state, event.text, event.at)
 
 
-def view(state: ConsortiumState) -> dict[str, Any]:
+def view(state: ConsortiumState) -> ConsortiumView:
     """The run as the API shows it."""
-    req = state.request
-    return {
-        "id": state.run_id,
-        "mode": "consortium",
-        "status": state.status,
-        "created_at": state.created_at.isoformat(),
-        "finished_at": state.finished_at.isoformat() if state.finished_at else None,
-        "reason": state.reason,
-        **meta_view(state.meta),
-        "request": req.model_dump(mode="json"),
-        "result": _result_view(state.result) if state.result else None,
-        "iterations": [
-            {
-                "number": it.number,
-                "members": [_call_view(c) for c in it.members],
-                "arbiter": _call_view(it.arbiter) if it.arbiter else None,
-                "verdict": it.verdict.model_dump(mode="json") if it.verdict else None,
-                "decision": it.decision,
-                "reason": it.reason,
-            }
+    return ConsortiumView(
+        id=state.run_id,
+        status=state.status,
+        created_at=state.created_at,
+        finished_at=state.finished_at,
+        reason=state.reason,
+        **origin(state.meta),
+        request=state.request,
+        result=state.result,
+        iterations=[
+            IterationView(
+                number=it.number,
+                members=[_call_view(c) for c in it.members],
+                arbiter=_call_view(it.arbiter) if it.arbiter else None,
+                verdict=it.verdict,
+                decision=it.decision,
+                reason=it.reason,
+            )
             for it in state.iterations
         ],
-        "usage": state.usage.model_dump(mode="json"),
-    }
+        usage=state.usage,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,9 +302,5 @@ def _fail(state: ConsortiumState, reason: str, at: datetime) -> Transition[Conso
     return Transition(state, [RunFailed(run_id=state.run_id, reason=reason, run=view(state), at=at)])
 
 
-def _call_view(c: Call) -> dict[str, Any]:
-    return c.model_dump(mode="json", exclude={"role"})
-
-
-def _result_view(v: ArbiterVerdict) -> dict[str, Any]:
-    return v.model_dump(mode="json")
+def _call_view(c: Call) -> CallView:
+    return CallView.model_validate(c.model_dump(exclude={"role"}))

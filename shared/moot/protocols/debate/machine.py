@@ -88,12 +88,21 @@ from moot.messages import (
     RunMeta,
     Usage,
 )
-from moot.protocols.base import Command, Transition, cancel, meta_view
+from moot.protocols.base import Command, Transition, cancel
 from moot.protocols.debate import prompts
 from moot.protocols.debate.parsing import parse_conviction, parse_judge_answer
+from moot.views import (
+    CallStatus,
+    ConvictionCallView,
+    DebateCallView,
+    DebateResult,
+    DebaterView,
+    DebateView,
+    RoundView,
+    RunStatus,
+    origin,
+)
 
-CallStatus = Literal["pending", "completed", "failed"]
-RunStatus = Literal["running", "completed", "failed", "cancelled"]
 CallRole = Literal["debater", "judge", "conviction", "final"]
 
 
@@ -223,50 +232,49 @@ def decide(state: DebateState, event: Any) -> Transition[DebateState]:
     return Transition(state, commands)
 
 
-def view(state: DebateState) -> dict[str, Any]:
+def view(state: DebateState) -> DebateView:
     """The debate as the API shows it."""
     final = state.final
-    return {
-        "id": state.run_id,
-        "mode": "debate",
-        "status": state.status,
-        "created_at": state.created_at.isoformat(),
-        "finished_at": state.finished_at.isoformat() if state.finished_at else None,
-        "reason": state.reason,
-        **meta_view(state.meta),
-        "request": state.request.model_dump(mode="json"),
-        "debaters": [
-            {
-                **d.ref().model_dump(mode="json"),
-                "active": d.active,
-                "eliminated_in": d.eliminated_in,
-                "convinced_by": state.debater(d.convinced_by).label if d.convinced_by else None,
-            }
+    return DebateView(
+        id=state.run_id,
+        status=state.status,
+        created_at=state.created_at,
+        finished_at=state.finished_at,
+        reason=state.reason,
+        **origin(state.meta),
+        request=state.request,
+        debaters=[
+            DebaterView(
+                **d.ref().model_dump(),
+                active=d.active,
+                eliminated_in=d.eliminated_in,
+                convinced_by=state.debater(d.convinced_by).label if d.convinced_by else None,
+            )
             for d in state.debaters
         ],
-        "rounds": [
-            {
-                "number": r.number,
-                "speakers": [state.debater(n).label for n in r.speakers],
-                "turns": [_call_view(state, c) for c in r.turns],
-                "judge": _call_view(state, r.judge) if r.judge else None,
-                "decision": r.decision,
-                "decision_reason": r.decision_reason,
-                "decision_readable": r.decision_readable,
-                "convictions": [_call_view(state, c) for c in r.convictions],
-                "eliminated": [state.debater(n).label for n in r.eliminated],
-                "kept": state.debater(r.kept).label if r.kept else None,
-            }
+        rounds=[
+            RoundView(
+                number=r.number,
+                speakers=[state.debater(n).label for n in r.speakers],
+                turns=[_call_view(state, c) for c in r.turns],
+                judge=_call_view(state, r.judge) if r.judge else None,
+                decision=r.decision,
+                decision_reason=r.decision_reason,
+                decision_readable=r.decision_readable,
+                convictions=[_conviction_view(state, c) for c in r.convictions],
+                eliminated=[state.debater(n).label for n in r.eliminated],
+                kept=state.debater(r.kept).label if r.kept else None,
+            )
             for r in state.rounds
         ],
-        "final": _call_view(state, final) if final else None,
-        "result": (
-            {"text": state.result, "model": final.model, "by": _final_by(final)}
+        final=_call_view(state, final) if final else None,
+        result=(
+            DebateResult(text=state.result, model=final.model, by=_final_by(final))
             if final and state.result is not None
             else None
         ),
-        "usage": state.usage.model_dump(mode="json"),
-    }
+        usage=state.usage,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -649,11 +657,13 @@ def _final_who(state: DebateState, call: Call) -> dict[str, Any]:
     }
 
 
-def _call_view(state: DebateState, c: Call) -> dict[str, Any]:
-    data = c.model_dump(mode="json", exclude={"role", "convinced", "convinced_by"})
-    if c.debater_number is not None:
-        data["label"] = state.debater(c.debater_number).label
-    if c.role == "conviction":
-        data["convinced"] = c.convinced
-        data["convinced_by"] = state.debater(c.convinced_by).label if c.convinced_by else None
-    return data
+def _call_view(state: DebateState, c: Call) -> DebateCallView:
+    label = state.debater(c.debater_number).label if c.debater_number is not None else None
+    return DebateCallView(**c.model_dump(exclude={"role", "convinced", "convinced_by"}), label=label)
+
+
+def _conviction_view(state: DebateState, c: Call) -> ConvictionCallView:
+    convinced_by = state.debater(c.convinced_by).label if c.convinced_by else None
+    return ConvictionCallView(
+        **_call_view(state, c).model_dump(), convinced=c.convinced, convinced_by=convinced_by
+    )

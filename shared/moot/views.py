@@ -1,0 +1,188 @@
+"""A run as the API shows it, per protocol: `GET /v1/runs/{id}`, the run's end events, its Postgres row.
+
+`view(state)` of each protocol module builds one; readers (gateway, recorder, CLI) validate the
+JSON back into one with `run_view_adapter`. Views written by older versions still load: every
+field added since the first version has a default. The JSON is the one the API has always
+served: times as `datetime.isoformat()`, and a debate call's `label` (and a conviction call's
+verdict) only where the call has one.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal, TypedDict
+
+from pydantic import BaseModel, Discriminator, Field, PlainSerializer, TypeAdapter
+
+from moot.messages import ArbiterVerdict, ConsortiumRequest, DebateRequest, DebaterRef, RunMeta, Usage
+
+RunStatus = Literal["running", "completed", "failed", "cancelled"]
+CallStatus = Literal["pending", "completed", "failed"]
+
+# `isoformat()` (`+00:00`), not pydantic's `Z`: clients and stored views have always had it.
+Timestamp = Annotated[datetime, PlainSerializer(datetime.isoformat, return_type=str, when_used="json")]
+
+
+class ConfigRef(BaseModel):
+    """The saved configuration a run was started from."""
+
+    name: str
+    version: int | None = None
+
+
+class _RunView(BaseModel):
+    """What every protocol's view starts with (the subclasses keep this order of keys)."""
+
+    id: str
+    mode: Literal["consortium", "debate"]
+    status: RunStatus
+    created_at: Timestamp | None = None
+    finished_at: Timestamp | None = None
+    reason: str | None = None
+    owner: str = ""
+    config: ConfigRef | None = None
+    continued_from: str | None = Field(None, description="The run whose conversation this one continues.")
+
+
+class Origin(TypedDict):
+    owner: str
+    config: ConfigRef | None
+    continued_from: str | None
+
+
+def origin(meta: RunMeta) -> Origin:
+    """A view's `owner`, `config` and `continued_from`, from the run's meta."""
+    config = ConfigRef(name=meta.config_name, version=meta.config_version) if meta.config_name else None
+    return {"owner": meta.owner, "config": config, "continued_from": meta.continued_from}
+
+
+# ---------------------------------------------------------------------------------------------
+# Consortium
+
+
+class CallView(BaseModel):
+    """One model call of a consortium: a member's answer or the arbiter's."""
+
+    call_id: str
+    model: str
+    instance: int
+    status: CallStatus = "pending"
+    text: str | None = None
+    confidence: float | None = Field(None, description="The confidence a member stated in its answer.")
+    error: str | None = None
+    usage: Usage = Field(default_factory=Usage)
+    latency_ms: int = 0
+    attempts: int = 0
+    worker: str = ""
+
+
+class IterationView(BaseModel):
+    number: int
+    members: list[CallView] = Field(default_factory=list)
+    arbiter: CallView | None = None
+    verdict: ArbiterVerdict | None = None
+    decision: Literal["stop", "iterate"] | None = None
+    reason: str | None = None
+
+
+class ConsortiumView(_RunView):
+    mode: Literal["consortium"] = "consortium"
+    request: ConsortiumRequest
+    result: ArbiterVerdict | None = Field(None, description="The verdict the run stopped on.")
+    iterations: list[IterationView] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)
+
+    @property
+    def answer(self) -> str | None:
+        """The run's answer: the synthesis it stopped on; None before (or without) one."""
+        return self.result.synthesis if self.result else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Debate
+
+
+class DebaterView(DebaterRef):
+    active: bool = True
+    eliminated_in: int | None = None
+    convinced_by: str | None = Field(None, description="The label of the debater it conceded to.")
+
+
+class DebateCallView(BaseModel):
+    """One model call of a debate: a turn, the judge's decision or the final answer."""
+
+    call_id: str
+    model: str
+    instance: int
+    debater_number: int | None = Field(None, description="None for the judge.")
+    status: CallStatus = "pending"
+    text: str | None = None
+    error: str | None = None
+    usage: Usage = Field(default_factory=Usage)
+    latency_ms: int = 0
+    attempts: int = 0
+    worker: str = ""
+    label: str | None = Field(None, exclude_if=lambda v: v is None, description="The debater's label.")
+
+
+class ConvictionCallView(DebateCallView):
+    """A debater asked whether another one convinced it."""
+
+    convinced: bool | None = None
+    convinced_by: str | None = Field(None, description="The label of the debater that convinced it.")
+
+
+class RoundView(BaseModel):
+    number: int
+    speakers: list[str] = Field(default_factory=list, description="Labels, in speaking order.")
+    turns: list[DebateCallView] = Field(default_factory=list)
+    judge: DebateCallView | None = None
+    decision: Literal["continue", "stop"] | None = None
+    decision_reason: str | None = None
+    decision_readable: bool | None = None
+    convictions: list[ConvictionCallView] = Field(default_factory=list)
+    eliminated: list[str] = Field(default_factory=list)
+    kept: str | None = Field(None, description="Convinced, but kept in because everyone was.")
+
+
+class DebateResult(BaseModel):
+    """The debate's final answer: the judge's verdict or the last debater's summary."""
+
+    text: str
+    model: str
+    by: Literal["judge", "debater"]
+
+
+class DebateView(_RunView):
+    mode: Literal["debate"] = "debate"
+    request: DebateRequest
+    debaters: list[DebaterView] = Field(default_factory=list)
+    rounds: list[RoundView] = Field(default_factory=list)
+    final: DebateCallView | None = None
+    result: DebateResult | None = None
+    usage: Usage = Field(default_factory=Usage)
+
+    @property
+    def answer(self) -> str | None:
+        """The debate's answer: the verdict or summary; None for display-only debates."""
+        return self.result.text if self.result else None
+
+
+# The view of any run, chosen by `mode`.
+RunView = Annotated[ConsortiumView | DebateView, Discriminator("mode")]
+run_view_adapter: TypeAdapter[ConsortiumView | DebateView] = TypeAdapter(RunView)
+
+
+class RunSummary(BaseModel):
+    """A run in a list (`GET /v1/runs`), as recorded in Postgres."""
+
+    id: str
+    mode: Literal["consortium", "debate"] | None = None
+    status: RunStatus
+    prompt: str | None = None
+    reason: str | None = None
+    created_at: Timestamp | None = None
+    finished_at: Timestamp | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cost_usd: float | None = None

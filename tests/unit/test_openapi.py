@@ -1,0 +1,109 @@
+"""The gateway's /openapi.json: every body typed, every success answer with a schema.
+
+`app.openapi()` needs no server: the lifespan (NATS, Postgres) does not run for it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from moot_gateway.main import create_app
+
+
+@pytest.fixture(scope="module")
+def spec() -> dict[str, Any]:
+    return create_app().openapi()
+
+
+def resolve(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in schema:
+        schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
+    return schema
+
+
+def fields(spec: dict[str, Any], schema: dict[str, Any]) -> set[str]:
+    """Every property an object of this schema may have, through refs, unions and allOf."""
+    schema = resolve(spec, schema)
+    found = set(schema.get("properties", {}))
+    for key in ("anyOf", "oneOf", "allOf"):
+        for option in schema.get(key, []):
+            found |= fields(spec, option)
+    return found
+
+
+def operations(spec: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [(method, path, op) for path, ops in spec["paths"].items() for method, op in ops.items()]
+
+
+def test_every_route_answers_success_with_a_schema(spec: dict[str, Any]) -> None:
+    seen = []
+    for method, path, op in operations(spec):
+        ok = {code: r for code, r in op["responses"].items() if code.startswith("2") and code != "204"}
+        if method == "delete":
+            assert list(ok) == [] and "204" in op["responses"], path
+            continue
+        assert ok, f"{method} {path} documents no success"
+        for code, response in ok.items():
+            assert response["content"], f"{method} {path} {code}"
+            for media, content in response["content"].items():
+                schema = content.get("schema") or content.get("itemSchema")
+                assert schema, f"{method} {path} {code} {media} has no schema"
+                if media == "application/json":
+                    assert fields(spec, schema), f"{method} {path} {code} answers an untyped object"
+        seen.append((method, path))
+    assert ("get", "/v1/runs/{run_id}/events") in seen and ("get", "/healthz") in seen
+
+
+def test_the_run_events_are_documented_as_server_sent_events(spec: dict[str, Any]) -> None:
+    response = spec["paths"]["/v1/runs/{run_id}/events"]["get"]["responses"]["200"]
+    stream = response["content"]["text/event-stream"]
+    assert {"run_id", "type", "run", "delta", "verdict"} <= fields(spec, stream["schema"])
+
+
+def test_a_run_and_its_views_are_typed(spec: dict[str, Any]) -> None:
+    get = spec["paths"]["/v1/runs/{run_id}"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert {
+        "id",
+        "mode",
+        "status",
+        "request",
+        "result",
+        "iterations",
+        "rounds",
+        "debaters",
+        "usage",
+    } <= fields(spec, get["schema"])
+    assert {"trace_id", "links"} <= fields(spec, get["schema"])
+    listed = spec["paths"]["/v1/runs"]["get"]["responses"]["200"]["content"]["application/json"]
+    data = resolve(spec, listed["schema"])["properties"]["data"]
+    assert {"id", "mode", "status", "prompt", "created_at"} <= fields(spec, data["items"])
+
+
+def body_fields(spec: dict[str, Any], method: str, path: str) -> set[str]:
+    body = spec["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]
+    return fields(spec, body)
+
+
+def test_a_run_submission_names_every_field_of_every_request(spec: dict[str, Any]) -> None:
+    names = body_fields(spec, "post", "/v1/runs")
+    consortium = {"prompt", "members", "arbiter", "confidence_threshold", "min_iterations", "max_iterations"}
+    debate = {"format", "custom_prompt", "judge_mode", "judge", "max_rounds"}
+    saved = {"config", "config_version", "continue_from", "history", "mode"}
+    assert consortium | debate | saved <= names
+
+
+def test_a_saved_configuration_is_a_run_request_without_its_prompt(spec: dict[str, Any]) -> None:
+    names = body_fields(spec, "put", "/v1/consortiums/{name}")
+    assert {"members", "arbiter", "judge_mode", "judge", "max_rounds"} <= names
+    assert "prompt" not in names
+
+
+def test_the_chat_completion_body_is_typed(spec: dict[str, Any]) -> None:
+    assert {"model", "messages", "stream", "stream_options"} <= body_fields(
+        spec, "post", "/v1/chat/completions"
+    )
+    ok = spec["paths"]["/v1/chat/completions"]["post"]["responses"]["200"]["content"]
+    assert {"choices", "usage", "moot"} <= fields(spec, ok["application/json"]["schema"])
+    assert "text/event-stream" in ok
