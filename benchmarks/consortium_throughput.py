@@ -647,11 +647,12 @@ async def create_api_key(database_url: str) -> str | None:
     None for a moot without API keys."""
     try:
         from moot.records import accounts
+        from moot.records.migrate import migrate
     except ImportError:
         return None
     conn = await asyncpg.connect(database_url)
     try:
-        await accounts.apply_schema(conn)
+        await migrate(conn)  # the stack has applied them already; a no-op then, but never a missing table
         _, key = await accounts.create_key(conn, "bench")
     finally:
         await conn.close()

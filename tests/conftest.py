@@ -3,7 +3,7 @@
 Where they come from follows `moot.devstack.embedded.resolve_infrastructure`: `NATS_URL` / `DATABASE_URL`
 from the environment if set, else testcontainers if Docker answers, else embedded servers under
 the session's tmp dir. Isolation between tests comes from names, not servers: each session gets
-its own database and each test its own NATS namespace.
+its own database (migrated, as `moot migrate` would) and each test its own NATS namespace.
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 
 from moot.devstack.embedded import Infrastructure, resolve_infrastructure, with_database
+from moot.records.migrate import migrate
 
 # Test modules may import litellm at collection time, before any fixture runs; without this it
 # would try to download its price map.
@@ -84,29 +85,62 @@ def nats_url(infrastructure: Infrastructure) -> str:
     return infrastructure.nats_url
 
 
-@pytest.fixture(scope="session")
-async def database_url(infrastructure: Infrastructure) -> AsyncIterator[str]:
-    """URL of a fresh database created for this session and dropped after it.
-
-    A shared server may hold databases of earlier or concurrent runs; a new name per session
-    means tests never see leftovers and never clash.
-    """
+async def _create_database(server_url: str) -> tuple[str, str]:
+    """A new empty database on the server: (its name, its URL)."""
     name = f"moot_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(infrastructure.database_url)
+    admin = await asyncpg.connect(server_url)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
+    return name, with_database(server_url, name)
+
+
+async def _drop_database(server_url: str, name: str) -> None:
+    admin = await asyncpg.connect(server_url)
     try:
-        yield with_database(infrastructure.database_url, name)
+        # FORCE (PostgreSQL 13+): pools of services that outlive their test must not keep
+        # the database alive.
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
-        admin = await asyncpg.connect(infrastructure.database_url)
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+async def database_url(infrastructure: Infrastructure) -> AsyncIterator[str]:
+    """URL of a fresh database created and migrated for this session, dropped after it.
+
+    A shared server may hold databases of earlier or concurrent runs; a new name per session
+    means tests never see leftovers and never clash. Migrated here, since services only wait
+    for the schema (`moot migrate` applies it).
+    """
+    name, url = await _create_database(infrastructure.database_url)
+    try:
+        conn = await asyncpg.connect(url)
         try:
-            # FORCE (PostgreSQL 13+): pools of services that outlive their test must not keep
-            # the database alive.
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await migrate(conn)
         finally:
-            await admin.close()
+            await conn.close()
+        yield url
+    finally:
+        await _drop_database(infrastructure.database_url, name)
+
+
+@pytest.fixture
+async def empty_database(infrastructure: Infrastructure) -> AsyncIterator[Callable[[], Awaitable[str]]]:
+    """Makes new, unmigrated databases (their URLs) for one test; drops them after it."""
+    made: list[str] = []
+
+    async def make() -> str:
+        name, url = await _create_database(infrastructure.database_url)
+        made.append(name)
+        return url
+
+    try:
+        yield make
+    finally:
+        for name in made:
+            await _drop_database(infrastructure.database_url, name)
 
 
 @pytest.fixture

@@ -93,7 +93,7 @@ async def _new_key(database_url: str, owner: str) -> str:
 
 @pytest.fixture(scope="session")
 async def api_key(stack: Stack, database_url: str) -> str:
-    """A key of owner `alice` (the gateway has applied the key schema by the time it is ready)."""
+    """A key of owner `alice` (the key tables exist: `database_url` and the stack migrate it)."""
     return await _new_key(database_url, "alice")
 
 

@@ -1,7 +1,8 @@
 """The `moot up` supervisor, run against tiny stand-in children (not the real services).
 
 Infrastructure URLs are given explicitly, so the stack starts no servers and the fake children
-never connect to anything: these tests are about process supervision only.
+never connect to anything: these tests are about process supervision (and, in the last one, the
+migrations the stack applies before starting the services).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -21,6 +23,7 @@ import yaml
 
 from moot.devstack import stack as stack_module
 from moot.devstack.stack import ManagedProcess, ServiceSpec, Stack, StackError, free_ports
+from moot.records.migrate import load_migrations
 
 NATS = "nats://127.0.0.1:1"
 DATABASE = "postgresql://postgres@/postgres?host=/nowhere"
@@ -88,6 +91,7 @@ def _stack(tmp_path: Path, services: list[ServiceSpec], messages: list[str], **k
         "namespace": "t_stack",
         "nats_url": NATS,
         "database_url": DATABASE,
+        "migrate": False,  # DATABASE is nowhere: these stand-ins need no schema
         "ready_timeout": 10.0,
         "stop_grace": 2.0,
         "restart_backoff": 0.05,
@@ -298,3 +302,26 @@ async def test_run_forever_gives_up_on_a_failing_child(tmp_path: Path, fake_serv
     assert await asyncio.wait_for(stack.run_forever(), 15) == 1
     assert stack.failure is not None and "arbiter" in stack.failure
     assert not any(c.running() for c in stack.services)
+
+
+async def test_migrates_the_database_once_before_the_services_start(
+    tmp_path: Path, fake_service: list[str], empty_database: Callable[[], Awaitable[str]]
+) -> None:
+    url = await empty_database()
+    first: list[str] = []
+    async with _stack(
+        tmp_path / "1", [_spec("gateway", fake_service)], first, database_url=url, migrate=True
+    ):
+        pass
+    applied = [m for m in first if m.startswith("applied migration")]
+    assert applied == [f"applied migration {m.label}" for m in load_migrations()]
+    ready = next(i for i, m in enumerate(first) if m.startswith("ready: gateway"))
+    assert first.index(applied[-1]) < ready
+
+    again: list[str] = []
+    async with _stack(
+        tmp_path / "2", [_spec("gateway", fake_service)], again, database_url=url, migrate=True
+    ):
+        pass
+    assert not any(m.startswith("applied migration") for m in again)
+    assert any(m.startswith("ready: gateway") for m in again)

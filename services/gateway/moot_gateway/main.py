@@ -12,7 +12,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from moot.observability import telemetry
-from moot.records.accounts import apply_schema
+from moot.records.migrate import require_current
 from moot.runtime.nats import ensure_topology, make_broker, publish_all
 from moot.runtime.runstore import RunStore
 from moot.runtime.service import setup_logging
@@ -42,8 +42,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Postgres holds the API keys: without it no request can be authenticated, so the gateway
     # does not start (its supervisor, or Kubernetes, restarts it until Postgres answers).
     pool = await asyncpg.create_pool(settings.database_url, min_size=gw.db_pool_min, max_size=gw.db_pool_max)
-    async with pool.acquire() as conn:
-        await apply_schema(conn)
+    # `moot migrate` owns the schema (replicas applying it at once would race on DDL): wait for it.
+    try:
+        await require_current(pool, wait_seconds=settings.schema_wait_seconds)
+    except BaseException:
+        await pool.close()
+        await broker.stop()
+        raise
     app.state.clients = Clients(settings, names, broker, RunStore(kv=kv, names=names, publish=publish), pool)
     try:
         yield

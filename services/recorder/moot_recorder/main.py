@@ -1,11 +1,10 @@
-"""recorder wiring: settings, broker, Postgres pool and schema, the batch subscriber, health endpoints."""
+"""recorder wiring: settings, broker, Postgres pool (schema checked, never applied), the batch subscriber, health endpoints."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from importlib import resources
 
 import asyncpg
 from fastapi import FastAPI
@@ -13,6 +12,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import Error as JetStreamError
 
 from moot.observability import telemetry
+from moot.records.migrate import require_current
 from moot.runtime.nats import ensure_topology, make_broker
 from moot.runtime.service import serve, service_app, setup_logging
 from moot.runtime.settings import MootSettings, get_settings
@@ -22,16 +22,6 @@ from moot_recorder.settings import RecorderSettings
 from moot_recorder.writer import Writer
 
 log = logging.getLogger(__name__)
-
-
-def schema_sql() -> str:
-    return (resources.files("moot.records") / "migrations" / "0001_initial.sql").read_text(encoding="utf-8")
-
-
-async def apply_schema(pool: asyncpg.Pool) -> None:
-    """Create the tables if missing; schema.sql takes an advisory lock against concurrent starts."""
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(schema_sql())
 
 
 async def connect_database(settings: MootSettings, rs: RecorderSettings) -> asyncpg.Pool:
@@ -79,28 +69,34 @@ def create_app(
     # Registered before start (faststream wants it so); it consumes only once on_start has run.
     register(broker, names, rs, recorder)
     pool: asyncpg.Pool | None = None
-    schema_applied = False
+    schema_current = False
 
     async def on_start() -> None:
-        nonlocal pool, schema_applied
+        nonlocal pool, schema_current
         js = broker.connection.jetstream()
         await ensure_topology(js, names, settings)
         await ensure_consumer(js, names, rs)
         pool = await connect_database(settings, rs)
-        await apply_schema(pool)
-        schema_applied = True
+        # `moot migrate` owns the schema: replicas applying it at once would race on DDL.
+        try:
+            await require_current(pool, wait_seconds=settings.schema_wait_seconds)
+        except BaseException:
+            await pool.close()
+            pool = None
+            raise
+        schema_current = True
         recorder.writer = Writer(pool)
 
     async def on_stop() -> None:
-        nonlocal pool, schema_applied
+        nonlocal pool, schema_current
         recorder.writer = None
-        schema_applied = False
+        schema_current = False
         if pool is not None:
             await pool.close()
             pool = None
 
     def ready() -> bool:
-        return pool is not None and schema_applied
+        return pool is not None and schema_current
 
     app = service_app(
         "recorder",

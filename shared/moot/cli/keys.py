@@ -2,78 +2,22 @@
 
 The database is `DATABASE_URL`, else the embedded Postgres under `--data-dir` (the one `moot up`
 uses): attached to when it runs, started for the command (and stopped after it) when it does not.
+Pending migrations are applied first, so the commands work on a fresh database.
 A new key is printed once, on stdout alone, and never logged; Postgres keeps only its hash.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
-import warnings
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 from moot.cli.common import EXIT_USAGE, CliError, err, out, table
-from moot.records.accounts import apply_schema, create_key, list_keys, revoke_key
+from moot.cli.database import data_dir_option, migrated_connection
+from moot.records.accounts import create_key, list_keys, revoke_key
 
 # The gateway caches key lookups this long (moot_gateway.auth.CACHE_SECONDS).
 GATEWAY_CACHE_SECONDS = 30
-
-
-def _postgres_running(pgdata: Path) -> bool:
-    """True when a server (of another process, e.g. `moot up`) already serves `pgdata`."""
-    if not (pgdata / "postmaster.pid").exists():
-        return False
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs, at pgserver's import
-        from pgserver.utils import PostmasterInfo
-
-    info = PostmasterInfo.read_from_pgdata(pgdata)
-    return info is not None and info.is_running()
-
-
-def embedded_postgres(data_dir: Path) -> Any:
-    """The embedded server of `data_dir`; its `stop()` stops it only if this command started it."""
-    from moot.devstack.embedded import start_postgres
-
-    running = _postgres_running(Path(data_dir).expanduser().resolve() / "postgres")
-    # cleanup_mode None: stop() just lets go of the server; "stop": stops it unless others hold it.
-    return start_postgres(Path(data_dir), cleanup_mode=None if running else "stop")
-
-
-@asynccontextmanager
-async def admin_connection(data_dir: str) -> AsyncIterator[asyncpg.Connection]:
-    """A connection to the key tables (created if missing)."""
-    url = os.environ.get("DATABASE_URL")
-    server = None
-    if not url:
-        try:
-            server = await asyncio.to_thread(embedded_postgres, Path(data_dir))
-        except Exception as exc:
-            raise CliError(
-                f"DATABASE_URL is not set and the embedded Postgres in {data_dir} failed: {exc}"
-            ) from exc
-        url = server.url
-    try:
-        try:
-            conn = await asyncpg.connect(url, timeout=10)
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            where = "DATABASE_URL" if server is None else f"the embedded Postgres in {data_dir}"
-            raise CliError(f"cannot connect to {where}: {exc}") from exc
-        try:
-            await apply_schema(conn)
-            yield conn
-        finally:
-            await conn.close()
-    finally:
-        if server is not None:
-            await server.stop()
 
 
 def _when(at: datetime | None) -> str:
@@ -81,7 +25,7 @@ def _when(at: datetime | None) -> str:
 
 
 async def create(args: argparse.Namespace) -> int:
-    async with admin_connection(args.data_dir) as conn:
+    async with migrated_connection(args.data_dir) as conn:
         try:
             key_id, key = await create_key(conn, args.name, args.owner)
         except ValueError as exc:
@@ -95,7 +39,7 @@ async def create(args: argparse.Namespace) -> int:
 
 
 async def list_all(args: argparse.Namespace) -> int:
-    async with admin_connection(args.data_dir) as conn:
+    async with migrated_connection(args.data_dir) as conn:
         keys = await list_keys(conn)
     if not keys:
         err("no keys yet (create one with `moot keys create --name NAME`)")
@@ -106,7 +50,7 @@ async def list_all(args: argparse.Namespace) -> int:
 
 
 async def revoke(args: argparse.Namespace) -> int:
-    async with admin_connection(args.data_dir) as conn:
+    async with migrated_connection(args.data_dir) as conn:
         revoked = await revoke_key(conn, args.key_id)
     if not revoked:
         raise CliError(f"no active key {args.key_id!r} (see `moot keys list`)")
@@ -119,12 +63,7 @@ COMMANDS = {"create": create, "list": list_all, "revoke": revoke}
 
 def add_commands(sub: Any) -> None:
     """`moot keys ...` under the CLI's subcommands."""
-    where = argparse.ArgumentParser(add_help=False)
-    where.add_argument(
-        "--data-dir",
-        default=".moot",
-        help="without DATABASE_URL: the embedded Postgres of this data dir (default .moot)",
-    )
+    where = data_dir_option()
     keys = sub.add_parser("keys", help="create, list and revoke API keys (in Postgres directly)")
     actions = keys.add_subparsers(dest="keys_command", required=True, metavar="{create,list,revoke}")
     new = actions.add_parser(

@@ -2,7 +2,8 @@
 
 `moot up` starts the whole stack; `moot demo` starts it and runs a consortium. The other commands
 talk to a running gateway (`MOOT_URL`, `MOOT_API_KEY`): `run`, `debate`, `save`, `list`,
-`remove`, `runs`, `show`; `keys` manages API keys in Postgres directly.
+`remove`, `runs`, `show`; `keys` manages API keys and `migrate` applies the schema's migrations,
+in Postgres directly.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 
 from moot.cli import configs as cli_configs
+from moot.cli import database as cli_database
 from moot.cli import keys as cli_keys
 from moot.cli import runs as cli_runs
 from moot.cli.client import GatewayError, MootClient
@@ -189,6 +191,8 @@ def _run_admin_or_gateway_command(args: argparse.Namespace) -> int:
     try:
         if args.command == "keys":
             return asyncio.run(cli_keys.COMMANDS[args.keys_command](args))
+        if args.command == "migrate":
+            return asyncio.run(cli_database.migrate_command(args))
         action = args.prepare(args.subparser, args)  # usage errors exit here, before connecting
         return asyncio.run(_with_gateway(action))
     except CliError as exc:
@@ -232,6 +236,7 @@ def main(argv: list[str] | None = None) -> None:
 
     _add_gateway_commands(sub)
     cli_keys.add_commands(sub)
+    cli_database.add_command(sub)
 
     args = parser.parse_args(argv)
     if args.command not in STACK_COMMANDS:

@@ -3,7 +3,8 @@
 `Stack.start()`:
 
 1. resolves NATS and Postgres (`moot.devstack.embedded.resolve_infrastructure`: given URLs, else
-   testcontainers, else embedded servers with their data under the data dir);
+   testcontainers, else embedded servers with their data under the data dir), and applies the
+   pending schema migrations (`moot.records.migrate`), once, before any service starts;
 2. starts the extra processes (the test model server, the local model server) and waits until
    they are ready; with `local_model`, it first installs the local model if it is missing (a
    build of minutes the first time, with its progress shown; see `moot.devstack.localmodel`) and writes
@@ -12,8 +13,9 @@
    `NATS_URL`, `DATABASE_URL`, `MOOT_NAMESPACE`, `MOOT_MODELS_FILE`, `MOOT_HTTP_PORT`, logging to
    `<data dir>/logs/<name>.log`, and waits until each answers `GET /readyz` with 200.
 
-It applies no schema: each service owns its own. While running, a child that exits is restarted
-with exponential backoff; one that keeps failing makes the stack give up (`run_forever` returns 1).
+The services never apply the schema; they wait until it is current. While running, a child that
+exits is restarted with exponential backoff; one that keeps failing makes the stack give up
+(`run_forever` returns 1).
 A child with a health URL (the local model server) is also polled while it runs, and killed (so
 restarted) after `health_failures` failed checks in a row.
 `stop()` stops the services, then the extras (SIGTERM, a grace period, SIGKILL), then the servers
@@ -39,12 +41,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import asyncpg
 import httpx
 import yaml
 
 from moot.devstack import localmodel
 from moot.devstack.embedded import Infrastructure, resolve_infrastructure
 from moot.devstack.localmodel import LocalModelConfig, LocalModelError
+from moot.records.migrate import MigrationError, migrate
 from moot.runtime.subjects import Names
 
 __all__ = [
@@ -229,7 +233,8 @@ class Stack:
     """NATS + Postgres + the moot services (and optional extra processes), supervised.
 
     Use `await start()` / `await stop()`, `async with Stack(...)`, or `await run_forever()` (which
-    also handles SIGINT/SIGTERM). `services` replaces the default service list (tests use it).
+    also handles SIGINT/SIGTERM). `services` replaces the default service list (tests use it);
+    `migrate=False` leaves the database's schema alone (for stand-in services that need none).
     """
 
     def __init__(
@@ -247,6 +252,7 @@ class Stack:
         local_model: bool = False,
         local_model_config: LocalModelConfig | None = None,
         use_docker: bool | None = None,
+        migrate: bool = True,
         services: Sequence[ServiceSpec] | None = None,
         extra_env: Mapping[str, str] | None = None,
         ready_timeout: float = 60.0,
@@ -272,6 +278,7 @@ class Stack:
         self.local_model = local_model
         self.local_model_config = local_model_config or LocalModelConfig()
         self.use_docker = use_docker
+        self.migrate = migrate
         self.extra_env = dict(extra_env or {})
         self.ready_timeout = ready_timeout
         self.stop_grace = stop_grace
@@ -524,6 +531,21 @@ class Stack:
         ):
             self.extra_env["MOOT_WORKER_CONCURRENCY"] = str(config.worker_concurrency)
 
+    async def _migrate(self, database_url: str) -> None:
+        """Apply the pending migrations (a no-op when the schema is current)."""
+        try:
+            conn = await asyncpg.connect(database_url, timeout=10)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            raise StackError(f"cannot connect to Postgres to migrate it: {exc}") from exc
+        try:
+            applied = await migrate(conn)
+        except MigrationError as exc:
+            raise StackError(f"cannot migrate the database: {exc}") from exc
+        finally:
+            await conn.close()
+        for migration in applied:
+            self._say(f"applied migration {migration.label}")
+
     def _register_extra(
         self,
         name: str,
@@ -556,6 +578,8 @@ class Stack:
         kinds = self.infrastructure.kind
         self._say(f"nats: {kinds['nats']} {self.infrastructure.nats_url}")
         self._say(f"postgres: {kinds['postgres']} {self.infrastructure.database_url}")
+        if self.migrate:
+            await self._migrate(self.infrastructure.database_url)
 
         if self.test_model_server:
             self._setup_test_model_server()

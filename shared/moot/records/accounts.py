@@ -1,5 +1,7 @@
 """API keys and their owners, in Postgres. Used by the gateway (authentication) and `moot keys`.
 
+The tables (`api_keys`, `saved_configs`) are created by migration 0002 (`moot.records.migrate`).
+
 A key is shown once, when it is created; only its SHA-256 is stored. Keys are 256-bit random
 strings, so a plain hash is enough (there is nothing to brute-force, unlike passwords).
 """
@@ -19,31 +21,6 @@ import asyncpg
 
 KEY_PREFIX = "moot_"
 OWNER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
-
-SCHEMA = """
-SELECT pg_advisory_xact_lock(hashtext('moot_gateway.schema'));
-
--- One row per API key; the key itself is never stored, only its SHA-256.
-CREATE TABLE IF NOT EXISTS api_keys (
-    id          text PRIMARY KEY,            -- short public id, shown in listings
-    owner       text NOT NULL,               -- runs and saved configurations belong to the owner
-    name        text NOT NULL,
-    key_hash    text NOT NULL UNIQUE,
-    created_at  timestamptz NOT NULL DEFAULT now(),
-    revoked_at  timestamptz
-);
-
--- Saved run configurations, versioned: an update adds a version, old ones stay readable.
-CREATE TABLE IF NOT EXISTS saved_configs (
-    owner       text NOT NULL,
-    name        text NOT NULL,
-    version     integer NOT NULL,
-    config      jsonb NOT NULL,              -- a run request without its prompt
-    created_at  timestamptz NOT NULL DEFAULT now(),
-    deleted_at  timestamptz,                 -- set on every version when the name is removed
-    PRIMARY KEY (owner, name, version)
-);
-"""
 
 
 @dataclass(frozen=True)
@@ -65,11 +42,6 @@ class KeyInfo:
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
-
-
-async def apply_schema(conn: asyncpg.Connection) -> None:
-    async with conn.transaction():
-        await conn.execute(SCHEMA)
 
 
 async def create_key(conn: asyncpg.Connection, name: str, owner: str | None = None) -> tuple[str, str]:
@@ -130,7 +102,6 @@ async def ensure_local_key(conn: asyncpg.Connection, key_file: str) -> str:
     The file is readable by its owner only; it is the single place the plaintext is kept.
     """
     path = Path(key_file)
-    await apply_schema(conn)
     key = await asyncio.to_thread(_read_key, path)
     if key:
         found = await conn.fetchval(

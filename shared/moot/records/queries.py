@@ -1,7 +1,7 @@
 """The run records in Postgres: table names, and reading a run back when NATS KV no longer has it.
 
-The recorder service (`moot_recorder`) writes these tables from the run events; its
-`schema.sql` defines them. Other services only read them, through this module.
+The recorder service (`moot_recorder`) writes these tables from the run events; migration
+`migrations/0001_initial.sql` defines them. Other services only read them, through this module.
 """
 
 from __future__ import annotations

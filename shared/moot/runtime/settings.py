@@ -30,6 +30,9 @@ class MootSettings(BaseSettings):
     call_timeout_seconds: float = 240.0
     models_file: str | None = None
     log_level: str = "INFO"
+    # How long a service waits at start for `moot migrate` (the migration Job may still be
+    # running) before it exits and its supervisor restarts it.
+    schema_wait_seconds: float = 60.0
 
 
 @lru_cache

@@ -1,15 +1,13 @@
--- moot recorder schema: the durable record of every run, written from the run events.
+-- moot's run records: the durable record of every run, written by the recorder from the run
+-- events. Table names are also in moot/records/queries.py (keep in step).
 --
--- Applied by every recorder at start, in one transaction; everything is IF NOT EXISTS, so
--- applying it again changes nothing. Table names are also in moot/records.py (keep in step).
+-- Databases made before numbered migrations already hold these tables (earlier versions of the
+-- recorder applied this file at every start): every statement is IF NOT EXISTS, so this file
+-- adopts such a database as it is and adds only what it lacks.
 --
 -- No foreign keys on purpose: events of one run are written by whichever recorder replica
 -- pulls them, in any order (a call row may land before its run row), and each row is
 -- complete on its own.
-
--- Concurrent CREATE TABLE IF NOT EXISTS can still fail (a unique violation on pg_type) when
--- several replicas start at once; the lock makes them apply the schema one after another.
-SELECT pg_advisory_xact_lock(hashtext('moot_recorder.schema'));
 
 -- One row per run, consortium or debate. Filled from the run's start, run.created (consortium)
 -- or debate_start (debate): mode, prompt, request, created_at; and from the run's end event,
@@ -34,9 +32,12 @@ CREATE TABLE IF NOT EXISTS runs (
     created_at    timestamptz,
     finished_at   timestamptz,
     trace_id      text,                  -- W3C trace id of the run, when a traceparent came along
-    updated_at    timestamptz NOT NULL DEFAULT now()
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    -- Last, where databases that got it by the ALTER below have it too: the API key owner the
+    -- run belongs to (from the run's first event).
+    owner         text
 );
--- Added after the first release: the API key owner the run belongs to (from the run's first event).
+-- Databases made before API keys have runs without owner.
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS owner text;
 CREATE INDEX IF NOT EXISTS runs_owner_created_idx ON runs (owner, created_at DESC);
 CREATE INDEX IF NOT EXISTS runs_created_at_idx ON runs (created_at DESC);
