@@ -14,10 +14,52 @@ from typing import Annotated, Literal, TypedDict
 
 from pydantic import BaseModel, Discriminator, Field, PlainSerializer, TypeAdapter
 
-from moot.messages import ArbiterVerdict, ConsortiumRequest, DebateRequest, DebaterRef, RunMeta, Usage
+from moot.requests import ConsortiumRequest, DebateRequest, RunMeta
 
 RunStatus = Literal["running", "completed", "failed", "cancelled"]
 CallStatus = Literal["pending", "completed", "failed"]
+
+# ---------------------------------------------------------------------------------------------
+# Parts a view shares with the run's events
+
+
+class Usage(BaseModel):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float | None = None
+
+    def plus(self, other: Usage) -> Usage:
+        cost = None
+        if self.cost_usd is not None or other.cost_usd is not None:
+            cost = (self.cost_usd or 0.0) + (other.cost_usd or 0.0)
+        return Usage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            cost_usd=cost,
+        )
+
+
+class ArbiterVerdict(BaseModel):
+    """The arbiter's answer, parsed. `malformed` and `problems` say what could not be read."""
+
+    synthesis: str = ""
+    confidence: float | None = None
+    analysis: str = ""
+    dissent: str = ""
+    needs_iteration: bool | None = None
+    refinement_areas: list[str] = Field(default_factory=list)
+    malformed: bool = False
+    problems: list[str] = Field(default_factory=list)
+
+
+class DebaterRef(BaseModel):
+    """One debater: `number` is its place in the request's order (1-based), `label` its name in prompts."""
+
+    number: int
+    model: str
+    instance: int
+    label: str
+
 
 # `isoformat()` (`+00:00`), not pydantic's `Z`: clients and stored views have always had it.
 Timestamp = Annotated[datetime, PlainSerializer(datetime.isoformat, return_type=str, when_used="json")]

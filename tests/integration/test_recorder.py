@@ -24,26 +24,24 @@ from moot.messages import (
     CallCompleted,
     CallFailed,
     CallJob,
-    ConsortiumRequest,
-    DebateRequest,
     DebateStart,
     FinalChunk,
     IterationCompleted,
-    MemberSpec,
     RunCompleted,
     RunCreated,
     RunFailed,
-    Usage,
 )
 from moot.protocols import consortium, debate
 from moot.records.queries import TABLES, fetch_run_view
+from moot.requests import ConsortiumRequest, DebateRequest, MemberSpec
 from moot.runtime.nats import MSG_ID, ensure_topology
 from moot.runtime.settings import MootSettings
 from moot.runtime.subjects import Names
+from moot.views import Usage
 from moot_recorder.handlers import BatchRecorder
 from moot_recorder.main import create_app
 from moot_recorder.settings import RecorderSettings
-from moot_recorder.writer import Envelope, Writer, envelope_from, to_rows, trace_id_from
+from moot_recorder.writer import Envelope, Writer, envelope_from, to_rows
 
 T0 = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -530,9 +528,12 @@ def test_row_mapping() -> None:
     failed = RunFailed(run_id=run_id, reason="x", run=end.run.model_copy(update={"status": "cancelled"}))
     assert to_rows([envelope_from(failed.model_dump_json().encode(), 100)]).runs[0][2] == "cancelled"
 
-    assert trace_id_from({"traceparent": TRACEPARENT}) == "4bf92f3577b34da6a3ce929d0e0e4736"
-    assert trace_id_from({"traceparent": "00-" + "0" * 32 + "-00f067aa0ba902b7-01"}) is None
-    assert trace_id_from({"traceparent": "garbage"}) is None and trace_id_from({}) is None
+    def trace_of(headers: dict[str, str]) -> str | None:
+        return envelope_from(failed.model_dump_json().encode(), 101, headers).trace_id
+
+    assert trace_of({"traceparent": TRACEPARENT}) == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert trace_of({"traceparent": "00-" + "0" * 32 + "-00f067aa0ba902b7-01"}) is None
+    assert trace_of({"traceparent": "garbage"}) is None and trace_of({}) is None
     with pytest.raises(ValueError):
         envelope_from(b'{"type": "run.created"}', 1)
 

@@ -11,12 +11,14 @@ from typing import Any
 import pytest
 from nats.js.errors import NotFoundError
 
-from moot.messages import CallCompleted, CallJob, ConsortiumRequest, MemberSpec, Usage, parse_event
+from moot.messages import CallCompleted, CallJob, parse_event
 from moot.protocols import consortium
+from moot.requests import ConsortiumRequest, MemberSpec
 from moot.runtime.nats import ensure_topology, make_broker, publish_all
 from moot.runtime.runstore import OutboxPending, RunExists, RunStore
 from moot.runtime.settings import MootSettings
 from moot.runtime.subjects import Names
+from moot.views import Usage
 
 T0 = datetime(2026, 11, 22, tzinfo=UTC)
 

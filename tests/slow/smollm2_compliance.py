@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from moot.devstack import localmodel
-from moot.messages import CallCompleted, CallJob, ConsortiumRequest, DebateRequest
+from moot.messages import CallCompleted, CallJob
 from moot.protocols import consortium, debate
 from moot.protocols.consortium import prompts
 from moot.protocols.consortium.parsing import parse_arbiter
 from moot.protocols.debate import prompts as debate_prompts
+from moot.requests import ConsortiumRequest, DebateRequest
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 QUESTIONS = [

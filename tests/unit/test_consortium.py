@@ -7,21 +7,19 @@ from datetime import UTC, datetime
 import pytest
 
 from moot.messages import (
-    ArbiterVerdict,
     CallCompleted,
     CallFailed,
     CallJob,
-    ConsortiumRequest,
     IterationCompleted,
     IterationStarted,
-    MemberSpec,
     RunCompleted,
     RunCreated,
     RunFailed,
-    Usage,
 )
 from moot.protocols import consortium
 from moot.protocols.consortium import ConsortiumState, should_stop
+from moot.requests import ConsortiumRequest, MemberSpec
+from moot.views import ArbiterVerdict, Usage
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 

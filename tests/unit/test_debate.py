@@ -14,11 +14,9 @@ from moot.messages import (
     CallCompleted,
     CallFailed,
     CallJob,
-    ConsortiumRequest,
     ConvergenceStatus,
     DebateComplete,
     DebateError,
-    DebateRequest,
     DebateStart,
     FinalChunk,
     FinalComplete,
@@ -30,15 +28,13 @@ from moot.messages import (
     RoundStart,
     RunCompleted,
     RunFailed,
-    RunRequest,
-    Usage,
     parse_event,
-    run_request_adapter,
 )
 from moot.protocols import debate, protocol_for
 from moot.protocols.base import Command
 from moot.protocols.debate import DebateState, parse_conviction, parse_judge_answer
-from moot.views import DebateView
+from moot.requests import ConsortiumRequest, DebateRequest, RunRequest, run_request_adapter
+from moot.views import DebateView, Usage
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 QUESTION = "Is a hot dog a sandwich?"

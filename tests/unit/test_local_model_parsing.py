@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from moot.messages import CallCompleted, CallJob, DebateRequest, JudgeDecision
+from moot.messages import CallCompleted, CallJob, JudgeDecision
 from moot.protocols import debate
 from moot.protocols.consortium.parsing import parse_arbiter
 from moot.protocols.debate import parse_conviction, parse_judge_answer
+from moot.requests import DebateRequest
 
 FIXTURES = Path(__file__).parent / "fixtures" / "smollm2"
 

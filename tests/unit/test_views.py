@@ -8,18 +8,10 @@ from typing import Any
 
 import pytest
 
-from moot.messages import (
-    CallCompleted,
-    CallJob,
-    CancelRequested,
-    ConsortiumRequest,
-    DebateRequest,
-    RunCompleted,
-    RunMeta,
-    parse_event,
-)
+from moot.messages import CallCompleted, CallJob, CancelRequested, RunCompleted, parse_event
 from moot.protocols import consortium, debate
 from moot.protocols.base import Command
+from moot.requests import ConsortiumRequest, DebateRequest, RunMeta
 from moot.views import ConsortiumView, DebateView, RunSummary, run_view_adapter
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)

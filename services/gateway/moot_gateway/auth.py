@@ -32,8 +32,6 @@ async def current_principal(
     if cached is not None and cached[1] > now:
         principal = cached[0]
     else:
-        if clients.pool is None:
-            raise unauthorized("Keys cannot be checked right now (database unavailable).")
         principal = await authenticate(clients.pool, key.strip())
         if len(_cache) > 10_000:
             _cache.clear()

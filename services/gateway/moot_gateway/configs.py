@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from moot.messages import run_request_adapter
+from moot.requests import run_request_adapter
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 NAME_RULE = "1-63 characters: lowercase letters, digits, '.', '_' and '-', starting with a letter or digit"

@@ -20,7 +20,7 @@ class Clients:
     names: Names
     broker: NatsBroker
     store: RunStore
-    pool: asyncpg.Pool | None
+    pool: asyncpg.Pool  # the gateway does not start without Postgres: it could authenticate nobody
 
 
 def get_clients(request: Request) -> Clients:

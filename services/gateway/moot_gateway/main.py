@@ -54,8 +54,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         await broker.stop()
-        if pool is not None:
-            await pool.close()
+        await pool.close()
         telemetry.flush()
 
 

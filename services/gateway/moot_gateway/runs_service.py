@@ -11,10 +11,11 @@ from fastapi import status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from moot.messages import CancelRequested, ChatMessage, RunMeta, run_request_adapter, utcnow
+from moot.messages import CancelRequested, utcnow
 from moot.protocols import protocol_for
 from moot.records.accounts import Principal
 from moot.records.queries import fetch_run_view
+from moot.requests import ChatMessage, RunMeta, run_request_adapter
 from moot.runtime.runstore import OutboxPending
 from moot.views import ConsortiumView, DebateView
 from moot_gateway import configs
@@ -78,10 +79,6 @@ async def resolve(clients: Clients, principal: Principal, body: dict[str, Any]) 
     version = body.pop(VERSION_FIELD, None)
     continue_from = body.pop(CONTINUE_FIELD, None)
     if name is not None:
-        if clients.pool is None:
-            raise ApiError(
-                status.HTTP_503_SERVICE_UNAVAILABLE, "saved configurations are unavailable right now"
-            )
         if not isinstance(name, str) or (version is not None and not isinstance(version, int)):
             raise _invalid(CONFIG_FIELD, "config must be a name and config_version an integer")
         saved = await configs.get(clients.pool, principal.owner, name, version)

@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, PlainValidator
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
-from moot.messages import ChatMessage, ConsortiumRequest, DebateRequest, RunEvent
+from moot.messages import RunEvent
+from moot.requests import ChatMessage, ConsortiumRequest, DebateRequest
 from moot.views import ConsortiumView, DebateView, RunSummary
 
 

@@ -19,9 +19,10 @@ import litellm
 import openai.resources  # noqa: F401  # imported lazily by the first call otherwise: seconds of delay on it
 from opentelemetry.trace import Span, SpanKind, StatusCode
 
-from moot.messages import CallCompleted, CallFailed, CallJob, Usage
+from moot.messages import CallCompleted, CallFailed, CallJob
 from moot.observability import metrics, telemetry
 from moot.runtime.models import ModelList
+from moot.views import Usage
 
 litellm.suppress_debug_info = True
 litellm.telemetry = False

@@ -50,6 +50,7 @@ from moot.messages import (
     RunFailed,
     run_event_adapter,
 )
+from moot.observability import telemetry
 from moot.records.queries import (
     CALLS_TABLE,
     DEBATE_ROUNDS_TABLE,
@@ -93,20 +94,8 @@ def envelope_from(data: bytes, stream_seq: int, headers: Mapping[str, str] | Non
     event: Event = run_event_adapter.validate_python(raw)
     payload = json.dumps(raw, ensure_ascii=False, separators=(",", ":"))
     headers = headers or {}
-    trace_id = trace_id_from(headers)
+    trace_id = telemetry.trace_id_of(headers.get("traceparent"))
     return Envelope(event, payload, stream_seq, trace_id, headers.get("traceparent") if trace_id else None)
-
-
-def trace_id_from(headers: Mapping[str, str]) -> str | None:
-    """The trace id of a W3C `traceparent` header (`00-<trace id>-<span id>-<flags>`), if valid."""
-    parts = headers.get("traceparent", "").split("-")
-    if len(parts) == 4 and len(parts[1]) == 32 and parts[1] != "0" * 32:
-        try:
-            int(parts[1], 16)
-        except ValueError:
-            return None
-        return parts[1].lower()
-    return None
 
 
 def _clean(value: Any) -> Any:

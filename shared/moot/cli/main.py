@@ -32,6 +32,7 @@ from moot.cli.requests import (
     submission,
 )
 from moot.devstack.demo import DEMO_PROMPT, run_demo
+from moot.devstack.options import add_up_arguments
 from moot.records.accounts import local_key
 
 STACK_COMMANDS = ("up", "demo")
@@ -39,51 +40,14 @@ STACK_COMMANDS = ("up", "demo")
 Action = Callable[[MootClient], Awaitable[int]]
 
 
-def _stack_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", default=".moot", help="where embedded NATS/Postgres keep data and logs")
-    p.add_argument("--port", type=int, default=8000, help="gateway port")
-    p.add_argument("--workers", type=int, default=2, help="member-worker processes")
-    p.add_argument("--namespace", default=os.environ.get("MOOT_NAMESPACE", "moot"))
-    p.add_argument(
-        "--models-file",
-        default=os.environ.get("MOOT_MODELS_FILE"),
-        help="LiteLLM-style model list (default: $MOOT_MODELS_FILE)",
-    )
-    p.add_argument(
-        "--test-models",
-        action="store_true",
-        help="also start the test model server and use its models (fast, slow, arbiter)",
-    )
-    p.add_argument(
-        "--local",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="also run the embedded local model, named local (default: when no model list and no "
-        "--test-models); installed on first use",
-    )
+def _make_stack(args: argparse.Namespace) -> Any:
+    from moot.devstack.stack import stack_from_args  # imported late: `moot --help` should not pay for it
 
-
-def _make_stack(args: argparse.Namespace, *, test_models: bool) -> Any:
-    from moot.devstack.stack import (  # imported late: `moot --help` should not pay for it
-        Stack,
-        wants_local_model,
-    )
-
-    return Stack(
-        args.data_dir,
-        port=args.port,
-        workers=args.workers,
-        namespace=args.namespace,
-        models_file=args.models_file,
-        nats_url=os.environ.get("NATS_URL"),
-        database_url=os.environ.get("DATABASE_URL"),
-        test_model_server=test_models,
-        local_model=wants_local_model(args.local, args.models_file, test_models),
-    )
+    return stack_from_args(args)
 
 
 async def _up(args: argparse.Namespace) -> int:
-    stack = _make_stack(args, test_models=args.test_models)
+    stack = _make_stack(args)
 
     async def print_local_key() -> None:
         assert stack.infrastructure is not None
@@ -212,13 +176,13 @@ def main(argv: list[str] | None = None) -> None:
     up = sub.add_parser(
         "up", help="start NATS, Postgres (embedded unless NATS_URL/DATABASE_URL) and all services"
     )
-    _stack_args(up)
+    add_up_arguments(up)
 
     demo = sub.add_parser(
         "demo",
         help="start the stack, run a consortium (and on the local model a short debate), print the answers, stop",
     )
-    _stack_args(demo)
+    add_up_arguments(demo)
     demo.add_argument("prompt", nargs="?", default=DEMO_PROMPT)
     demo.add_argument("-m", "--member", action="append", help="MODEL[:COUNT], repeatable")
     demo.add_argument("--arbiter")

@@ -24,6 +24,7 @@ from moot.cli.common import short
 from moot.cli.render import Progress
 from moot.cli.runs import view_of
 from moot.devstack.localmodel import MODEL_NAME as LOCAL
+from moot.devstack.options import wants_local_model
 from moot.records.accounts import local_key
 
 DEMO_PROMPT = "What are the three most important things to check before deploying a web service?"
@@ -123,8 +124,7 @@ def _stdout(text: str) -> None:
 
 
 async def run_demo(args: argparse.Namespace, make_stack: Callable[..., Any]) -> int:
-    from moot.devstack.stack import wants_local_model
-
+    """Start the stack from the `moot up` options, run the demo's runs, print their answers."""
     args.local = wants_local_model(getattr(args, "local", None), args.models_file, args.test_models)
     if not (args.local or args.test_models or args.models_file):
         _err("moot demo: no models: give --models-file, --test-models or --local")
@@ -133,7 +133,7 @@ async def run_demo(args: argparse.Namespace, make_stack: Callable[..., Any]) -> 
     if problem:
         _err(f"moot demo: {problem}")
         return 2
-    stack = make_stack(args, test_models=args.test_models)
+    stack = make_stack(args)
     ok = True
     async with stack:
         _err(f"moot is up: {stack.gateway_url}")

@@ -48,6 +48,7 @@ import yaml
 from moot.devstack import localmodel
 from moot.devstack.embedded import Infrastructure, resolve_infrastructure
 from moot.devstack.localmodel import LocalModelConfig, LocalModelError
+from moot.devstack.options import DEFAULT_DATA_DIR, add_up_arguments, wants_local_model
 from moot.records.migrate import MigrationError, migrate
 from moot.runtime.subjects import Names
 
@@ -77,7 +78,6 @@ SERVICE_MODULES: dict[str, str] = {
 }
 TEST_MODEL_SERVER_MODULE = "moot.devstack.model_server"
 TEST_MODEL_NAMES: tuple[str, ...] = ("fast", "slow", "arbiter")
-DEFAULT_DATA_DIR = Path(".moot")
 LOCAL_MODEL_PROCESS = "local-model"
 
 
@@ -156,14 +156,6 @@ def write_test_models_file(path: Path, base_url: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(test_models_config(base_url), sort_keys=False))
     return path
-
-
-def wants_local_model(local: bool | None, models_file: object, test_models: bool) -> bool:
-    """Whether `moot up` runs the local model: as asked (`--local` / `--no-local`), else when no
-    provider is configured (no model list and no test models)."""
-    if local is not None:
-        return local
-    return not models_file and not test_models
 
 
 def merged_models_config(models_file: Path | None, extra: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -795,36 +787,6 @@ class Stack:
 
 
 # --------------------------------------------------------------------------- CLI glue
-
-
-def add_up_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `moot up` options (for the CLI's subparser)."""
-    parser.add_argument(
-        "--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="state and logs (default: ./.moot)"
-    )
-    parser.add_argument("--port", type=int, default=8000, help="gateway port (default: 8000)")
-    parser.add_argument("--host", default="127.0.0.1", help="gateway bind address (default: 127.0.0.1)")
-    parser.add_argument("--workers", type=int, default=2, help="member-worker processes (default: 2)")
-    parser.add_argument("--namespace", default=os.environ.get("MOOT_NAMESPACE", "moot"))
-    parser.add_argument("--models-file", type=Path, default=os.environ.get("MOOT_MODELS_FILE") or None)
-    parser.add_argument(
-        "--test-models", action="store_true", help="run the test model server; models fast, slow, arbiter"
-    )
-    parser.add_argument(
-        "--local",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="run the embedded local model, named local (default: when no model list and no --test-models)",
-    )
-    parser.add_argument("--nats-url", default=os.environ.get("NATS_URL") or None, help="default: $NATS_URL")
-    parser.add_argument(
-        "--database-url", default=os.environ.get("DATABASE_URL") or None, help="default: $DATABASE_URL"
-    )
-    docker = parser.add_mutually_exclusive_group()
-    docker.add_argument("--docker", dest="use_docker", action="store_true", help="require Docker")
-    docker.add_argument("--no-docker", dest="use_docker", action="store_false", help="never use Docker")
-    parser.set_defaults(use_docker=None)  # None: use Docker if it answers
-    parser.add_argument("--ready-timeout", type=float, default=60.0)
 
 
 def stack_from_args(args: argparse.Namespace) -> Stack:

@@ -8,7 +8,8 @@ from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from pydantic import BaseModel
 
-from moot.messages import AnyRunEvent, CallJob, CancelRequested, ChatMessage, RunCancelled, RunMeta
+from moot.messages import AnyRunEvent, CallJob, CancelRequested, RunCancelled
+from moot.requests import ChatMessage, RunMeta
 from moot.views import ConsortiumView, DebateView
 
 S = TypeVar("S", bound=BaseModel)

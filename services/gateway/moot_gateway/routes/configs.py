@@ -10,20 +10,13 @@ from pydantic import ValidationError
 
 from moot_gateway import configs
 from moot_gateway.auth import PrincipalDep
-from moot_gateway.deps import Clients, ClientsDep
-from moot_gateway.errors import ApiError
+from moot_gateway.deps import ClientsDep
 from moot_gateway.runs_service import not_found
 from moot_gateway.schemas import SavedConfig, SavedConfigList, SavedConfigSubmission, SavedConfigVersions
 
 router = APIRouter(prefix="/v1/consortiums", tags=["saved configurations"])
 
 NameParam = Annotated[str, Path(pattern=configs.NAME_RE.pattern, description=configs.NAME_RULE)]
-
-
-def _pool(clients: Clients) -> Any:
-    if clients.pool is None:
-        raise ApiError(status.HTTP_503_SERVICE_UNAVAILABLE, "saved configurations are unavailable right now")
-    return clients.pool
 
 
 @router.put("/{name}", response_model=SavedConfig)
@@ -44,12 +37,12 @@ async def put_config(
         raise RequestValidationError(
             [{"type": "value_error", "loc": ("body", "prompt"), "msg": str(exc), "input": None}]
         ) from exc
-    return await configs.put(_pool(clients), principal.owner, name, normalized)
+    return await configs.put(clients.pool, principal.owner, name, normalized)
 
 
 @router.get("", response_model=SavedConfigList)
 async def list_configs(clients: ClientsDep, principal: PrincipalDep) -> dict[str, Any]:
-    return {"object": "list", "data": await configs.latest_all(_pool(clients), principal.owner)}
+    return {"object": "list", "data": await configs.latest_all(clients.pool, principal.owner)}
 
 
 @router.get("/{name}", response_model=SavedConfigVersions)
@@ -60,7 +53,7 @@ async def get_config(
     version: Annotated[int | None, Query(ge=1)] = None,
 ) -> dict[str, Any]:
     """The latest version, or `?version=N`; `versions` lists every version number kept."""
-    pool = _pool(clients)
+    pool = clients.pool
     found = await configs.get(pool, principal.owner, name, version)
     if found is None:
         raise not_found(f"saved configuration {name!r}" + (f" version {version}" if version else ""))
@@ -70,6 +63,6 @@ async def get_config(
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_config(name: NameParam, clients: ClientsDep, principal: PrincipalDep) -> Response:
-    if not await configs.delete(_pool(clients), principal.owner, name):
+    if not await configs.delete(clients.pool, principal.owner, name):
         raise not_found(f"saved configuration {name!r}")
     return Response(status_code=status.HTTP_204_NO_CONTENT)

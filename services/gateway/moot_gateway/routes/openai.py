@@ -17,8 +17,8 @@ from fastapi import APIRouter, Body, status
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
-from moot.messages import ChatMessage
 from moot.records.accounts import Principal
+from moot.requests import ChatMessage
 from moot.views import ConsortiumView, DebateView
 from moot_gateway import configs, runs_service
 from moot_gateway.auth import PrincipalDep
@@ -33,8 +33,6 @@ router = APIRouter(prefix="/v1", tags=["openai compatible"])
 @router.get("/models", response_model=ModelList)
 async def list_models(clients: ClientsDep, principal: PrincipalDep) -> dict[str, Any]:
     """The caller's saved configurations, as models."""
-    if clients.pool is None:
-        raise ApiError(status.HTTP_503_SERVICE_UNAVAILABLE, "saved configurations are unavailable right now")
     saved = await configs.latest_all(clients.pool, principal.owner)
     return {"object": "list", "data": [_model_object(s, principal) for s in saved]}
 
@@ -75,7 +73,7 @@ async def chat_completions(
         first = exc.errors()[0]
         param = ".".join(str(p) for p in first["loc"])
         raise ApiError(status.HTTP_400_BAD_REQUEST, f"{param}: {first['msg']}", param=param) from exc
-    if clients.pool is None or await configs.get(clients.pool, principal.owner, chat.model) is None:
+    if await configs.get(clients.pool, principal.owner, chat.model) is None:
         raise ApiError(
             status.HTTP_404_NOT_FOUND,
             f"The model '{chat.model}' does not exist (save a configuration under that name first)",

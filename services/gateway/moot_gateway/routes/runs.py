@@ -81,8 +81,6 @@ async def list_runs(
     clients: ClientsDep, principal: PrincipalDep, limit: Annotated[int, Query(ge=1, le=500)] = 20
 ) -> RunList:
     """The caller's recent runs, newest first."""
-    if clients.pool is None:
-        raise ApiError(status.HTTP_503_SERVICE_UNAVAILABLE, "the run record is unavailable right now")
     return RunList(data=await recent_runs(clients.pool, principal.owner, limit))
 
 

@@ -18,25 +18,30 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from moot.messages import (
-    ArbiterVerdict,
     CallCompleted,
     CallFailed,
     CallJob,
     CancelRequested,
-    ChatMessage,
-    ConsortiumRequest,
     IterationCompleted,
     IterationStarted,
     RunCompleted,
     RunCreated,
     RunFailed,
-    RunMeta,
-    Usage,
 )
 from moot.protocols.base import Command, Transition, cancel
 from moot.protocols.consortium import prompts
 from moot.protocols.consortium.parsing import extract_member_confidence, parse_arbiter
-from moot.views import CallStatus, CallView, ConsortiumView, IterationView, RunStatus, origin
+from moot.requests import ChatMessage, ConsortiumRequest, RunMeta
+from moot.views import (
+    ArbiterVerdict,
+    CallStatus,
+    CallView,
+    ConsortiumView,
+    IterationView,
+    RunStatus,
+    Usage,
+    origin,
+)
 
 
 class Call(BaseModel):

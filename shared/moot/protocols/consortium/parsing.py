@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import re
 
-from moot.messages import ArbiterVerdict
 from moot.protocols.consortium import prompts
+from moot.views import ArbiterVerdict
 
 ARBITER_TAGS = ("synthesis", "confidence", "analysis", "dissent", "needs_iteration", "refinement_areas")
 MANDATORY_TAGS = ("synthesis", "confidence", "needs_iteration")

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 from moot.protocols.base import conversation_text
 
 if TYPE_CHECKING:
-    from moot.messages import ArbiterVerdict, ConsortiumRequest
     from moot.protocols.consortium.machine import ConsortiumState
+    from moot.requests import ConsortiumRequest
+    from moot.views import ArbiterVerdict
 
 ARBITER_PROMPT = """\
 You are the arbiter of a panel of AI models. Several models answered the question below.

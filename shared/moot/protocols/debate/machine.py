@@ -67,13 +67,9 @@ from moot.messages import (
     CallFailed,
     CallJob,
     CancelRequested,
-    ChatMessage,
     ConvergenceStatus,
     DebateComplete,
     DebateError,
-    DebateRequest,
-    DebaterRef,
-    DebaterSpec,
     DebateStart,
     DebateTurn,
     FinalComplete,
@@ -85,21 +81,22 @@ from moot.messages import (
     RoundStart,
     RunCompleted,
     RunFailed,
-    RunMeta,
-    Usage,
 )
 from moot.protocols.base import Command, Transition, cancel
 from moot.protocols.debate import prompts
 from moot.protocols.debate.parsing import parse_conviction, parse_judge_answer
+from moot.requests import ChatMessage, DebateRequest, DebaterSpec, RunMeta
 from moot.views import (
     CallStatus,
     ConvictionCallView,
     DebateCallView,
     DebateResult,
+    DebaterRef,
     DebaterView,
     DebateView,
     RoundView,
     RunStatus,
+    Usage,
     origin,
 )
 

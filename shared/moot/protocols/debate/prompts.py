@@ -2,7 +2,7 @@
 
 Templates first (one per format for round 1 and later rounds; the judge's, the conviction and
 the summary prompts), then the functions that fill them in. A custom template names only the
-placeholders of `moot.messages.DEBATE_PLACEHOLDERS` (validated at submission) and is filled by
+placeholders of `moot.requests.DEBATE_PLACEHOLDERS` (validated at submission) and is filled by
 `render_template`.
 """
 
@@ -12,8 +12,8 @@ import string
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from moot.messages import DebaterSpec
     from moot.protocols.debate.machine import Call, Debater, DebateState, Round
+    from moot.requests import DebaterSpec
 
 
 FIRST_ROUND = {
