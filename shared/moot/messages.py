@@ -12,7 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from moot.requests import ChatMessage, ConsortiumRequest, DebateFormat, DebateRequest, JudgeMode, RunMeta
+from moot.requests import ConsortiumRequest, DebateFormat, DebateRequest, JudgeMode, RunMeta
+from moot.texts import Parts, Text, TextRef
 from moot.views import ArbiterVerdict, DebaterRef, RunView, Usage
 
 
@@ -29,8 +30,19 @@ def utcnow() -> datetime:
 Role = Literal["member", "arbiter", "debater", "judge", "conviction", "final"]
 
 
+class JobMessage(BaseModel):
+    """One message of a call's conversation; its long texts by reference (`moot.texts`)."""
+
+    role: Literal["system", "user", "assistant"]
+    content: Parts
+
+
 class CallJob(BaseModel):
-    """One model call to execute. `call_id` is deterministic: `run:iteration:role:model:instance`."""
+    """One model call to execute. `call_id` is deterministic: `run:iteration:role:model:instance`.
+
+    Its texts travel by reference: the worker resolves them (`moot.texts.render`) before the call,
+    so a job stays small whatever the transcript it quotes.
+    """
 
     call_id: str
     run_id: str
@@ -38,10 +50,10 @@ class CallJob(BaseModel):
     role: Role
     model: str
     instance: int
-    messages: list[ChatMessage]
+    messages: list[JobMessage]
     temperature: float | None = None
     max_tokens: int | None = None
-    tools: list[dict[str, Any]] | None = None  # OpenAI tool definitions, passed to the model as is
+    tools: TextRef | None = None  # OpenAI tool definitions (a JSON document), passed to the model as is
     stream: bool = False  # stream the answer, publishing `final_chunk` events while it comes in
 
     @staticmethod
@@ -58,7 +70,7 @@ class CallJob(BaseModel):
             "instance": self.instance,
         }
 
-    def completed(self, text: str, **more: Any) -> CallCompleted:
+    def completed(self, text: Text, **more: Any) -> CallCompleted:
         """This call's success, the event a worker publishes."""
         return CallCompleted(**self._outcome(), text=text, **more)
 
@@ -82,7 +94,8 @@ class _Event(BaseModel):
 
 class RunCreated(_Event):
     type: Literal["run.created"] = "run.created"
-    request: ConsortiumRequest
+    # On the wire a reference to the request (a JSON document); `hydrate` puts the request back.
+    request: ConsortiumRequest | TextRef
     meta: RunMeta = Field(default_factory=RunMeta)
 
     def event_id(self) -> str:
@@ -111,7 +124,7 @@ class _CallOutcome(_Event):
 
 class CallCompleted(_CallOutcome):
     type: Literal["call.completed"] = "call.completed"
-    text: str
+    text: Text
     usage: Usage = Field(default_factory=Usage)
     finish_reason: str | None = None
 
@@ -192,13 +205,13 @@ class DebateTurn(BaseModel):
     debater_number: int
     label: str
     failed: bool = False
-    text: str | None = None
+    text: Text | None = None
     error: str | None = None
 
 
 class DebateStart(_Event):
     type: Literal["debate_start"] = "debate_start"
-    request: DebateRequest
+    request: DebateRequest | TextRef
     max_rounds: int
     format: DebateFormat
     judge_mode: JudgeMode
@@ -246,8 +259,8 @@ class JudgeDecision(_Event):
     model: str
     continue_: bool = Field(alias="continue")
     readable: bool = True
-    reason: str
-    raw: str
+    reason: Text
+    raw: Text
 
     def event_id(self) -> str:
         return f"{self.run_id}:{self.round}:judge_decision"
@@ -261,7 +274,7 @@ class ModelEliminated(_Event):
     debater_number: int
     label: str
     convinced_by: str | None = None  # the label of the debater it conceded to, when it named one
-    reasoning: str
+    reasoning: Text
 
     def event_id(self) -> str:
         return f"{self.run_id}:{self.round}:{self.debater_number}:model_eliminated"
@@ -310,7 +323,7 @@ class FinalComplete(_Event):
     by: Literal["judge", "debater"]
     debater_number: int | None = None
     label: str | None = None
-    text: str
+    text: Text
 
     def event_id(self) -> str:
         return f"{self.call_id}:final_complete"

@@ -15,6 +15,7 @@ from typing import Annotated, Literal, TypedDict
 from pydantic import BaseModel, Discriminator, Field, PlainSerializer, TypeAdapter
 
 from moot.requests import ConsortiumRequest, DebateRequest, RunMeta
+from moot.texts import Text, TextRef
 
 RunStatus = Literal["running", "completed", "failed", "cancelled"]
 CallStatus = Literal["pending", "completed", "failed"]
@@ -42,12 +43,12 @@ class Usage(BaseModel):
 class ArbiterVerdict(BaseModel):
     """The arbiter's answer, parsed. `malformed` and `problems` say what could not be read."""
 
-    synthesis: str = ""
+    synthesis: Text = ""
     confidence: float | None = None
-    analysis: str = ""
-    dissent: str = ""
+    analysis: Text = ""
+    dissent: Text = ""
     needs_iteration: bool | None = None
-    refinement_areas: list[str] = Field(default_factory=list)
+    refinement_areas: list[Text] = Field(default_factory=list)
     malformed: bool = False
     problems: list[str] = Field(default_factory=list)
 
@@ -109,7 +110,7 @@ class CallView(BaseModel):
     model: str
     instance: int
     status: CallStatus = "pending"
-    text: str | None = None
+    text: Text | None = None
     confidence: float | None = Field(None, description="The confidence a member stated in its answer.")
     error: str | None = None
     usage: Usage = Field(default_factory=Usage)
@@ -129,7 +130,7 @@ class IterationView(BaseModel):
 
 class ConsortiumView(_RunView):
     mode: Literal["consortium"] = "consortium"
-    request: ConsortiumRequest
+    request: ConsortiumRequest | TextRef
     result: ArbiterVerdict | None = Field(None, description="The verdict the run stopped on.")
     iterations: list[IterationView] = Field(default_factory=list)
     usage: Usage = Field(default_factory=Usage)
@@ -137,7 +138,7 @@ class ConsortiumView(_RunView):
     @property
     def answer(self) -> str | None:
         """The run's answer: the synthesis it stopped on; None before (or without) one."""
-        return self.result.synthesis if self.result else None
+        return _plain(self.result.synthesis) if self.result else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,7 +159,7 @@ class DebateCallView(BaseModel):
     instance: int
     debater_number: int | None = Field(None, description="None for the judge.")
     status: CallStatus = "pending"
-    text: str | None = None
+    text: Text | None = None
     error: str | None = None
     usage: Usage = Field(default_factory=Usage)
     latency_ms: int = 0
@@ -180,7 +181,7 @@ class RoundView(BaseModel):
     turns: list[DebateCallView] = Field(default_factory=list)
     judge: DebateCallView | None = None
     decision: Literal["continue", "stop"] | None = None
-    decision_reason: str | None = None
+    decision_reason: Text | None = None
     decision_readable: bool | None = None
     convictions: list[ConvictionCallView] = Field(default_factory=list)
     eliminated: list[str] = Field(default_factory=list)
@@ -190,14 +191,14 @@ class RoundView(BaseModel):
 class DebateResult(BaseModel):
     """The debate's final answer: the judge's verdict or the last debater's summary."""
 
-    text: str
+    text: Text
     model: str
     by: Literal["judge", "debater"]
 
 
 class DebateView(_RunView):
     mode: Literal["debate"] = "debate"
-    request: DebateRequest
+    request: DebateRequest | TextRef
     debaters: list[DebaterView] = Field(default_factory=list)
     rounds: list[RoundView] = Field(default_factory=list)
     final: DebateCallView | None = None
@@ -207,10 +208,17 @@ class DebateView(_RunView):
     @property
     def answer(self) -> str | None:
         """The debate's answer: the verdict or summary; None for display-only debates."""
-        return self.result.text if self.result else None
+        return _plain(self.result.text) if self.result else None
 
 
-# The view of any run, chosen by `mode`.
+def _plain(text: Text) -> str:
+    if isinstance(text, TextRef):
+        raise ValueError("the view holds text references: hydrate it first (moot.texts.hydrate)")
+    return text
+
+
+# The view of any run, chosen by `mode`. Built by the protocols with long texts by reference
+# (`moot.texts`); what the API answers and the recorder stores is hydrated.
 RunView = Annotated[ConsortiumView | DebateView, Discriminator("mode")]
 run_view_adapter: TypeAdapter[ConsortiumView | DebateView] = TypeAdapter(RunView)
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from pydantic import BaseModel
 
-from moot.messages import AnyRunEvent, CallJob, CancelRequested, RunCancelled
+from moot.messages import AnyRunEvent, CallJob, CancelRequested, JobMessage, RunCancelled
 from moot.requests import ChatMessage, RunMeta
+from moot.texts import ImagePart, Parts, TextSink, compose, join
 from moot.views import ConsortiumView, DebateView
 
 S = TypeVar("S", bound=BaseModel)
@@ -19,8 +21,12 @@ Command = CallJob | AnyRunEvent
 
 
 class Transition(NamedTuple, Generic[S]):
+    """The new state, the commands to publish, and the texts both refer to (by SHA-256), which the
+    caller stores before it writes the state or publishes a command (`moot.texts`)."""
+
     state: S
     commands: list[Command]
+    texts: Mapping[str, str] = MappingProxyType({})
 
 
 class RunProtocol(Protocol):
@@ -50,14 +56,36 @@ def cancel(
     )
 
 
-def conversation_text(history: list[ChatMessage]) -> str:
-    """Earlier turns of the conversation as plain text, for prompts that quote it."""
-    lines = []
+def stored_history(history: list[ChatMessage], sink: TextSink) -> list[JobMessage]:
+    """The conversation a run continues, its long texts (and data URLs) by reference."""
+    stored: list[JobMessage] = []
     for m in history:
-        content = (
-            m.content
-            if isinstance(m.content, str)
-            else " ".join(str(p.get("text", "")) for p in m.content if isinstance(p, dict))
-        )
-        lines.append(f"{m.role.upper()}: {content}")
-    return "\n".join(lines)
+        if isinstance(m.content, str):
+            content: Parts = [sink.text(m.content)] if m.content else []
+        else:
+            content = []
+            for part in m.content:
+                if not isinstance(part, dict):
+                    continue
+                if part.get("type") == "image_url":
+                    url = (part.get("image_url") or {}).get("url", "")
+                    content.append(ImagePart(url=sink.text(str(url))))
+                elif part.get("text"):
+                    content.append(sink.text(str(part["text"])))
+        stored.append(JobMessage(role=m.role, content=content))
+    return stored
+
+
+def conversation_parts(history: list[JobMessage]) -> Parts:
+    """Earlier turns of the conversation as text (`ROLE: ...` lines), for prompts that quote it."""
+    return join(
+        (
+            compose(
+                "{role}: {content}",
+                role=m.role.upper(),
+                content=[p for p in m.content if not isinstance(p, ImagePart)],
+            )
+            for m in history
+        ),
+        "\n",
+    )

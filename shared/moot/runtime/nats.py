@@ -15,6 +15,7 @@ from nats.js.kv import KeyValue
 from moot.observability.telemetry import broker_middlewares
 from moot.runtime.settings import MootSettings
 from moot.runtime.subjects import Names
+from moot.runtime.textstore import TextStore, open_text_store
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,11 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     except BadRequestError:
         # Exists with other settings (e.g. retention changed): update what can be updated.
         await js.update_stream(config)
+
+
+async def open_texts(js: JetStreamContext, names: Names, settings: MootSettings) -> TextStore:
+    """The text store (created if missing): where every long text of every run is kept."""
+    return await open_text_store(js, names.text_bucket, settings.text_ttl_seconds)
 
 
 async def ensure_topology(js: JetStreamContext, names: Names, settings: MootSettings) -> KeyValue:

@@ -19,11 +19,13 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, Field
 
-from moot.messages import CallJob
+from moot.messages import CallCompleted, CallJob
 from moot.observability import telemetry
 from moot.protocols import protocol_for
 from moot.protocols.base import Command, Transition
 from moot.runtime.subjects import Names
+from moot.runtime.textstore import TextStore
+from moot.texts import TextRef
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,7 @@ class RunStore:
     kv: KeyValue
     names: Names
     publish: Publisher
+    texts: TextStore
     max_cas_attempts: int = 50
 
     def encode(self, command: Command) -> OutboxItem:
@@ -73,6 +76,8 @@ class RunStore:
     async def create(self, run_id: str, mode: str, transition: Transition[Any]) -> None:
         """Store a new run and publish its first commands. RunExists if the id is taken."""
         telemetry.annotate(run_id=run_id, mode=mode)
+        # Texts first: nothing that refers to one is written or published before it is stored.
+        await self.texts.put_many(transition.texts)
         stored = StoredRun(
             mode=mode,
             state=transition.state.model_dump(mode="json"),
@@ -110,7 +115,12 @@ class RunStore:
         return (True, telemetry.trace_id_of(got[0].traceparent)) if got else (False, None)
 
     async def apply(self, run_id: str, event: Any) -> bool:
-        """Fold `event` into the run and publish what follows. False if the run is unknown."""
+        """Fold `event` into the run and publish what follows. False if the run is unknown.
+
+        A call's answer comes by reference when long; `decide()` reads it, so it is fetched first.
+        """
+        if isinstance(event, CallCompleted) and isinstance(event.text, TextRef):
+            event = event.model_copy(update={"text": await self.texts.get(event.text.sha)})
         for attempt in range(self.max_cas_attempts):
             got = await self._get(run_id)
             if got is None:
@@ -124,6 +134,7 @@ class RunStore:
                 if stored.outbox:
                     await self._flush(run_id, stored, revision)
                 return True
+            await self.texts.put_many(transition.texts)
             stored = StoredRun(
                 mode=stored.mode,
                 state=transition.state.model_dump(mode="json"),

@@ -23,6 +23,8 @@ class MootSettings(BaseSettings):
     # How long events stay replayable in JetStream and run state stays in KV.
     event_retention_seconds: float = 7 * 24 * 3600
     state_ttl_seconds: float = 7 * 24 * 3600
+    # Texts (moot.runtime.textstore) outlive the events and the state that refer to them.
+    text_ttl_seconds: float = 8 * 24 * 3600
     # JetStream redelivery bound for call jobs; after the last attempt the call is reported failed.
     call_max_attempts: int = 4
     # Above the slowest model call: a job in a worker's hands is not redelivered to another.

@@ -78,6 +78,11 @@ class Names:
     def state_bucket(self) -> str:
         return f"{self.namespace}_run_state"
 
+    @property
+    def text_bucket(self) -> str:
+        """Every long text of every run, by SHA-256 (`moot.runtime.textstore`)."""
+        return f"{self.namespace}_texts"
+
     def stream_for(self, subject: str) -> str:
         return self.jobs_stream if subject.startswith(f"{self.namespace}.jobs.") else self.runs_stream
 
