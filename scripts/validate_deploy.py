@@ -45,6 +45,8 @@ from typing import Any
 
 import yaml
 
+from moot.texts import NATS_MAX_PAYLOAD_BYTES
+
 ROOT = Path(__file__).resolve().parents[1]
 K8S_DIR = ROOT / "deploy" / "k8s"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -516,6 +518,18 @@ def check_compose(r: Report, ws: Workspace) -> None:
         nats.get("image") == "nats:2.10-alpine" and "-js" in (nats.get("command") or []),
         "compose nats: nats:2.10-alpine with JetStream (-js)",
     )
+    command = [str(c) for c in nats.get("command") or []]
+    config = command[command.index("-c") + 1] if "-c" in command[:-1] else None
+    nats_mounts = _compose_mounts(nats)
+    if r.check(config in nats_mounts, "compose nats: its config file (-c) is a mounted file"):
+        assert config is not None
+        text = nats_mounts[config].read_text() if nats_mounts[config].is_file() else ""
+        match = re.search(r"^\s*max_payload\s*[:=]\s*(\d+)\s*$", text, re.MULTILINE)
+        r.check(
+            match is not None and int(match.group(1)) == NATS_MAX_PAYLOAD_BYTES,
+            f"compose nats: max_payload {NATS_MAX_PAYLOAD_BYTES} (moot.texts.NATS_MAX_PAYLOAD_BYTES)",
+            f"got {match.group(1) if match else None}",
+        )
     pg = services.get("postgres") or {}
     pg_hc = " ".join(map(str, (pg.get("healthcheck") or {}).get("test") or []))
     r.check("pg_isready" in pg_hc, "compose postgres: healthcheck uses pg_isready")

@@ -25,6 +25,17 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 # Texts up to this many characters travel inline: a reference costs about 90 bytes of JSON.
 INLINE_MAX = 256
 
+# NATS's `max_payload`, set explicitly wherever moot starts or describes NATS (the embedded
+# server, docker-compose.yml, deploy/README.md for Kubernetes): the largest message, or KV value,
+# the server takes. Publishing more is refused (`moot.runtime.nats.PayloadTooLarge`).
+NATS_MAX_PAYLOAD_BYTES = 1024 * 1024
+# What one job or event should stay under, far below max_payload: with texts by reference, a
+# larger one carries inline a text that should travel by reference, and is logged as an error.
+MESSAGE_BUDGET_BYTES = 64 * 1024
+# A run's stored state (and its outbox, which can hold the run's final view) grows with the run's
+# calls, each a few hundred bytes: its own budget, still a quarter of max_payload.
+STATE_BUDGET_BYTES = 256 * 1024
+
 
 class TextRef(BaseModel):
     """A stored text: its SHA-256 (of the UTF-8 bytes) and its length. `json`: the text is a JSON document."""
@@ -35,7 +46,9 @@ class TextRef(BaseModel):
 
     sha: str = Field(alias="$text", min_length=64, max_length=64, pattern=r"^[0-9a-f]{64}$")
     chars: int = Field(ge=0)
-    json_: bool = Field(False, alias="json")
+    json_: bool = Field(
+        False, alias="json", exclude_if=lambda v: not v
+    )  # omitted when false: refs are everywhere
 
 
 # A text in a state, a job or an event: inline when short, else a reference. The API always

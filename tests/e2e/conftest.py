@@ -19,6 +19,13 @@ from moot.devstack.model_server import ModelServer
 from moot.devstack.stack import ServiceSpec, Stack, default_services
 from moot.records.accounts import create_key
 
+
+def _filler(chars: int) -> str:
+    """Prose of about `chars` characters (no braces: it goes into str.format templates)."""
+    words = "the panel weighs each argument on its merits and keeps what holds up "
+    return (words * (chars // len(words) + 1))[:chars]
+
+
 BEHAVIOURS: dict[str, dict[str, Any]] = {
     **{name: {"latency_ms": 20} for name in ("m1", "m2", "m3", "d1", "d2", "d3")},
     # First synthesis unsure and asking for more, second sure: exactly two iterations.
@@ -35,6 +42,14 @@ BEHAVIOURS: dict[str, dict[str, Any]] = {
     "concedes": {"reply": "CONVINCED: d2#1 made the stronger case."},
     # Slow enough to cancel a run while its calls are in flight.
     "slowpoke": {"latency_ms": 3000},
+    # Large runs (test_large_runs.py): long answers, an arbiter that never stops before the maximum.
+    "long": {"reply_template": "{model} answer {n}. " + _filler(3950) + "\nConfidence: 0.5"},
+    "longarb": {
+        "arbiter_confidence": 0.5,
+        "arbiter_needs_iteration": True,
+        "arbiter_synthesis": "Synthesis {n}. " + _filler(3000),
+    },
+    "turns": {"reply_template": "{model} turn {n}. " + _filler(1980)},
 }
 
 

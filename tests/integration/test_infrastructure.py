@@ -21,6 +21,7 @@ from moot.devstack.embedded import (
     start_postgres,
     with_database,
 )
+from moot.texts import NATS_MAX_PAYLOAD_BYTES
 
 
 async def test_embedded_nats_jetstream_round_trip(tmp_path: Path, namespace: str) -> None:
@@ -29,6 +30,7 @@ async def test_embedded_nats_jetstream_round_trip(tmp_path: Path, namespace: str
         assert server.url.startswith("nats://127.0.0.1:")
         nc = await nats.connect(server.url)
         try:
+            assert nc.max_payload == NATS_MAX_PAYLOAD_BYTES  # set explicitly (a config file)
             js = nc.jetstream()
             stream = f"{namespace.upper()}_S"
             await js.add_stream(StreamConfig(name=stream, subjects=[f"{namespace}.>"]))
@@ -39,7 +41,8 @@ async def test_embedded_nats_jetstream_round_trip(tmp_path: Path, namespace: str
             assert msg.subject == f"{namespace}.hello"
         finally:
             await nc.close()
-        assert (tmp_path / "nats" / "nats-server.log").stat().st_size > 0
+        log = (tmp_path / "nats" / "nats-server.log").read_text()
+        assert "Using configuration file" in log  # where max_payload is set (1 MiB is also the default)
     finally:
         assert await server.stop() == 0
     assert not server.running()

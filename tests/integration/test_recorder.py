@@ -1,4 +1,8 @@
-"""The recorder against real NATS and Postgres: run events in, rows out, exactly once."""
+"""The recorder against real NATS and Postgres: run events in, rows out, exactly once.
+
+Events carry long texts by reference, as the services publish them; the recorder writes them
+hydrated (every text in full) to Postgres.
+"""
 
 from __future__ import annotations
 
@@ -30,13 +34,16 @@ from moot.messages import (
     RunCompleted,
     RunCreated,
     RunFailed,
+    parse_event,
 )
 from moot.protocols import consortium, debate
 from moot.records.queries import TABLES, fetch_run_view
 from moot.requests import ConsortiumRequest, DebateRequest, MemberSpec
-from moot.runtime.nats import MSG_ID, ensure_topology
+from moot.runtime.nats import MSG_ID, ensure_topology, open_texts
 from moot.runtime.settings import MootSettings
 from moot.runtime.subjects import Names
+from moot.runtime.textstore import TextStore
+from moot.texts import TextRef, TextSink, hydrate, refs_in
 from moot.views import Usage
 from moot_recorder.handlers import BatchRecorder
 from moot_recorder.main import create_app
@@ -44,6 +51,27 @@ from moot_recorder.settings import RecorderSettings
 from moot_recorder.writer import Envelope, Writer, envelope_from, to_rows
 
 T0 = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+# Every text the protocols referred to in the runs these tests make (content-addressed, so one
+# dict serves them all). `Recorder.publish` stores what an event refers to before publishing it,
+# as the services do.
+TEXTS: dict[str, str] = {}
+
+
+def full_data(event: Any) -> Any:
+    """An event's JSON as the recorder writes it: every reference replaced by its text."""
+    return hydrate(json.loads(event.model_dump_json()), TEXTS)
+
+
+def full(event: Any) -> Any:
+    """The event, hydrated (its request a request, its view's texts inline)."""
+    return parse_event(json.dumps(full_data(event)))
+
+
+def full_json(event: Any) -> bytes:
+    return json.dumps(full_data(event)).encode()
+
+
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 ARBITER_TEXT = (
     "<synthesis>2 + 2 = 4.</synthesis><confidence>0.9</confidence><analysis>All agree.</analysis>"
@@ -70,6 +98,7 @@ def consortium_run(run_id: str) -> list[Any]:
     Six member calls (one fails), the arbiter's answer, the verdict, the end: 11 events.
     """
     transition = consortium.start(run_id, make_request(), T0)
+    TEXTS.update(transition.texts)
     events = [c for c in transition.commands if not isinstance(c, CallJob)]
     jobs = [c for c in transition.commands if isinstance(c, CallJob)]
     state = transition.state
@@ -95,6 +124,7 @@ def consortium_run(run_id: str) -> list[Any]:
             )  # fmt: skip
         events.append(outcome)
         transition = consortium.decide(state, outcome)
+        TEXTS.update(transition.texts)
         state = transition.state
         events += [c for c in transition.commands if not isinstance(c, CallJob)]
         jobs += [c for c in transition.commands if isinstance(c, CallJob)]
@@ -164,6 +194,7 @@ def debate_run(
     """
     clock = itertools.count(1)
     transition = debate.start(run_id, request, T0)
+    TEXTS.update(transition.texts)
     events = [c for c in transition.commands if not isinstance(c, CallJob)]
     jobs = [c for c in transition.commands if isinstance(c, CallJob)]
     state = transition.state
@@ -191,6 +222,7 @@ def debate_run(
             )  # fmt: skip
         events.append(outcome)
         transition = debate.decide(state, outcome)
+        TEXTS.update(transition.texts)
         state = transition.state
         events += [c for c in transition.commands if not isinstance(c, CallJob)]
         jobs += [c for c in transition.commands if isinstance(c, CallJob)]
@@ -246,13 +278,18 @@ class Recorder:
     names: Names
     pool: asyncpg.Pool
     app: Any
+    texts: TextStore
 
     @property
     def handler(self) -> BatchRecorder:
         return self.app.state.recorder
 
     async def publish(self, event: Any, *, dedup: bool = True, headers: dict[str, str] | None = None) -> int:
-        """Publish like the arbiter does (Nats-Msg-Id = event id), or without, like a late republish."""
+        """Publish like the arbiter does (Nats-Msg-Id = event id), or without, like a late republish.
+
+        The texts the event refers to are stored first, as the services do.
+        """
+        await self.texts.put_many({sha: TEXTS[sha] for sha in refs_in(event) if sha in TEXTS})
         hdrs = dict(headers or {})
         if dedup:
             hdrs[MSG_ID] = event.event_id()
@@ -291,14 +328,16 @@ async def running_recorder(nats_url: str, database_url: str, namespace: str) -> 
     try:
         js = nc.jetstream()
         await ensure_topology(js, names, settings)
+        texts = await open_texts(js, names, settings)
         async with app.router.lifespan_context(app):
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://r") as http:
                 assert (await http.get("/readyz")).status_code == 200
-            yield Recorder(js, names, pool, app)
+            yield Recorder(js, names, pool, app, texts)
         # Clean up the namespace's streams: the NATS server may be shared with other runs.
         for stream in (names.runs_stream, names.jobs_stream):
             await js.delete_stream(stream)
         await js.delete_key_value(names.state_bucket)
+        await js.delete_key_value(names.text_bucket)
     finally:
         await pool.close()
         await nc.close()
@@ -351,7 +390,7 @@ async def test_records_a_run_once_even_when_events_come_again(recorder: Recorder
     assert (run["input_tokens"], run["output_tokens"]) == (600, 120)
     assert run["cost_usd"] == pytest.approx(0.006)
     assert run["iterations"] == 1
-    assert json.loads(run["view"]) == end.run.model_dump(mode="json")
+    assert json.loads(run["view"]) == full(end).run.model_dump(mode="json")
     assert run["created_at"] == T0 and run["finished_at"] == T0
     assert run["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
 
@@ -385,7 +424,7 @@ async def test_records_a_run_once_even_when_events_come_again(recorder: Recorder
     seqs = await recorder.pool.fetch("SELECT event_id, stream_seq FROM events WHERE run_id = $1", run_id)
     first_seqs = {r["event_id"]: r["stream_seq"] for r in seqs}
     assert set(first_seqs) == {e.event_id() for e in events}
-    assert await fetch_run_view(recorder.pool, run_id) == end.run
+    assert await fetch_run_view(recorder.pool, run_id) == full(end).run
 
     # Redelivery after JetStream's duplicate window: same events, no Nats-Msg-Id, new stream
     # sequences. Plus a late run.failed for the finished run (it shares run.completed's id).
@@ -422,17 +461,17 @@ async def test_end_before_start_still_ends_completed(recorder: Recorder) -> None
     assert (run["status"], run["mode"], run["prompt"], run["created_at"]) == (
         "completed",
         "consortium",
-        created.request.prompt,
+        full(created).request.prompt,
         T0,
     )
-    assert json.loads(run["view"]) == end.run.model_dump(mode="json")
+    assert json.loads(run["view"]) == full(end).run.model_dump(mode="json")
 
     await recorder.publish(created, headers={"traceparent": TRACEPARENT})
     await recorder.consumed(await recorder.publish(started))
     after = await recorder.run(run_id)
     assert after["status"] == "completed"
-    assert json.loads(after["view"]) == end.run.model_dump(mode="json") and after["finished_at"] == T0
-    assert json.loads(after["request"]) == created.request.model_dump(mode="json")
+    assert json.loads(after["view"]) == full(end).run.model_dump(mode="json") and after["finished_at"] == T0
+    assert json.loads(after["request"]) == full(created).request.model_dump(mode="json")
     assert after["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"  # only run.created carried one
     assert await recorder.count("iterations", run_id) == 1
     assert await recorder.count("events", run_id) == 3
@@ -470,7 +509,7 @@ async def test_running_run_view_and_bad_messages(recorder: Recorder) -> None:
         "running",
         T0.isoformat(),
     )
-    assert shown["request"] == created.request.model_dump(mode="json")
+    assert shown["request"] == full(created).request.model_dump(mode="json")
     assert shown["result"] is None and shown["finished_at"] is None
     assert await fetch_run_view(recorder.pool, "no-such-run") is None
 
@@ -504,13 +543,61 @@ async def test_database_errors_nack_the_batch_for_later(recorder: Recorder, data
     assert info.num_pending == 0 and info.num_ack_pending == 0
 
 
+async def test_events_with_references_are_recorded_with_their_texts(recorder: Recorder) -> None:
+    """A long answer published by reference (as a worker does) is a full text in every row."""
+    run_id = new_run_id()
+    created, started, member = consortium_run(run_id)[:3]
+    assert isinstance(member, CallCompleted) and isinstance(created, RunCreated)
+    answer = "Four, and here is why: " + "two and two make four, é ✓. " * 400
+    sink = TextSink()
+    by_reference = member.model_copy(update={"text": sink.text(answer)})
+    assert isinstance(by_reference.text, TextRef)
+    await recorder.texts.put_many(sink.texts)
+    await recorder.publish(created)
+    await recorder.publish(started)
+    await recorder.consumed(await recorder.publish(by_reference))
+
+    text = await recorder.pool.fetchval("SELECT text FROM calls WHERE call_id = $1", member.call_id)
+    assert text == answer
+    payload = await recorder.pool.fetchval(
+        "SELECT payload::text FROM events WHERE event_id = $1", by_reference.event_id()
+    )
+    assert json.loads(payload)["text"] == answer and "$text" not in payload
+    # The request went by reference too (a JSON document): the runs row has it whole.
+    assert isinstance(created.request, TextRef)
+    run = await recorder.run(run_id)
+    assert run["prompt"] == "What is 2 + 2?"
+    assert json.loads(run["request"]) == make_request().model_dump(mode="json")
+
+
+async def test_a_missing_text_holds_the_batch_back(recorder: Recorder) -> None:
+    """An event whose text is not (yet) stored is not recorded without it: the batch comes again."""
+    run_id = new_run_id()
+    member = consortium_run(run_id)[2]
+    assert isinstance(member, CallCompleted)
+    answer = "An answer stored late. " * 30
+    sink = TextSink()
+    event = member.model_copy(update={"text": sink.text(answer)})
+    subject = recorder.names.run_event(run_id, event.type)
+    last = (await recorder.js.publish(subject, event.model_dump_json().encode())).seq
+    deadline = asyncio.get_running_loop().time() + 5
+    while recorder.handler.stats.batches_failed == 0:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.05)
+    assert await recorder.count("events", run_id) == 0  # nothing recorded without its text
+    await recorder.texts.put_many(sink.texts)
+    await recorder.consumed(last)  # redelivered after the nack delay (1 s)
+    text = await recorder.pool.fetchval("SELECT text FROM calls WHERE call_id = $1", member.call_id)
+    assert text == answer
+
+
 # --------------------------------------------------------------------------------------------- rows
 
 
 def test_row_mapping() -> None:
     run_id = "r1"
     events = consortium_run(run_id)
-    envelopes = [envelope_from(e.model_dump_json().encode(), n, {}) for n, e in enumerate(events, start=1)]
+    envelopes = [envelope_from(full_json(e), n, {}) for n, e in enumerate(events, start=1)]
     rows = to_rows(envelopes)
     assert (len(rows.runs), len(rows.iterations), len(rows.calls)) == (2, 2, 7)
     created, ended = rows.runs  # stream order kept for one run
@@ -520,7 +607,7 @@ def test_row_mapping() -> None:
     assert verdict[4:9] == ("2 + 2 = 4.", 0.9, "All agree.", "None.", False) and verdict[12] == "stop"
 
     # A view that is not finished still ends the run, as its end event says.
-    end = events[-1]
+    end = full(events[-1])
     assert isinstance(end, RunCompleted) and isinstance(events[-2], IterationCompleted)
     odd = end.model_copy(update={"run": end.run.model_copy(update={"status": "running"})})
     env = envelope_from(odd.model_dump_json().encode(), 99)
@@ -591,7 +678,7 @@ async def test_records_a_debate_once_even_when_events_come_again(recorder: Recor
         "request": request.model_dump(mode="json"), "reason": "reached max_rounds (3)",
         "result": {"text": FINAL_TEXT, "model": "judge", "by": "judge"},
         # 10 calls answered (9 turns and the judge's, plus the verdict, minus beta#1's failed turn)
-        "input_tokens": 1000, "output_tokens": 200, "iterations": 3, "view": end.run.model_dump(mode="json"),
+        "input_tokens": 1000, "output_tokens": 200, "iterations": 3, "view": full(end).run.model_dump(mode="json"),
         "created_at": T0, "finished_at": at(11), "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "owner": None,
     }  # fmt: skip
 
@@ -623,14 +710,14 @@ async def test_records_a_debate_once_even_when_events_come_again(recorder: Recor
     assert [(r["event_id"], r["type"], r["at"]) for r in recorded] == [
         (e.event_id(), e.type, e.at) for e in events
     ]
-    assert [json.loads(r["payload"]) for r in recorded] == [json.loads(e.model_dump_json()) for e in events]
+    assert [json.loads(r["payload"]) for r in recorded] == [full_data(e) for e in events]
     # The streamed verdict: the chunks in order make the final call's answer.
     deltas = [json.loads(r["payload"])["delta"] for r in recorded if r["type"] == "final_chunk"]
     assert "".join(deltas) == FINAL_TEXT
     judged = next(json.loads(r["payload"]) for r in recorded if r["type"] == "judge_decision")
     assert judged["continue"] is True  # published by its alias, as clients know it
 
-    assert await fetch_run_view(recorder.pool, run_id) == end.run
+    assert await fetch_run_view(recorder.pool, run_id) == full(end).run
 
     # Redelivery after JetStream's duplicate window: every event again without Nats-Msg-Id (new
     # stream sequences), and a late run.failed for the finished debate. Not a row changes.
@@ -668,10 +755,11 @@ async def test_debate_end_before_start_still_ends_completed(recorder: Recorder) 
 
     after = await recorder.run(run_id)
     assert after["status"] == "completed" and after["reason"] == "reached max_rounds (3)"
-    assert json.loads(after["view"]) == end.run.model_dump(mode="json") and after["finished_at"] == at(11)
-    assert json.loads(after["request"]) == start.request.model_dump(mode="json")
+    assert json.loads(after["view"]) == full(end).run.model_dump(mode="json")
+    assert after["finished_at"] == at(11)
+    assert json.loads(after["request"]) == full(start).request.model_dump(mode="json")
     assert after["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"  # only debate_start carried one
-    assert await fetch_run_view(recorder.pool, run_id) == end.run
+    assert await fetch_run_view(recorder.pool, run_id) == full(end).run
 
     speakers = ["alpha#1", "alpha#2", "beta#1"]
     assert await debate_round_rows(recorder.pool, run_id) == [
@@ -698,7 +786,7 @@ async def test_self_convergence_rows_in_any_order(recorder: Recorder) -> None:
         run_id = new_run_id()
         events = debate_run(run_id, request, convergence_answer)
         for seq, event in enumerate(order(events), start=1):
-            await writer.write([envelope_from(event.model_dump_json().encode(), seq)])
+            await writer.write([envelope_from(full_json(event), seq)])
         snapshots[name] = await snapshot(recorder.pool, run_id, volatile=False)
 
         run = await recorder.run(run_id)

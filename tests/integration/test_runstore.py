@@ -1,8 +1,10 @@
-"""The run store on a real NATS server: CAS under concurrent arbiters, and the outbox after a crash."""
+"""The run store on a real NATS server: CAS under concurrent arbiters, the outbox after a crash,
+texts stored before anything refers to them, and messages NATS would refuse never written."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from fnmatch import fnmatch
@@ -13,11 +15,13 @@ from nats.js.errors import NotFoundError
 
 from moot.messages import CallCompleted, CallJob, parse_event
 from moot.protocols import consortium
+from moot.protocols.base import Transition
 from moot.requests import ConsortiumRequest, MemberSpec
-from moot.runtime.nats import ensure_topology, make_broker, publish_all
+from moot.runtime.nats import PayloadTooLarge, ensure_topology, make_broker, open_texts, publish_all
 from moot.runtime.runstore import OutboxPending, RunExists, RunStore
 from moot.runtime.settings import MootSettings
 from moot.runtime.subjects import Names
+from moot.texts import NATS_MAX_PAYLOAD_BYTES, TextRef, TextSink, hydrate, refs_in
 from moot.views import Usage
 
 T0 = datetime(2026, 11, 22, tzinfo=UTC)
@@ -31,12 +35,18 @@ async def env(nats_url: str, namespace: str) -> AsyncIterator[tuple[RunStore, Na
     await broker.connect()
     js = broker.connection.jetstream()
     kv = await ensure_topology(js, names, settings)
+    texts = await open_texts(js, names, settings)
 
     async def publish(items: list[tuple[str, str, bytes]]) -> None:
         await publish_all(broker, names, items)
 
-    yield RunStore(kv=kv, names=names, publish=publish), names, js
-    for stream in (names.runs_stream, names.jobs_stream, f"KV_{names.state_bucket}"):
+    yield RunStore(kv=kv, names=names, publish=publish, texts=texts), names, js
+    for stream in (
+        names.runs_stream,
+        names.jobs_stream,
+        f"KV_{names.state_bucket}",
+        f"KV_{names.text_bucket}",
+    ):
         await js.delete_stream(stream)
     await broker.stop()
 
@@ -103,7 +113,7 @@ async def test_outbox_left_by_a_crash_is_published_by_the_next_touch(
         published.extend(i[1] for i in items)
         raise ConnectionError("process died")
 
-    crashing = RunStore(kv=store.kv, names=names, publish=crash_before_publish)
+    crashing = RunStore(kv=store.kv, names=names, publish=crash_before_publish, texts=store.texts)
     with pytest.raises(OutboxPending) as pending:
         await crashing.create(run_id, "consortium", t)
     assert isinstance(pending.value.__cause__, ConnectionError)
@@ -115,3 +125,52 @@ async def test_outbox_left_by_a_crash_is_published_by_the_next_touch(
     assert len(await _stored(js, names.jobs_stream, names.call_jobs)) == 6
     entry = await store.kv.get(run_id)
     assert b'"outbox":[]' in entry.value
+
+
+async def test_texts_are_stored_before_the_state_and_answers_resolved_before_decide(
+    env: tuple[RunStore, Names, object],
+) -> None:
+    store, names, js = env
+    run_id = "3" * 32
+    request = ConsortiumRequest(
+        prompt="A long question. " * 1_000, members=[MemberSpec(model="m", count=2)], arbiter="arb"
+    )
+    t = consortium.start(run_id, request, T0)
+    await store.create(run_id, "consortium", t)
+    # Whatever the state and the published jobs refer to is in the text store.
+    entry = await store.kv.get(run_id)
+    jobs = await _stored(js, names.jobs_stream, names.call_jobs)
+    shas = refs_in([json.loads(entry.value), *(json.loads(p) for p in jobs)])
+    texts = await store.texts.get_many(shas)
+    assert len(jobs) == 2 and len(entry.value) < 16_000
+    assert request.prompt in json.dumps(hydrate([json.loads(p) for p in jobs], texts))
+
+    # A long answer comes by reference (as a worker publishes it): decide() reads its text.
+    answer = "It is 4, because two and two make four. " * 100 + "\nConfidence: 0.75"
+    sink = TextSink()
+    ref = sink.text(answer)
+    assert isinstance(ref, TextRef)
+    await store.texts.put_many(sink.texts)
+    for job in (c for c in t.commands if isinstance(c, CallJob)):
+        assert await store.apply(run_id, job.completed(ref))
+    loaded = await store.load(run_id)
+    assert loaded is not None
+    _, state = loaded
+    member = state.iterations[0].members[0]
+    assert member.status == "completed" and member.confidence == 0.75
+
+
+async def test_a_command_nats_would_refuse_never_reaches_the_outbox(
+    env: tuple[RunStore, Names, object],
+) -> None:
+    store, names, js = env
+    run_id = "4" * 32
+    t = consortium.start(run_id, _request(), T0)
+    job = next(c for c in t.commands if isinstance(c, CallJob))
+    # A job with a text inline that should have been a reference, over max_payload.
+    message = job.messages[0].model_copy(update={"content": ["x" * NATS_MAX_PAYLOAD_BYTES]})
+    huge = job.model_copy(update={"call_id": "huge", "messages": [message]})
+    with pytest.raises(PayloadTooLarge, match="call job huge"):
+        await store.create(run_id, "consortium", Transition(t.state, [*t.commands, huge], t.texts))
+    assert await store.load(run_id) is None  # nothing written
+    assert await _stored(js, names.jobs_stream, names.call_jobs) == []

@@ -31,12 +31,16 @@ from typing import Any
 from moot.devstack import localmodel
 from moot.messages import CallCompleted, CallJob
 from moot.protocols import consortium, debate
+from moot.protocols.base import Transition
 from moot.protocols.consortium import prompts
 from moot.protocols.consortium.parsing import parse_arbiter
 from moot.protocols.debate import prompts as debate_prompts
 from moot.requests import ConsortiumRequest, DebateRequest
+from moot.texts import render
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+# Every text the transitions referred to (what the run store keeps): jobs are rendered through it.
+TEXTS: dict[str, str] = {}
 QUESTIONS = [
     "Name two benefits of regular exercise.",
     "What is the best way to learn a new language?",
@@ -124,7 +128,7 @@ class Model:
         started = time.monotonic()
         # The server's defaults for what the worker does not send (top_p, top_k, min_p, repeat_penalty).
         out: Any = self.llama.create_chat_completion(
-            messages=[m.model_dump() for m in job.messages],  # type: ignore[misc]
+            messages=[{"role": m.role, "content": render(m.content, TEXTS)} for m in job.messages],  # type: ignore[misc]
             max_tokens=max_tokens,
             temperature=temperature,
             top_p=0.95,
@@ -144,6 +148,12 @@ def _done(job: CallJob, text: str) -> CallCompleted:
     )
 
 
+def _keep(t: Transition[Any]) -> tuple[Any, list[Any]]:
+    """A transition's state and commands, its texts kept for rendering the jobs."""
+    TEXTS.update(t.texts)
+    return t.state, t.commands
+
+
 def _jobs(commands: list[Any]) -> list[CallJob]:
     return [c for c in commands if isinstance(c, CallJob)]
 
@@ -151,17 +161,16 @@ def _jobs(commands: list[Any]) -> list[CallJob]:
 def consortium_input(model: Model, question: str, seed: int) -> dict[str, Any]:
     """Three member answers to `question`, written by the model."""
     req = ConsortiumRequest(prompt=question, members=[{"model": "local", "count": 3}], arbiter="local")  # type: ignore[list-item]
-    t = consortium.start(f"c{seed}", req, T0)
-    return {"question": question, "answers": [model.chat(j, 150, 0.8) for j in _jobs(t.commands)]}
+    _, commands = _keep(consortium.start(f"c{seed}", req, T0))
+    return {"question": question, "answers": [model.chat(j, 150, 0.8) for j in _jobs(commands)]}
 
 
 def arbiter_job(inp: dict[str, Any]) -> CallJob:
     req = ConsortiumRequest(prompt=inp["question"], members=[{"model": "local", "count": 3}], arbiter="local")  # type: ignore[list-item]
-    t = consortium.start("c", req, T0)
-    state = t.state
+    state, first = _keep(consortium.start("c", req, T0))
     commands: list[Any] = []
-    for job, text in zip(_jobs(t.commands), inp["answers"], strict=True):
-        state, commands = consortium.decide(state, _done(job, text))
+    for job, text in zip(_jobs(first), inp["answers"], strict=True):
+        state, commands = _keep(consortium.decide(state, _done(job, text)))
     (job,) = _jobs(commands)
     assert job.role == "arbiter"
     return job
@@ -170,14 +179,14 @@ def arbiter_job(inp: dict[str, Any]) -> CallJob:
 def debate_input(model: Model, question: str, seed: int) -> dict[str, Any]:
     """Two rounds of a two-debater debate on `question`, written by the model."""
     req = DebateRequest(prompt=question, members=[{"model": "local", "count": 2}], max_rounds=4)  # type: ignore[list-item]
-    t = debate.start(f"d{seed}", req, T0)
-    state, pending = t.state, _jobs(t.commands)
+    state, commands = _keep(debate.start(f"d{seed}", req, T0))
+    pending = _jobs(commands)
     turns: list[str] = []
     while pending and len(turns) < 4:
         job = pending.pop(0)
         text = model.chat(job, 120, 0.8)
         turns.append(text)
-        state, commands = debate.decide(state, _done(job, text))
+        state, commands = _keep(debate.decide(state, _done(job, text)))
         pending += _jobs(commands)
     return {"question": question, "turns": turns}
 
@@ -192,13 +201,13 @@ def _replay(inp: dict[str, Any], judge_mode: str) -> list[CallJob]:
         judge_mode=judge_mode,  # type: ignore[arg-type]
         **extra,
     )
-    t = debate.start("d", req, T0)
-    state, pending = t.state, _jobs(t.commands)
+    state, commands = _keep(debate.start("d", req, T0))
+    pending = _jobs(commands)
     texts = list(inp["turns"])
     after: list[CallJob] = []
     while texts:
         job = pending.pop(0)
-        state, commands = debate.decide(state, _done(job, texts.pop(0)))
+        state, commands = _keep(debate.decide(state, _done(job, texts.pop(0))))
         new = _jobs(commands)
         if new and new[0].role in ("judge", "conviction"):
             after = new

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -17,11 +20,35 @@ from moot.messages import (
     RunFailed,
 )
 from moot.protocols import consortium
+from moot.protocols.base import Transition
 from moot.protocols.consortium import ConsortiumState, should_stop
-from moot.requests import ConsortiumRequest, MemberSpec
+from moot.requests import ChatMessage, ConsortiumRequest, MemberSpec
+from moot.texts import TextRef, render
 from moot.views import ArbiterVerdict, Usage
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+# Every text a transition handed out, by SHA-256 (content-addressed: one store for all tests).
+TEXTS: dict[str, str] = {}
+
+
+def kept(t: Transition[ConsortiumState]) -> Transition[ConsortiumState]:
+    TEXTS.update(t.texts)
+    return t
+
+
+def start(run_id: str, req: ConsortiumRequest) -> Transition[ConsortiumState]:
+    return kept(consortium.start(run_id, req, T0))
+
+
+def decide(state: ConsortiumState, event: object) -> tuple[ConsortiumState, list[Any]]:
+    t = kept(consortium.decide(state, event))
+    return t.state, t.commands
+
+
+def said(job: CallJob) -> list[Any]:
+    """The job's messages as the member worker sends them: every reference resolved."""
+    return [render(m.content, TEXTS) for m in job.messages]
 
 
 def arbiter_xml(conf: str | float | None = 0.9, needs: str | None = "false", synthesis: str = "S") -> str:
@@ -44,7 +71,7 @@ def request(**kw: object) -> ConsortiumRequest:
     return ConsortiumRequest.model_validate(base)
 
 
-def jobs(commands: list[object]) -> list[CallJob]:
+def jobs(commands: Sequence[object]) -> list[CallJob]:
     return [c for c in commands if isinstance(c, CallJob)]
 
 
@@ -60,51 +87,47 @@ def failed(job: CallJob, error: str = "boom") -> CallFailed:
     return job.failed(error, at=T0)
 
 
-def answer_members(
-    state: ConsortiumState, member_jobs: list[CallJob]
-) -> tuple[ConsortiumState, list[object]]:
-    commands: list[object] = []
+def answer_members(state: ConsortiumState, member_jobs: list[CallJob]) -> tuple[ConsortiumState, list[Any]]:
+    commands: list[Any] = []
     for job in member_jobs:
-        state, commands = consortium.decide(
-            state, done(job, f"{job.model}#{job.instance} says 4\nConfidence: 0.7")
-        )
+        state, commands = decide(state, done(job, f"{job.model}#{job.instance} says 4\nConfidence: 0.7"))
     return state, commands
 
 
 def test_start_publishes_run_created_iteration_started_and_one_job_per_instance() -> None:
-    t = consortium.start("r1", request(system="Be terse."), T0)
+    t = start("r1", request(system="Be terse."))
     assert isinstance(t.commands[0], RunCreated)
     assert isinstance(t.commands[1], IterationStarted)
     member_jobs = jobs(t.commands)
     assert [(j.model, j.instance) for j in member_jobs] == [("a", 1), ("a", 2), ("b", 1)]
     assert len({j.call_id for j in member_jobs}) == 3
     assert member_jobs[0].call_id == "r1:1:member:a:1"
-    assert member_jobs[0].messages[0].role == "system" and member_jobs[0].messages[0].content == "Be terse."
-    assert member_jobs[0].messages[-1].content.startswith("What is 2+2?")
+    assert member_jobs[0].messages[0].role == "system" and said(member_jobs[0])[0] == "Be terse."
+    assert said(member_jobs[0])[-1].startswith("What is 2+2?")
     assert t.state.status == "running" and len(t.state.iterations) == 1
 
 
 def test_arbiter_is_asked_only_when_every_member_is_in_and_sees_all_answers() -> None:
-    t = consortium.start("r1", request(), T0)
+    t = start("r1", request())
     member_jobs = jobs(t.commands)
     state = t.state
     for job in member_jobs[:-1]:
-        state, commands = consortium.decide(state, done(job, "4"))
+        state, commands = decide(state, done(job, "4"))
         assert commands == []
-    state, commands = consortium.decide(state, failed(member_jobs[-1], "rate limited"))
+    state, commands = decide(state, failed(member_jobs[-1], "rate limited"))
     [arb] = jobs(commands)
     assert arb.role == "arbiter" and arb.model == "judge" and arb.call_id == "r1:1:arbiter:judge:1"
-    prompt = arb.messages[0].content
+    [prompt] = said(arb)
     assert "<synthesis>" in prompt and "What is 2+2?" in prompt
     assert prompt.count("<answer ") == 3
     assert "the call failed: rate limited" in prompt
 
 
 def test_stops_when_confident_and_arbiter_wants_no_more() -> None:
-    t = consortium.start("r1", request(), T0)
+    t = start("r1", request())
     state, commands = answer_members(t.state, jobs(t.commands))
     [arb] = jobs(commands)
-    state, commands = consortium.decide(state, done(arb, arbiter_xml(0.9, "false")))
+    state, commands = decide(state, done(arb, arbiter_xml(0.9, "false")))
     assert state.status == "completed"
     assert isinstance(commands[0], IterationCompleted) and commands[0].decision == "stop"
     assert isinstance(commands[1], RunCompleted)
@@ -115,9 +138,9 @@ def test_stops_when_confident_and_arbiter_wants_no_more() -> None:
 
 
 def test_low_confidence_iterates_with_refinement_prompt_and_conversation_continuity() -> None:
-    t = consortium.start("r1", request(system="sys"), T0)
+    t = start("r1", request(system="sys"))
     state, commands = answer_members(t.state, jobs(t.commands))
-    state, commands = consortium.decide(state, done(jobs(commands)[0], arbiter_xml(0.5, "true", "Four.")))
+    state, commands = decide(state, done(jobs(commands)[0], arbiter_xml(0.5, "true", "Four.")))
     assert state.status == "running"
     completed = next(c for c in commands if isinstance(c, IterationCompleted))
     assert completed.decision == "iterate"
@@ -125,20 +148,20 @@ def test_low_confidence_iterates_with_refinement_prompt_and_conversation_continu
     assert "the arbiter asked for another iteration" in completed.reason
     second = jobs(commands)
     assert [j.iteration for j in second] == [2, 2, 2]
-    msgs = second[1].messages  # a#2
-    assert [m.role for m in msgs] == ["system", "user", "assistant", "user"]
-    assert msgs[2].content.startswith("a#2 says 4")  # its own earlier answer, not another instance's
-    assert "Four." in msgs[3].content and "be precise" in msgs[3].content
+    msgs = said(second[1])  # a#2
+    assert [m.role for m in second[1].messages] == ["system", "user", "assistant", "user"]
+    assert msgs[2].startswith("a#2 says 4")  # its own earlier answer, not another instance's
+    assert "Four." in msgs[3] and "be precise" in msgs[3]
 
 
 def test_member_that_failed_earlier_has_no_turn_in_its_history() -> None:
-    t = consortium.start("r1", request(), T0)
+    t = start("r1", request())
     member_jobs = jobs(t.commands)
     state = t.state
-    state, _ = consortium.decide(state, failed(member_jobs[0]))
+    state, _ = decide(state, failed(member_jobs[0]))
     for job in member_jobs[1:]:
-        state, commands = consortium.decide(state, done(job, "4"))
-    state, commands = consortium.decide(state, done(jobs(commands)[0], arbiter_xml(0.1, "true")))
+        state, commands = decide(state, done(job, "4"))
+    state, commands = decide(state, done(jobs(commands)[0], arbiter_xml(0.1, "true")))
     a1 = jobs(commands)[0]
     assert (a1.model, a1.instance) == ("a", 1)
     assert [m.role for m in a1.messages] == ["user"]
@@ -174,11 +197,11 @@ def test_stop_rule_minimum_iterations() -> None:
 
 
 def test_full_run_to_max_iterations() -> None:
-    t = consortium.start("r1", request(max_iterations=2), T0)
+    t = start("r1", request(max_iterations=2))
     state, commands = t.state, t.commands
     for _ in range(2):
         state, commands = answer_members(state, jobs(commands))
-        state, commands = consortium.decide(state, done(jobs(commands)[0], arbiter_xml(0.3, "true")))
+        state, commands = decide(state, done(jobs(commands)[0], arbiter_xml(0.3, "true")))
     assert state.status == "completed"
     assert isinstance(commands[-1], RunCompleted)
     assert "reached max_iterations (2)" in commands[-1].reason
@@ -186,11 +209,11 @@ def test_full_run_to_max_iterations() -> None:
 
 
 def test_every_member_failing_fails_the_run_with_reasons() -> None:
-    t = consortium.start("r1", request(), T0)
+    t = start("r1", request())
     state = t.state
     commands: list[object] = []
     for job in jobs(t.commands):
-        state, commands = consortium.decide(state, failed(job, f"{job.model} down"))
+        state, commands = decide(state, failed(job, f"{job.model} down"))
     assert state.status == "failed"
     [ended] = commands
     assert isinstance(ended, RunFailed)
@@ -198,17 +221,17 @@ def test_every_member_failing_fails_the_run_with_reasons() -> None:
 
 
 def test_arbiter_failure_fails_the_run() -> None:
-    t = consortium.start("r1", request(), T0)
+    t = start("r1", request())
     state, commands = answer_members(t.state, jobs(t.commands))
-    state, commands = consortium.decide(state, failed(jobs(commands)[0], "503 after 4 attempts"))
+    state, commands = decide(state, failed(jobs(commands)[0], "503 after 4 attempts"))
     assert state.status == "failed"
     assert isinstance(commands[0], RunFailed) and "arbiter call failed" in commands[0].reason
 
 
 def test_malformed_arbiter_output_is_recorded_not_silently_zero() -> None:
-    t = consortium.start("r1", request(max_iterations=1), T0)
+    t = start("r1", request(max_iterations=1))
     state, commands = answer_members(t.state, jobs(t.commands))
-    state, commands = consortium.decide(state, done(jobs(commands)[0], "I like all the answers."))
+    state, commands = decide(state, done(jobs(commands)[0], "I like all the answers."))
     assert state.status == "completed"
     verdict = state.iterations[0].verdict
     assert verdict is not None and verdict.malformed and verdict.confidence is None
@@ -217,9 +240,9 @@ def test_malformed_arbiter_output_is_recorded_not_silently_zero() -> None:
 
 
 def test_duplicate_and_late_events_change_nothing() -> None:
-    t = consortium.start("r1", request(), T0)
+    t = start("r1", request())
     member_jobs = jobs(t.commands)
-    state, _ = consortium.decide(t.state, done(member_jobs[0], "4"))
+    state, _ = decide(t.state, done(member_jobs[0], "4"))
     again = consortium.decide(state, done(member_jobs[0], "different"))
     assert again.state is state and again.commands == []
     stray = CallJob(**{**member_jobs[0].model_dump(), "call_id": "r1:9:member:a:1"})
@@ -229,9 +252,9 @@ def test_duplicate_and_late_events_change_nothing() -> None:
 
 
 def test_view_shows_iterations_members_and_usage() -> None:
-    t = consortium.start("r1", request(), T0)
+    t = start("r1", request())
     state, commands = answer_members(t.state, jobs(t.commands))
-    state, _ = consortium.decide(state, done(jobs(commands)[0], arbiter_xml()))
+    state, _ = decide(state, done(jobs(commands)[0], arbiter_xml()))
     v = consortium.view(state)
     assert v.status == "completed" and v.mode == "consortium"
     assert v.result is not None and v.result.synthesis == "S"
@@ -272,3 +295,174 @@ def test_defaults_match_the_seed() -> None:
     req = ConsortiumRequest.model_validate({"prompt": "p", "members": [{"model": "a"}], "arbiter": "j"})
     assert (req.confidence_threshold, req.min_iterations, req.max_iterations) == (0.8, 1, 3)
     assert req.members[0].count == 1 and req.system is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Texts by reference: the prompts render to the text they always had; the state stays small.
+
+
+def old_conversation_text(history: list[ChatMessage]) -> str:
+    """`moot.protocols.base.conversation_text` before texts by reference, for string contents."""
+    return "\n".join(f"{m.role.upper()}: {m.content}" for m in history)
+
+
+def old_arbiter_prompt(req: ConsortiumRequest, state: ConsortiumState) -> str:
+    """The arbiter prompt as built before texts by reference (`str.format` on the whole texts)."""
+    p = consortium.prompts
+
+    def text(t: str | TextRef | None) -> str:
+        return render([t], TEXTS) if t else ""  # type: ignore[return-value]
+
+    it = state.current
+    responses = "\n".join(
+        p.ARBITER_RESPONSE.format(
+            model=model,
+            instance=instance,
+            confidence=c.confidence if c.confidence is not None else "not stated",
+            text=text(c.text) if c.status == "completed" else f"(no answer: the call failed: {c.error})",
+        )
+        for (model, instance), c in zip(state.plan.instances(), it.members, strict=True)
+    )
+    history = ""
+    if len(state.iterations) > 1:
+        history = p.ARBITER_HISTORY.format(
+            iterations="\n".join(
+                p.ARBITER_HISTORY_ITEM.format(
+                    number=prev.number,
+                    confidence=p.fmt_confidence(prev.verdict.confidence),
+                    synthesis=text(prev.verdict.synthesis),
+                    areas="; ".join(text(a) for a in prev.verdict.refinement_areas),
+                )
+                for prev in state.iterations[:-1]
+                if prev.verdict
+            )
+        )
+    instructions = p.ARBITER_INSTRUCTIONS.format(system=req.system) if req.system else ""
+    if req.history:
+        instructions += p.ARBITER_CONVERSATION.format(conversation=old_conversation_text(req.history))
+    return p.ARBITER_PROMPT.format(
+        instructions=instructions,
+        prompt=req.prompt,
+        iteration=it.number,
+        responses=responses,
+        history=history,
+    )
+
+
+LONG_PROMPT = "Explain {this} and {{that}} carefully. " * 20  # braces are the user's, not a template's
+LONG_SYSTEM = "You are a careful engineer. " * 20
+
+
+def test_jobs_carry_references_and_render_to_the_prompts_as_they_were() -> None:
+    history = [
+        ChatMessage(role="user", content="Earlier question " * 30),
+        ChatMessage(role="assistant", content="Short answer."),
+    ]
+    req = request(prompt=LONG_PROMPT, system=LONG_SYSTEM, history=history)
+    t = start("r1", req)
+    first = jobs(t.commands)
+    # The long texts are references, stored once: the job holds none of them inline.
+    assert all(isinstance(m.content[0], TextRef) for m in first[0].messages[:2])
+    assert LONG_PROMPT not in first[0].model_dump_json() and len(first[0].model_dump_json()) < 2000
+    hint = consortium.prompts.MEMBER_CONFIDENCE_HINT
+    assert said(first[0]) == [LONG_SYSTEM, "Earlier question " * 30, "Short answer.", LONG_PROMPT + hint]
+
+    # Iteration 1: a#1 fails, the others answer at length; the arbiter wants another round.
+    state, commands = decide(t.state, failed(first[0], "rate limited"))
+    answers = {j.call_id: f"{j.model}#{j.instance}: " + "four, " * 80 + "\nConfidence: 0.6" for j in first}
+    for job in first[1:]:
+        state, commands = decide(state, done(job, answers[job.call_id]))
+    [arb] = jobs(commands)
+    assert said(arb) == [old_arbiter_prompt(req, state)]
+    synthesis = "The answer is four." * 30
+    state, commands = decide(state, done(arb, arbiter_xml(0.5, "true", synthesis)))
+
+    # Iteration 2: each member sees its own earlier turn and the refinement prompt, as before.
+    second = jobs(commands)
+    refinement = consortium.prompts.REFINEMENT_PROMPT.format(
+        prompt=LONG_PROMPT, confidence="0.50", synthesis=synthesis, areas="- be precise"
+    )
+    base = [LONG_SYSTEM, "Earlier question " * 30, "Short answer."]
+    assert said(second[0]) == [*base, refinement]  # a#1 failed: no earlier turn
+    assert said(second[1]) == [*base, LONG_PROMPT + hint, answers[first[1].call_id], refinement]
+    for job in second:
+        state, commands = decide(state, done(job, answers[first[second.index(job)].call_id]))
+    [arb2] = jobs(commands)
+    rendered = said(arb2)
+    assert rendered == [old_arbiter_prompt(req, state)]
+    assert (
+        f'<iteration number="1" confidence="0.50">\n{synthesis}\nAreas to refine: be precise\n' in rendered[0]
+    )
+    assert f"\nThe user gave these instructions, follow them:\n{LONG_SYSTEM}\n" in rendered[0]
+
+
+def test_a_small_arbiter_prompt_in_full() -> None:
+    t = start("r1", request(members=[MemberSpec(model="a")]))
+    [job] = jobs(t.commands)
+    assert said(job) == ["What is 2+2?" + consortium.prompts.MEMBER_CONFIDENCE_HINT]
+    _, commands = decide(t.state, done(job, "4\nConfidence: 0.9"))
+    [arb] = jobs(commands)
+    [prompt] = said(arb)
+    assert prompt.startswith(
+        "You are the arbiter of a panel of AI models. Several models answered the question below.\n"
+        "\n"
+        "Question: What is 2+2?\n"
+        "\n"
+        "Answers from the models (iteration 1):\n"
+        '<answer model="a" instance="1" stated_confidence="0.9">\n'
+        "4\n"
+        "Confidence: 0.9\n"
+        "</answer>\n"
+        "\n"
+        "Your task: combine these answers"
+    )
+    assert arb.messages[0].content == [prompt]  # short: nothing by reference
+
+
+def test_decide_never_changes_the_state_it_is_given() -> None:
+    t = start("r1", request(max_iterations=2, system="s" * 300))
+    state, commands = t.state, t.commands
+    for arbiter_answer in (arbiter_xml(0.3, "true", "x" * 500), arbiter_xml(0.9, "false")):
+        for job in jobs(commands):
+            before = state.model_dump_json()
+            after, more = decide(state, done(job, f"{job.model} " + "y" * 400 + "\nConfidence: 0.5"))
+            assert state.model_dump_json() == before and after is not state
+            state, commands = after, more
+        before = state.model_dump_json()
+        after, commands = decide(state, done(jobs(commands)[0], arbiter_answer))
+        assert state.model_dump_json() == before
+        # Only the current iteration is new; earlier ones are shared, unchanged.
+        assert all(a is b for a, b in zip(after.iterations[:-1], state.iterations[:-1], strict=False))
+        state = after
+    assert state.status == "completed" and len(state.iterations) == 2
+
+
+def test_long_answers_and_verdicts_are_kept_by_reference() -> None:
+    t = start("r1", request(members=[MemberSpec(model="a")], prompt="p" * 1000))
+    assert isinstance(t.state.prompt, TextRef) and TEXTS[t.state.prompt.sha] == "p" * 1000
+    assert isinstance(t.state.request, TextRef) and t.state.request.json_
+    assert json.loads(t.texts[t.state.request.sha])["prompt"] == "p" * 1000
+    [created] = [c for c in t.commands if isinstance(c, RunCreated)]
+    assert created.request == t.state.request
+    [job] = jobs(t.commands)
+    long_answer = "z" * 5000
+    transition = consortium.decide(t.state, done(job, long_answer))
+    state = transition.state
+    text = state.current.members[0].text
+    assert isinstance(text, TextRef) and transition.texts[text.sha] == long_answer
+    TEXTS.update(transition.texts)
+    [arb] = jobs(transition.commands)
+    state, commands = decide(state, done(arb, arbiter_xml(0.95, "false", "s" * 3000)))
+    assert state.result is not None and isinstance(state.result.synthesis, TextRef)
+    assert [type(c.verdict.synthesis) for c in commands if isinstance(c, IterationCompleted)] == [TextRef]
+    end = commands[-1]
+    assert isinstance(end, RunCompleted) and end.run.request == state.request
+    assert len(state.model_dump_json()) < 4000
+
+
+def test_decide_needs_the_answer_itself() -> None:
+    t = start("r1", request())
+    job = jobs(t.commands)[0]
+    ref = TextRef(sha="0" * 64, chars=10)
+    with pytest.raises(TypeError, match="needs the answer's text"):
+        consortium.decide(t.state, job.completed(ref, at=T0))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
@@ -31,9 +32,10 @@ from moot.messages import (
     parse_event,
 )
 from moot.protocols import debate, protocol_for
-from moot.protocols.base import Command
-from moot.protocols.debate import DebateState, parse_conviction, parse_judge_answer
-from moot.requests import ConsortiumRequest, DebateRequest, RunRequest, run_request_adapter
+from moot.protocols.base import Command, Transition
+from moot.protocols.debate import DebateState, parse_conviction, parse_judge_answer, prompts
+from moot.requests import ConsortiumRequest, DebateRequest, RunMeta, RunRequest, run_request_adapter
+from moot.texts import Parts, TextRef, render
 from moot.views import DebateView, Usage
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -50,6 +52,32 @@ def request(**kw: Any) -> DebateRequest:
     return DebateRequest.model_validate(base)
 
 
+# Every text the transitions referred to, as the run store keeps them: prompts are read back
+# through it (`moot.texts.render`), as the member worker sends them.
+TEXTS: dict[str, str] = {}
+
+
+class Step(NamedTuple):
+    state: DebateState
+    commands: list[Command]
+
+
+def keep(t: Transition[DebateState]) -> Transition[DebateState]:
+    TEXTS.update(t.texts)
+    return t
+
+
+def begin(
+    run_id: str, req: DebateRequest, at: datetime, meta: RunMeta | None = None
+) -> Transition[DebateState]:
+    return keep(debate.start(run_id, req, at, meta))
+
+
+def decide(state: DebateState, event: Any) -> Step:
+    t = keep(debate.decide(state, event))
+    return Step(t.state, t.commands)
+
+
 def jobs(commands: list[Command]) -> list[CallJob]:
     return [c for c in commands if isinstance(c, CallJob)]
 
@@ -63,11 +91,20 @@ def only_job(commands: list[Command]) -> CallJob:
     return job
 
 
+def rendered(content: Parts) -> str | list[dict[str, Any]]:
+    return render(content, TEXTS)
+
+
 def text_of(job: CallJob) -> str:
-    content = job.messages[-1].content
+    content = rendered(job.messages[-1].content)
     if isinstance(content, str):
         return content
     return "".join(part["text"] for part in content if part["type"] == "text")
+
+
+def document(ref: TextRef | None) -> Any:
+    assert ref is not None and ref.json_
+    return json.loads(TEXTS[ref.sha])
 
 
 def label(job: CallJob) -> str:
@@ -92,13 +129,13 @@ def play_round(state: DebateState, commands: list[Command]) -> tuple[DebateState
     number = pending[0].iteration
     while pending:
         job = pending.pop(0)
-        state, commands = debate.decide(state, done(job))
+        state, commands = decide(state, done(job))
         pending += [j for j in jobs(commands) if j.role == "debater" and j.iteration == number]
     return state, commands
 
 
 def play_rounds(req: DebateRequest, rounds: int) -> tuple[DebateState, list[Command]]:
-    t = debate.start("r1", req, T0)
+    t = begin("r1", req, T0)
     state, commands = t.state, t.commands
     for _ in range(rounds):
         state, commands = play_round(state, commands)
@@ -110,7 +147,7 @@ def play_rounds(req: DebateRequest, rounds: int) -> tuple[DebateState, list[Comm
 
 
 def test_start_announces_and_asks_every_debater_at_once() -> None:
-    t = debate.start("r1", request(), T0)
+    t = begin("r1", request(), T0)
     assert events(t.commands) == ["debate_start", "round_start"]
     start = t.commands[0]
     assert isinstance(start, DebateStart) and start.judge_mode == "display_only"
@@ -130,13 +167,13 @@ def test_start_announces_and_asks_every_debater_at_once() -> None:
 
 
 def test_round_two_goes_turn_by_turn_with_history_own_position_and_round_so_far() -> None:
-    t = debate.start("r1", request(), T0)
+    t = begin("r1", request(), T0)
     state = t.state
     r1 = jobs(t.commands)
     for job in r1[:-1]:
-        state, commands = debate.decide(state, done(job))
+        state, commands = decide(state, done(job))
         assert events(commands) == ["round_model_complete"] and jobs(commands) == []
-    state, commands = debate.decide(state, done(r1[-1]))
+    state, commands = decide(state, done(r1[-1]))
     assert events(commands) == ["round_model_complete", "round_complete", "round_start"]
     complete = commands[1]
     assert isinstance(complete, RoundComplete)
@@ -151,7 +188,7 @@ def test_round_two_goes_turn_by_turn_with_history_own_position_and_round_so_far(
     assert "a#1 says round 1" in own and "a#2 says" not in own
     assert "nobody has spoken yet this round" in prompt
 
-    state, commands = debate.decide(state, done(first, "a#1 insists, round 2"))
+    state, commands = decide(state, done(first, "a#1 insists, round 2"))
     assert events(commands) == ["round_model_complete"]
     second = only_job(commands)
     assert label(second) == "a#2"
@@ -161,7 +198,7 @@ def test_round_two_goes_turn_by_turn_with_history_own_position_and_round_so_far(
     so_far = prompt.split("Round 2 so far:")[1]
     assert "[a#1]\na#1 insists, round 2" in so_far
 
-    state, commands = debate.decide(state, done(second))
+    state, commands = decide(state, done(second))
     third = only_job(commands)
     assert label(third) == "b#1"
     assert "a#1 insists, round 2" in text_of(third) and "a#2 says round 2" in text_of(third)
@@ -171,11 +208,11 @@ def test_a_model_listed_twice_continues_its_instance_numbers() -> None:
     req = request(
         members=[{"model": "a"}, {"model": "b"}, {"model": "a", "system": "Play devil's advocate."}]
     )
-    t = debate.start("r1", req, T0)
+    t = begin("r1", req, T0)
     round_jobs = jobs(t.commands)
     assert [label(j) for j in round_jobs] == ["a#1", "b#1", "a#2"]
     assert round_jobs[0].messages[0].role == "user"
-    assert round_jobs[2].messages[0].content == "Play devil's advocate."
+    assert rendered(round_jobs[2].messages[0].content) == "Play devil's advocate."
     _state, commands = play_round(t.state, t.commands)
     assert label(only_job(commands)) == "a#1"
 
@@ -196,21 +233,22 @@ def test_per_debater_options_go_into_the_jobs() -> None:
             {"model": "b"},
         ]
     )
-    t = debate.start("r1", req, T0)
+    t = begin("r1", req, T0)
     a, b = jobs(t.commands)
-    assert [m.role for m in a.messages] == ["system", "user"] and a.messages[0].content == "You are terse."
-    assert (a.temperature, a.max_tokens, a.tools) == (0.2, 300, [tool])
-    parts = a.messages[1].content
+    assert [m.role for m in a.messages] == ["system", "user"]
+    assert rendered(a.messages[0].content) == "You are terse."
+    assert (a.temperature, a.max_tokens, document(a.tools)) == (0.2, 300, [tool])
+    parts = rendered(a.messages[1].content)
     assert isinstance(parts, list)
     assert parts[1] == {"type": "image_url", "image_url": {"url": "https://example.com/hotdog.png"}}
     assert "notes.txt" in text_of(a) and "Mustard is essential." in text_of(a)
-    assert (b.temperature, b.tools, b.messages[0].content) == (None, None, text_of(b))
+    assert (b.temperature, b.tools, rendered(b.messages[0].content)) == (None, None, text_of(b))
 
     _state, commands = play_round(t.state, t.commands)
     a2 = only_job(commands)
-    assert isinstance(a2.messages[-1].content, str)  # images in round 1 only
-    assert "Mustard is essential." in a2.messages[-1].content  # attachments every turn
-    assert a2.tools == [tool] and a2.messages[0].content == "You are terse."
+    assert isinstance(rendered(a2.messages[-1].content), str)  # images in round 1 only
+    assert "Mustard is essential." in text_of(a2)  # attachments every turn
+    assert document(a2.tools) == [tool] and rendered(a2.messages[0].content) == "You are terse."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,7 +264,7 @@ def test_per_debater_options_go_into_the_jobs() -> None:
     ],
 )
 def test_each_format_has_its_own_prompts(fmt: str, first_words: str, later_words: str) -> None:
-    t = debate.start("r1", request(format=fmt), T0)
+    t = begin("r1", request(format=fmt), T0)
     first = jobs(t.commands)[0]
     assert first_words in text_of(first) and QUESTION in text_of(first)
     assert later_words not in text_of(first)
@@ -242,7 +280,7 @@ CUSTOM = (
 
 
 def test_custom_template_placeholders_are_substituted_each_round() -> None:
-    t = debate.start("r1", request(format="custom", custom_prompt=CUSTOM), T0)
+    t = begin("r1", request(format="custom", custom_prompt=CUSTOM), T0)
     a2 = jobs(t.commands)[1]
     text = text_of(a2)
     assert text.startswith(f"Q={QUESTION} | R1 | a no.2 | mine: (you have not stated a position yet)")
@@ -254,7 +292,7 @@ def test_custom_template_placeholders_are_substituted_each_round() -> None:
     text = text_of(first)
     assert "R2 | a no.1 | mine: Round 1:\na#1 says round 1 | before: === Round 1 ===" in text
     assert "now: (nobody has spoken yet this round" in text
-    state, commands = debate.decide(state, done(first, "first in round 2"))
+    state, commands = decide(state, done(first, "first in round 2"))
     assert "now: [a#1]\nfirst in round 2 | {literal}" in text_of(only_job(commands))
 
 
@@ -301,7 +339,7 @@ def test_judge_decides_after_rounds_two_to_max_minus_one_then_gives_a_streamed_v
     assert (judge.role, judge.model, judge.call_id, judge.stream) == ("judge", "j", "r1:2:judge:j:1", False)
     assert "CONTINUE or STOP" in text_of(judge) and "b#1 says round 2" in text_of(judge)
 
-    state, commands = debate.decide(state, done(judge, "CONTINUE\nThey still disagree on buns."))
+    state, commands = decide(state, done(judge, "CONTINUE\nThey still disagree on buns."))
     decision = commands[0]
     assert isinstance(decision, JudgeDecision)
     assert decision.continue_ and decision.readable and decision.reason == "They still disagree on buns."
@@ -318,9 +356,9 @@ def test_judge_decides_after_rounds_two_to_max_minus_one_then_gives_a_streamed_v
 
     # the worker streams chunks; the protocol ignores them
     chunk = FinalChunk(run_id="r1", call_id=final.call_id, index=0, delta="The", at=T0)
-    assert debate.decide(state, chunk) == (state, [])
+    assert decide(state, chunk) == (state, [])
 
-    state, commands = debate.decide(state, done(final, "The verdict."))
+    state, commands = decide(state, done(final, "The verdict."))
     assert events(commands) == ["final_complete", "debate_complete", "run.completed"]
     complete = commands[0]
     assert isinstance(complete, FinalComplete) and complete.text == "The verdict." and complete.by == "judge"
@@ -335,14 +373,14 @@ def test_judge_decides_after_rounds_two_to_max_minus_one_then_gives_a_streamed_v
 
 def test_judge_stop_ends_early_with_the_verdict() -> None:
     state, commands = play_rounds(judged(max_rounds=5), 2)
-    state, commands = debate.decide(state, done(only_job(commands), "**STOP** - the positions converged."))
+    state, commands = decide(state, done(only_job(commands), "**STOP** - the positions converged."))
     decision = commands[0]
     assert isinstance(decision, JudgeDecision) and not decision.continue_
     assert decision.reason == "the positions converged."
     assert events(commands) == ["judge_decision", "final_start"]
     final = only_job(commands)
     assert final.role == "final" and final.iteration == 2 and final.stream
-    state, commands = debate.decide(state, done(final, "Verdict."))
+    state, commands = decide(state, done(final, "Verdict."))
     assert state.status == "completed" and len(state.rounds) == 2
     assert state.reason == "the judge stopped the debate after round 2: the positions converged."
     debate_complete = commands[1]
@@ -351,7 +389,7 @@ def test_judge_stop_ends_early_with_the_verdict() -> None:
 
 def test_unreadable_judge_answer_is_recorded_and_the_debate_continues() -> None:
     state, commands = play_rounds(judged(max_rounds=3), 2)
-    state, commands = debate.decide(state, done(only_job(commands), "Both sides have merit."))
+    state, commands = decide(state, done(only_job(commands), "Both sides have merit."))
     decision = commands[0]
     assert isinstance(decision, JudgeDecision)
     assert decision.continue_ and not decision.readable and decision.raw == "Both sides have merit."
@@ -362,7 +400,7 @@ def test_unreadable_judge_answer_is_recorded_and_the_debate_continues() -> None:
 
 def test_failed_judge_call_fails_the_run_with_the_reason() -> None:
     state, commands = play_rounds(judged(max_rounds=3), 2)
-    state, commands = debate.decide(state, failed(only_job(commands), "503 after 4 attempts"))
+    state, commands = decide(state, failed(only_job(commands), "503 after 4 attempts"))
     assert events(commands) == ["error", "run.failed"]
     error = commands[0]
     assert isinstance(error, DebateError) and error.round == 2
@@ -373,7 +411,7 @@ def test_failed_judge_call_fails_the_run_with_the_reason() -> None:
 
 def test_failed_final_call_fails_the_run() -> None:
     state, commands = play_rounds(judged(max_rounds=2), 2)
-    state, commands = debate.decide(state, failed(only_job(commands), "context too long"))
+    state, commands = decide(state, failed(only_job(commands), "context too long"))
     assert events(commands) == ["error", "run.failed"]
     assert state.status == "failed" and "final verdict call (j) failed: context too long" in (
         state.reason or ""
@@ -412,7 +450,7 @@ def answer_convictions(
     assert {j.role for j in asked} == {"conviction"}
     for job in asked:
         answer = answers[label(job)]
-        state, commands = debate.decide(state, done(job, answer) if answer is not None else failed(job))
+        state, commands = decide(state, done(job, answer) if answer is not None else failed(job))
     return state, commands
 
 
@@ -451,7 +489,7 @@ def test_convinced_debaters_are_eliminated_and_the_last_one_summarizes() -> None
     assert (final.role, label(final), final.stream) == ("final", "b#1", True)
     assert "the one left standing" in text_of(final)
 
-    state, commands = debate.decide(state, done(final, "Summary."))
+    state, commands = decide(state, done(final, "Summary."))
     assert events(commands) == ["final_complete", "debate_complete", "run.completed"]
     assert state.reason == "only b#1 remains after round 2" and state.result == "Summary."
     v = debate.view(state)
@@ -528,7 +566,7 @@ def test_a_failed_conviction_call_counts_as_not_convinced() -> None:
 )
 def test_parse_conviction(answer: str, expected: tuple[bool, int | None]) -> None:
     # line-up a#1 (1), a#2 (2), a#3 (3), b#1 (4); a#1 is answering
-    t = debate.start("r1", request(members=[{"model": "a", "count": 3}, {"model": "b"}]), T0)
+    t = begin("r1", request(members=[{"model": "a", "count": 3}, {"model": "b"}]), T0)
     others = [d for d in t.state.debaters if d.number != 1]
     assert parse_conviction(answer, others) == expected
 
@@ -540,7 +578,7 @@ def test_parse_conviction(answer: str, expected: tuple[bool, int | None]) -> Non
 def test_a_failed_turn_is_recorded_and_the_turn_order_goes_on() -> None:
     state, commands = play_rounds(request(), 1)
     first = only_job(commands)
-    state, commands = debate.decide(state, failed(first, "rate limited"))
+    state, commands = decide(state, failed(first, "rate limited"))
     turn = commands[0]
     assert isinstance(turn, RoundModelComplete)
     assert (turn.failed, turn.error, turn.text, turn.label) == (True, "rate limited", None, "a#1")
@@ -554,7 +592,7 @@ def test_a_failed_turn_is_recorded_and_the_turn_order_goes_on() -> None:
 def test_every_debater_failing_in_a_round_fails_the_run() -> None:
     state, commands = play_rounds(request(), 1)
     for _ in range(3):
-        state, commands = debate.decide(state, failed(only_job(commands), "down"))
+        state, commands = decide(state, failed(only_job(commands), "down"))
     assert events(commands) == ["round_model_complete", "round_complete", "error", "run.failed"]
     assert state.status == "failed"
     assert state.reason == "every debater failed in round 2: a#1: down; a#2: down; b#1: down"
@@ -562,31 +600,31 @@ def test_every_debater_failing_in_a_round_fails_the_run() -> None:
 
 
 def test_every_debater_failing_in_round_one_fails_the_run() -> None:
-    t = debate.start("r1", request(), T0)
+    t = begin("r1", request(), T0)
     state = t.state
     for job in jobs(t.commands):
-        state, commands = debate.decide(state, failed(job))
+        state, commands = decide(state, failed(job))
     assert events(commands)[-2:] == ["error", "run.failed"] and state.status == "failed"
 
 
 def test_duplicate_and_late_events_change_nothing() -> None:
-    t = debate.start("r1", request(), T0)
+    t = begin("r1", request(), T0)
     r1 = jobs(t.commands)
-    state, _ = debate.decide(t.state, done(r1[0]))
-    again = debate.decide(state, done(r1[0], "different"))
+    state, _ = decide(t.state, done(r1[0]))
+    again = decide(state, done(r1[0], "different"))
     assert again.state is state and again.commands == []
-    again = debate.decide(state, failed(r1[0]))
+    again = decide(state, failed(r1[0]))
     assert again.state is state and again.commands == []
     stray = CallJob(**{**r1[0].model_dump(), "call_id": "r1:9:debater:a:1"})
-    assert debate.decide(state, done(stray)).state is state
-    assert debate.decide(state, "not an event").commands == []
+    assert decide(state, done(stray)).state is state
+    assert decide(state, "not an event").commands == []
 
     state, commands = play_round(t.state, t.commands)
-    late = debate.decide(state, done(r1[1], "late"))  # round 1 is over
+    late = decide(state, done(r1[1], "late"))  # round 1 is over
     assert late.state is state and late.commands == []
 
     finished = state.model_copy(update={"status": "failed"})
-    assert debate.decide(finished, done(only_job(commands))).commands == []
+    assert decide(finished, done(only_job(commands))).commands == []
 
 
 def test_every_debate_event_survives_the_wire() -> None:
@@ -596,7 +634,7 @@ def test_every_debate_event_survives_the_wire() -> None:
         state, commands, {"a#1": "CONVINCED: b#1", "a#2": "CONVINCED: b#1", "b#1": "NOT CONVINCED"}
     )
     collected += commands
-    state, commands = debate.decide(state, done(only_job(commands), "S"))
+    state, commands = decide(state, done(only_job(commands), "S"))
     collected += commands
     collected.append(FinalChunk(run_id="r1", call_id="c", index=3, delta="x", at=T0))
     decision = {"run_id": "r1", "round": 2, "model": "j", "continue": False, "reason": "r", "raw": "STOP r"}
@@ -612,7 +650,7 @@ def test_every_debate_event_survives_the_wire() -> None:
 
 def test_view_shows_rounds_turns_and_decisions() -> None:
     state, commands = play_rounds(judged(max_rounds=3), 2)
-    state, commands = debate.decide(state, done(only_job(commands), "STOP: done"))
+    state, commands = decide(state, done(only_job(commands), "STOP: done"))
     v = debate.view(state)
     assert v.mode == "debate" and v.status == "running"
     assert [d.label for d in v.debaters] == ["a#1", "a#2", "b#1"]
@@ -626,7 +664,184 @@ def test_view_shows_rounds_turns_and_decisions() -> None:
     assert second.judge is not None
     assert (second.decision, second.decision_reason, second.judge.model) == ("stop", "done", "j")
     assert v.final is not None and v.final.status == "pending"
-    assert v.request.judge == "j"
+    assert isinstance(v.request, TextRef) and document(v.request)["judge"] == "j"
+
+
+def test_decide_never_changes_the_state_it_is_given() -> None:
+    """decide() copies only what an event touches; the input must still come out unchanged."""
+    for req in (
+        judged(max_rounds=3),
+        converging(max_rounds=3, members=[{"model": "a", "count": 2}, {"model": "b"}, {"model": "c"}]),
+    ):
+        t = begin("r1", req, T0)
+        state, pending = t.state, jobs(t.commands)
+        answers = {"judge": "CONTINUE: more", "conviction": "CONVINCED: c#1", "final": "The end."}
+        while pending:
+            job = pending.pop(0)
+            before = state.model_dump_json()
+            new_state, commands = decide(state, done(job, answers.get(job.role)))
+            assert state.model_dump_json() == before
+            state = new_state
+            pending += jobs(commands)
+        assert state.status == "completed"
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts as the worker renders them: the same text as before texts went by reference. The
+# expected texts are built the way the prompts were built before (`str.format` over the whole
+# texts), from the same templates.
+
+LONG_QUESTION = "Is a hot dog a sandwich? Think of {buns} and " + "bread " * 60
+NOTES = "Mustard is essential. " * 30
+
+
+def said(label: str, number: int) -> str:
+    """A turn longer than what travels inline, with braces that must stay as they are."""
+    return f"{label} says round {number}: {{not a placeholder}} " + "argument " * 40
+
+
+def old_transcript(rounds: list[list[tuple[str, str | None]]]) -> str:
+    """The transcript as the old prompts wrote it; a None turn is a failed call."""
+    return "\n\n".join(
+        f"=== Round {n} ===\n\n"
+        + "\n\n".join(
+            f"[{who}]\n{text if text is not None else '(no answer: the call failed)'}" for who, text in turns
+        )
+        for n, turns in enumerate(rounds, 1)
+    )
+
+
+def old_own(label: str, rounds: int) -> str:
+    return "\n\n".join(f"Round {n}:\n{said(label, n)}" for n in range(1, rounds + 1))
+
+
+def long_request(**kw: Any) -> DebateRequest:
+    members = [
+        {"model": "a", "count": 2, "attachments": [{"name": "notes.txt", "content": NOTES}]},
+        {"model": "b"},
+    ]
+    return request(prompt=LONG_QUESTION, members=members, **kw)
+
+
+def play_long(req: DebateRequest, until: int) -> tuple[DebateState, list[Command]]:
+    """Rounds 1..until, every turn `said(...)`, except b#1's failed call in round 1."""
+    t = begin("r1", req, T0)
+    state, commands = t.state, t.commands
+    pending = jobs(commands)
+    while pending and pending[0].role == "debater" and pending[0].iteration <= until:
+        job = pending.pop(0)
+        if (label(job), job.iteration) == ("b#1", 1):
+            state, commands = decide(state, failed(job))
+        else:
+            state, commands = decide(state, done(job, said(label(job), job.iteration)))
+        pending += jobs(commands)
+    return state, commands
+
+
+R1: list[tuple[str, str | None]] = [("a#1", said("a#1", 1)), ("a#2", said("a#2", 1)), ("b#1", None)]
+R2: list[tuple[str, str | None]] = [("a#1", said("a#1", 2)), ("a#2", said("a#2", 2)), ("b#1", said("b#1", 2))]
+
+
+def test_a_later_turn_renders_as_the_old_prompt_did() -> None:
+    t = begin("r1", long_request(), T0)
+    state, pending = t.state, jobs(t.commands)
+    for job in pending:
+        answer = failed(job) if label(job) == "b#1" else done(job, said(label(job), 1))
+        state, commands = decide(state, answer)
+    state, commands = decide(state, done(only_job(commands), said("a#1", 2)))
+    job = only_job(commands)
+    assert label(job) == "a#2"
+    expected = prompts.LATER_ROUNDS_CONTEXT.format(
+        label="a#2",
+        number=2,
+        question=LONG_QUESTION,
+        own_position=old_own("a#2", 1),
+        history=old_transcript([R1]),
+        current_round=f"[a#1]\n{said('a#1', 2)}",
+        round=2,
+    ) + prompts.LATER_ROUNDS["free_discussion"].format(round=2)
+    expected += f"\n\n----- attached document: notes.txt -----\n{NOTES}\n----- end of notes.txt -----"
+    assert text_of(job) == expected
+    # by reference: the question, its own position, round 1's two answers, a#1's turn, the attachment
+    assert sum(isinstance(p, TextRef) for p in job.messages[-1].content) == 6
+
+
+def test_a_custom_template_renders_as_the_old_prompt_did() -> None:
+    template = CUSTOM + "\n" + "Be brief. " * 40
+    state, commands = play_long(long_request(format="custom", custom_prompt=template), 1)
+    job = only_job(commands)
+    values = {
+        "question": LONG_QUESTION,
+        "round": "2",
+        "model_name": "a",
+        "debater_number": "1",
+        "own_position": old_own("a#1", 1),
+        "history": old_transcript([R1]),
+        "current_round": prompts.FIRST_TO_SPEAK,
+    }
+    notes = f"\n\n----- attached document: notes.txt -----\n{NOTES}\n----- end of notes.txt -----"
+    assert text_of(job) == template.format(**values) + notes
+    assert state.template is not None  # split once: placeholders by name, the literal text by reference
+    names = [p.placeholder for p in state.template if isinstance(p, prompts.Placeholder)]
+    assert names == [
+        "question",
+        "round",
+        "model_name",
+        "debater_number",
+        "own_position",
+        "history",
+        "current_round",
+    ]
+    assert isinstance(state.template[-1], TextRef)
+
+
+def test_the_judge_conviction_verdict_and_summary_prompts_render_as_before() -> None:
+    transcript = old_transcript([R1, R2])
+    _, commands = play_long(long_request(judge_mode="external_judge", judge="j"), 2)
+    assert text_of(only_job(commands)) == prompts.JUDGE_DECISION_PROMPT.format(
+        question=LONG_QUESTION, last_round=2, transcript=transcript
+    )
+
+    _, commands = play_long(long_request(judge_mode="external_judge", judge="j", max_rounds=2), 2)
+    assert text_of(only_job(commands)) == prompts.JUDGE_VERDICT_PROMPT.format(
+        question=LONG_QUESTION, transcript=transcript
+    )
+
+    _, commands = play_long(long_request(judge_mode="self_convergence"), 2)
+    first = jobs(commands)[0]
+    assert text_of(first) == prompts.CONVICTION_PROMPT.format(
+        label="a#1",
+        number=1,
+        question=LONG_QUESTION,
+        own_position=old_own("a#1", 2),
+        transcript=transcript,
+        others="a#2, b#1",
+        others_example="a#2",
+    )
+
+    _, commands = play_long(long_request(judge_mode="self_convergence", max_rounds=2), 2)
+    assert text_of(only_job(commands)) == prompts.SUMMARY_PROMPT.format(
+        label="a#1",
+        question=LONG_QUESTION,
+        transcript=transcript,
+        standing=prompts.SUMMARY_FIRST.format(rounds=2),
+    )
+
+
+def test_a_long_judge_reason_is_shortened_where_the_run_quotes_it() -> None:
+    state, commands = play_rounds(judged(max_rounds=5), 2)
+    answer = "STOP\n" + "The positions converged. " * 100
+    state, commands = decide(state, done(only_job(commands), answer))
+    decision = commands[0]
+    assert isinstance(decision, JudgeDecision) and not decision.continue_
+    assert isinstance(decision.raw, TextRef) and TEXTS[decision.raw.sha] == answer
+    assert (
+        isinstance(decision.reason, str)
+        and len(decision.reason) == 300
+        and decision.reason.endswith("\u2026")
+    )
+    assert state.reason is not None and len(state.reason) < 400
+    assert state.reason == f"the judge stopped the debate after round 2: {decision.reason}"
 
 
 def test_debate_is_a_registered_protocol() -> None:

@@ -185,7 +185,7 @@ def test_an_unreadable_judge_answer_lets_the_debate_go_on_and_says_so() -> None:
             run_id="r", call_id=job.call_id, iteration=job.iteration, role=job.role,
             model=job.model, instance=job.instance, text=text, at=at,
         )  # fmt: skip
-        state, commands = debate.decide(state, outcome)
+        state, commands, _texts = debate.decide(state, outcome)
         decision = next((c for c in commands if isinstance(c, JudgeDecision)), decision)
         pending += [c for c in commands if isinstance(c, CallJob)]
     assert decision is not None and decision.continue_ and not decision.readable

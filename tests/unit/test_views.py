@@ -12,6 +12,7 @@ from moot.messages import CallCompleted, CallJob, CancelRequested, RunCompleted,
 from moot.protocols import consortium, debate
 from moot.protocols.base import Command
 from moot.requests import ConsortiumRequest, DebateRequest, RunMeta
+from moot.texts import TextRef
 from moot.views import ConsortiumView, DebateView, RunSummary, run_view_adapter
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -40,7 +41,8 @@ def play(module: Any, state: Any, commands: list[Command]) -> tuple[Any, list[Co
             run_id=job.run_id, call_id=job.call_id, iteration=job.iteration, role=job.role,
             model=job.model, instance=job.instance, text=ANSWERS[job.role], at=T0,
         )  # fmt: skip
-        state, more = module.decide(state, event)
+        t = module.decide(state, event)
+        state, more = t.state, t.commands
         published += more
         pending += [c for c in more if isinstance(c, CallJob)]
     return state, published
@@ -58,6 +60,9 @@ def test_a_consortium_view_round_trips_and_answers_its_synthesis() -> None:
     assert isinstance(view, ConsortiumView) and view.status == "completed"
     assert view.answer == "S" and view.result is not None and view.result.confidence == 0.9
     assert round_trip(view) == view
+    # The request travels as one stored document; readers hydrate it back.
+    assert isinstance(view.request, TextRef) and view.request.json_
+    assert json.loads(t.texts[view.request.sha])["prompt"] == "2 + 2?"
 
     data = json.loads(view.model_dump_json())
     # Times as isoformat() (+00:00), as the API has always shown them.
@@ -105,11 +110,15 @@ def test_a_debate_view_round_trips(judge_mode: str) -> None:
     if judge_mode == "self_convergence":
         assert any(r.convictions for r in view.rounds)
 
+    # The request travels as one stored document; readers hydrate it back.
+    assert isinstance(view.request, TextRef) and view.request.json_
+    assert json.loads(t.texts[view.request.sha])["prompt"] == "Tabs or spaces?"
+
 
 def test_a_cancelled_run_carries_its_view() -> None:
     request = ConsortiumRequest(prompt="p", members=[{"model": "a"}], arbiter="j")
     t = consortium.start("r1", request, T0)
-    _, commands = consortium.decide(t.state, CancelRequested(run_id="r1", at=T0))
+    commands = consortium.decide(t.state, CancelRequested(run_id="r1", at=T0)).commands
     [cancelled] = commands
     assert cancelled.type == "run.cancelled" and cancelled.run.status == "cancelled"
     assert parse_event(cancelled.model_dump_json()) == cancelled

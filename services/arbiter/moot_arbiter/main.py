@@ -1,4 +1,4 @@
-"""arbiter wiring: settings, broker, run store over the KV bucket, the outcome subscriber."""
+"""arbiter wiring: settings, broker, run store over the KV bucket and the text store, the outcome subscriber."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 from fastapi import FastAPI
 
 from moot.observability import telemetry
-from moot.runtime.nats import ensure_topology, make_broker, publish_all
+from moot.runtime.nats import ensure_topology, make_broker, open_texts, publish_all
 from moot.runtime.runstore import RunStore
 from moot.runtime.service import serve, service_app, setup_logging
 from moot.runtime.settings import get_settings
@@ -28,8 +28,10 @@ def create_app() -> FastAPI:
         await publish_all(broker, names, items)
 
     async def on_start() -> None:
-        kv = await ensure_topology(broker.connection.jetstream(), names, settings)
-        holder["store"] = RunStore(kv=kv, names=names, publish=publish)
+        js = broker.connection.jetstream()
+        kv = await ensure_topology(js, names, settings)
+        texts = await open_texts(js, names, settings)
+        holder["store"] = RunStore(kv=kv, names=names, publish=publish, texts=texts)
 
     concurrency = int(os.environ.get("MOOT_ARBITER_CONCURRENCY", "16"))
     register(broker, names, lambda: holder["store"], concurrency)

@@ -1,4 +1,4 @@
-"""gateway wiring: one NATS connection, the run store, a Postgres pool, the routers."""
+"""gateway wiring: one NATS connection, the run store and the text store, a Postgres pool, the body cap, the routers."""
 
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ from fastapi import FastAPI
 
 from moot.observability import telemetry
 from moot.records.migrate import require_current
-from moot.runtime.nats import ensure_topology, make_broker, publish_all
+from moot.runtime.nats import ensure_topology, make_broker, open_texts, publish_all
 from moot.runtime.runstore import RunStore
 from moot.runtime.service import setup_logging
 from moot.runtime.settings import get_settings
 from moot.runtime.subjects import Names
 from moot_gateway.deps import Clients
 from moot_gateway.errors import ApiError, api_error_handler
+from moot_gateway.limits import BodyLimit
 from moot_gateway.routes import configs, health, openai, runs
 from moot_gateway.settings import GatewaySettings
 
@@ -34,7 +35,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Connect a NatsBroker in the lifespan (faststream's FastAPI plugin is deprecated).
     broker = make_broker(settings, name="moot-gateway")
     await broker.connect()
-    kv = await ensure_topology(broker.connection.jetstream(), names, settings)
+    js = broker.connection.jetstream()
+    kv = await ensure_topology(js, names, settings)
+    # Every text people read (views, events) is put back from here before it is answered.
+    texts = await open_texts(js, names, settings)
 
     async def publish(items: list[tuple[str, str, bytes]]) -> None:
         await publish_all(broker, names, items)
@@ -49,7 +53,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await pool.close()
         await broker.stop()
         raise
-    app.state.clients = Clients(settings, names, broker, RunStore(kv=kv, names=names, publish=publish), pool)
+    store = RunStore(kv=kv, names=names, publish=publish, texts=texts)
+    app.state.clients = Clients(settings, names, broker, store, pool)
     try:
         yield
     finally:
@@ -62,6 +67,8 @@ def create_app() -> FastAPI:
     setup_logging(get_settings(), "gateway")
     telemetry.setup("gateway")
     app = FastAPI(title="moot", version="0.1.0", lifespan=lifespan)
+    # Added before the instrumentation, so a refused body still gets its server span.
+    app.add_middleware(BodyLimit, max_bytes=GatewaySettings().max_body_bytes)
     # A server span per request (the root of a run's trace for POST /v1/runs), HTTP metrics.
     telemetry.instrument_fastapi(app)
     app.add_api_route("/metrics", telemetry.metrics_response, methods=["GET"], include_in_schema=False)

@@ -1,4 +1,8 @@
-"""Submitting and reading runs on behalf of an owner; shared by the runs API and the OpenAI endpoint."""
+"""Submitting and reading runs on behalf of an owner; shared by the runs API and the OpenAI endpoint.
+
+A run's state holds its long texts by reference (`moot.texts`); every view read here is hydrated
+(its texts put back from the text store), so what the API answers has every text inline.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +20,11 @@ from moot.protocols import protocol_for
 from moot.records.accounts import Principal
 from moot.records.queries import fetch_run_view
 from moot.requests import ChatMessage, RunMeta, run_request_adapter
+from moot.runtime.nats import PayloadTooLarge
 from moot.runtime.runstore import OutboxPending
-from moot.views import ConsortiumView, DebateView
+from moot.runtime.textstore import TextStore, hydrated
+from moot.texts import TextRef, refs_in
+from moot.views import ConsortiumView, DebateView, run_view_adapter
 from moot_gateway import configs
 from moot_gateway.deps import Clients
 from moot_gateway.errors import ApiError
@@ -33,7 +40,7 @@ def not_found(what: str, param: str | None = None) -> ApiError:
 
 
 async def view_of(clients: Clients, run_id: str, principal: Principal) -> ConsortiumView | DebateView | None:
-    """The run's view if it exists and belongs to `principal`; None otherwise (never another's)."""
+    """The run's view, hydrated, if it exists and belongs to `principal`; None otherwise (never another's)."""
     if len(run_id) != 32 or any(c not in "0123456789abcdef" for c in run_id):
         return None
     view: ConsortiumView | DebateView | None = None
@@ -42,10 +49,18 @@ async def view_of(clients: Clients, run_id: str, principal: Principal) -> Consor
         mode, state = loaded
         view = protocol_for(mode).view(state)
     elif clients.pool is not None:
-        view = await fetch_run_view(clients.pool, run_id)
+        view = await fetch_run_view(clients.pool, run_id)  # recorded hydrated
     if view is None or view.owner != principal.owner:
         return None
-    return view
+    return await hydrated_view(clients.store.texts, view)
+
+
+async def hydrated_view(texts: TextStore, view: ConsortiumView | DebateView) -> ConsortiumView | DebateView:
+    """The view with every text inline (its request a request again, not a reference)."""
+    data = view.model_dump(mode="json")
+    if not refs_in(data):
+        return view
+    return run_view_adapter.validate_python(await hydrated(texts, data))
 
 
 async def _history_of(clients: Clients, run_id: str, principal: Principal) -> list[dict[str, Any]]:
@@ -58,6 +73,7 @@ async def _history_of(clients: Clients, run_id: str, principal: Principal) -> li
             CONTINUE_FIELD, f"run {run_id!r} has no final answer to continue from ({earlier.status})"
         )
     request = earlier.request
+    assert not isinstance(request, TextRef)  # view_of hydrates
     return [
         *(m.model_dump() for m in request.history),
         {"role": "user", "content": request.prompt},
@@ -107,6 +123,16 @@ async def submit(clients: Clients, request: Any, meta: RunMeta) -> str:
     transition = protocol_for(request.mode).start(run_id, request, utcnow(), meta)
     try:
         await clients.store.create(run_id, request.mode, transition)
+    except PayloadTooLarge as exc:
+        # Nothing was stored. Texts travel by reference, so only the run's shape (its calls) can
+        # do this; refused like a body over the cap, never a 500.
+        log.error("run refused: %s", exc)
+        raise ApiError(
+            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            f"this run is too large to carry: {exc}",
+            param="members",
+            code="run_too_large",
+        ) from exc
     except OutboxPending:
         # Accepted and stored: answer 202 and keep publishing its first jobs in the background.
         log.warning("run %s: first messages not all published; retrying in the background", run_id)

@@ -1,6 +1,8 @@
 """The activity: one model call through litellm, its outcome classified for the retry decision.
 
 litellm is called with `num_retries=0`: retries belong to JetStream redelivery, one layer only.
+A job's long texts come by reference: they are read from the text store and put back into the
+messages (`moot.texts.render`) just before the call.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from opentelemetry.trace import Span, SpanKind, StatusCode
 from moot.messages import CallCompleted, CallFailed, CallJob
 from moot.observability import metrics, telemetry
 from moot.runtime.models import ModelList
+from moot.runtime.textstore import MissingText, TextStore
+from moot.texts import refs_in, render
 from moot.views import Usage
 
 litellm.suppress_debug_info = True
@@ -87,6 +91,23 @@ class ModelCaller:
         self.timeout = timeout
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
+        self.texts: TextStore | None = None  # set once connected, before the first job
+
+    async def resolve(self, job: CallJob) -> tuple[list[dict[str, Any]], list[Any] | None]:
+        """The job's messages as the model gets them, and its tool definitions: references resolved.
+
+        A message's content is a string, or OpenAI content parts when it holds images.
+        MissingText when a referenced text is not stored.
+        """
+        shas = refs_in(job.messages) | ({job.tools.sha} if job.tools else set())
+        texts: dict[str, str] = {}
+        if shas:
+            if self.texts is None:
+                raise RuntimeError("the text store is not open yet")
+            texts = await self.texts.get_many(shas)
+        messages = [{"role": m.role, "content": render(m.content, texts)} for m in job.messages]
+        tools = json.loads(texts[job.tools.sha]) if job.tools else None
+        return messages, tools
 
     def backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -127,8 +148,17 @@ class ModelCaller:
             return job.failed(str(exc), **common, error_type="configuration"), "unknown"
         provider = _provider_of(params)
         span.set_attributes(_server_attributes(params))
+        try:
+            messages, tools = await self.resolve(job)
+        except MissingText as exc:
+            # Expired or never stored: no later attempt would find it.
+            error = f"a text of the job is not in the text store: {exc.args[0]}"
+            return job.failed(error, **common, error_type="missing_text"), provider
+        except Exception as exc:  # the text store not reachable right now
+            return Retry(_error_text(exc), type(exc).__name__, self.backoff(attempt, None)), provider
+        span.set_attributes(_content_attributes(messages, tools))
         kwargs: dict[str, Any] = {
-            "messages": [m.model_dump() for m in job.messages],
+            "messages": messages,
             "num_retries": 0,
             "timeout": self.timeout,
             **{
@@ -136,7 +166,7 @@ class ModelCaller:
                 for k, v in (("temperature", job.temperature), ("max_tokens", job.max_tokens))
                 if v is not None
             },
-            **({"tools": job.tools} if job.tools else {}),
+            **({"tools": tools} if tools else {}),
             **params,
         }
         streamed = _Streamed()
@@ -245,12 +275,16 @@ def _request_attributes(job: CallJob, attempt: int) -> dict[str, Any]:
         attributes["gen_ai.request.temperature"] = job.temperature
     if job.max_tokens is not None:
         attributes["gen_ai.request.max_tokens"] = job.max_tokens
-    if job.tools:
-        attributes["moot.tools"] = len(job.tools)
+    return attributes
+
+
+def _content_attributes(messages: list[dict[str, Any]], tools: list[Any] | None) -> dict[str, Any]:
+    """The span's attributes known once the job's texts are resolved. Content only if capture is on."""
+    attributes: dict[str, Any] = {}
+    if tools:
+        attributes["moot.tools"] = len(tools)
     if telemetry.capture_content():
-        attributes["gen_ai.input.messages"] = json.dumps(
-            [m.model_dump(mode="json") for m in job.messages], ensure_ascii=False
-        )
+        attributes["gen_ai.input.messages"] = json.dumps(messages, ensure_ascii=False)
     return attributes
 
 

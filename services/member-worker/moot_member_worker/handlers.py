@@ -1,4 +1,8 @@
-"""The one subscriber: take a call job, call the model, publish the outcome, then ack."""
+"""The one subscriber: take a call job, call the model, publish the outcome, then ack.
+
+A long answer is stored in the text store before its outcome, which carries the reference, is
+published; short answers and the streamed `final_chunk` deltas travel inline.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ from moot.observability import telemetry
 from moot.runtime.nats import MSG_ID, publish
 from moot.runtime.settings import MootSettings
 from moot.runtime.subjects import Names
+from moot.runtime.textstore import TextStore
+from moot.texts import TextSink
 from moot_member_worker.calls import ModelCaller, Retry
 
 log = logging.getLogger(__name__)
@@ -79,7 +85,7 @@ def register(
                 return
             outcome = outcome.give_up(job, attempt)
         try:
-            await _publish(broker, names, outcome)
+            await _publish(broker, names, await _by_reference(caller.texts, outcome))
         except Exception:
             # The call happened but its outcome could not be published: redeliver soon rather than
             # after ack_wait (the repeated call's outcome is deduplicated by its id).
@@ -97,6 +103,22 @@ async def _publish(broker: NatsBroker, names: Names, event: CallCompleted | Call
         event.event_id(),
         event.model_dump_json().encode(),
     )
+
+
+async def _by_reference(
+    texts: TextStore | None, outcome: CallCompleted | CallFailed
+) -> CallCompleted | CallFailed:
+    """The outcome as published: a long answer stored first and carried by reference."""
+    if not isinstance(outcome, CallCompleted) or not isinstance(outcome.text, str):
+        return outcome
+    sink = TextSink()
+    text = sink.text(outcome.text)
+    if not sink.texts:
+        return outcome  # short: inline
+    if texts is None:
+        raise RuntimeError("the text store is not open yet")
+    await texts.put_many(sink.texts)
+    return outcome.model_copy(update={"text": text})
 
 
 async def _keep_alive(msg: NatsMessage, every: float) -> None:

@@ -1,4 +1,4 @@
-"""member-worker wiring: settings, model list, broker, the call subscriber, health endpoints."""
+"""member-worker wiring: settings, model list, broker, text store, the call subscriber, health endpoints."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from moot.observability import telemetry
 from moot.runtime.models import ModelList
-from moot.runtime.nats import ensure_topology, make_broker
+from moot.runtime.nats import ensure_topology, make_broker, open_texts
 from moot.runtime.service import serve, service_app, setup_logging
 from moot.runtime.settings import get_settings
 from moot.runtime.subjects import Names
@@ -31,7 +31,10 @@ def create_app() -> FastAPI:
     register(broker, names, settings, caller, worker.concurrency)
 
     async def on_start() -> None:
-        await ensure_topology(broker.connection.jetstream(), names, settings)
+        js = broker.connection.jetstream()
+        await ensure_topology(js, names, settings)
+        # Before the subscriber consumes: every job's long texts are read from it.
+        caller.texts = await open_texts(js, names, settings)
 
     return service_app(
         "member-worker", broker, on_start=on_start, consumers=[(names.jobs_stream, names.worker_consumer)]

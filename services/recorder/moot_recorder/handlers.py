@@ -1,8 +1,13 @@
-"""The one subscriber: batches of run events from JetStream, written to Postgres, then acked."""
+"""The one subscriber: batches of run events from JetStream, written to Postgres, then acked.
+
+Events carry long texts by reference (`moot.texts`); a batch is hydrated (one read of the text
+store for all its references) before it is parsed, so Postgres gets every text in full.
+"""
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -26,6 +31,7 @@ from pydantic import ValidationError
 from moot.messages import DebateStart, RunCancelled, RunCompleted, RunCreated, RunFailed
 from moot.observability import metrics, telemetry
 from moot.runtime.subjects import Names
+from moot.runtime.textstore import MissingText, TextStore, hydrated
 from moot.views import DebateView
 from moot_recorder.settings import RecorderSettings
 from moot_recorder.writer import (
@@ -35,7 +41,8 @@ from moot_recorder.writer import (
     RunScope,
     Writer,
     WriteResult,
-    envelope_from,
+    envelope_of,
+    inline,
 )
 
 log = logging.getLogger(__name__)
@@ -64,17 +71,36 @@ class BatchRecorder:
         self.settings = settings
         self.stats = stats or RecorderStats()
         self.writer: Writer | None = None  # set once the database pool is up
+        self.texts: TextStore | None = None  # set once connected
 
-    def _parse(self, msgs: list[Msg]) -> list[Envelope]:
-        """The run events of a batch; everything else is logged and left to be acked with it."""
-        envelopes: list[Envelope] = []
+    async def _parse(self, msgs: list[Msg]) -> list[Envelope]:
+        """The run events of a batch, hydrated; everything else is logged and left to be acked with it.
+
+        MissingText (or a text store error) when a referenced text cannot be read: the caller
+        retries the batch rather than record events without their texts.
+        """
+        decoded: list[tuple[Msg, Any]] = []
+        undecodable: list[tuple[Msg, str]] = []
         for msg in msgs:
+            try:
+                decoded.append((msg, json.loads(msg.data)))
+            except Exception as exc:  # not JSON, not UTF-8, nested too deep...
+                undecodable.append((msg, type(exc).__name__))
+        if self.texts is None:
+            raise RuntimeError("the text store is not open yet")
+        # One read for every reference of the batch (none for most batches); before anything is
+        # counted, since an error here has the whole batch come again.
+        payloads = await hydrated(self.texts, [data for _, data in decoded])
+        for msg, why in undecodable:
+            self._skip(msg, msg.metadata.sequence.stream, why)
+        envelopes: list[Envelope] = []
+        for (msg, _), data in zip(decoded, payloads, strict=True):
             seq = msg.metadata.sequence.stream
             try:
-                envelopes.append(envelope_from(msg.data, seq, msg.headers))
+                envelopes.append(envelope_of(data, seq, msg.headers))
             except ValidationError as exc:
                 self._skip(msg, seq, [(".".join(map(str, e["loc"])), e["type"]) for e in exc.errors()[:5]])
-            except Exception as exc:  # not JSON, not UTF-8, nested too deep...
+            except Exception as exc:
                 self._skip(msg, seq, type(exc).__name__)
         return envelopes
 
@@ -93,9 +119,18 @@ class BatchRecorder:
         for msg in msgs:
             telemetry.observe_queue_wait(msg, "recorder")
         skipped_before = self.stats.events_skipped
-        envelopes = self._parse(msgs)
         if self.writer is None:
             await self._retry_later(batch, msgs, "the database is not connected yet")
+            return
+        try:
+            envelopes = await self._parse(msgs)
+        except MissingText as exc:
+            # Expired or never stored: like a database error, the batch waits and comes again
+            # (until max_deliver) rather than being recorded without its texts.
+            await self._retry_later(batch, msgs, f"text {exc.args[0]} is not in the text store")
+            return
+        except Exception as exc:  # the text store not reachable right now
+            await self._retry_later(batch, msgs, f"texts not readable: {type(exc).__name__}: {exc}")
             return
         run_scope = self._run_scope(len(msgs))
         try:
@@ -186,7 +221,7 @@ def _observe_recorded(result: WriteResult, skipped: int) -> None:
     for env in result.recorded:
         e = env.event
         if isinstance(e, RunCreated | DebateStart):
-            metrics.runs_started.add(1, {"mode": e.request.mode})
+            metrics.runs_started.add(1, {"mode": inline(e.request).mode})
         elif isinstance(e, RunCompleted | RunFailed | RunCancelled):
             view = e.run
             status = {RunCompleted: "completed", RunFailed: "failed"}.get(type(e), "cancelled")

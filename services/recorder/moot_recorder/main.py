@@ -1,4 +1,4 @@
-"""recorder wiring: settings, broker, Postgres pool (schema checked, never applied), the batch subscriber, health endpoints."""
+"""recorder wiring: settings, broker, text store, Postgres pool (schema checked, never applied), the batch subscriber, health endpoints."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from nats.js.errors import Error as JetStreamError
 
 from moot.observability import telemetry
 from moot.records.migrate import require_current
-from moot.runtime.nats import ensure_topology, make_broker
+from moot.runtime.nats import ensure_topology, make_broker, open_texts
 from moot.runtime.service import serve, service_app, setup_logging
 from moot.runtime.settings import MootSettings, get_settings
 from moot.runtime.subjects import Names
@@ -76,6 +76,7 @@ def create_app(
         js = broker.connection.jetstream()
         await ensure_topology(js, names, settings)
         await ensure_consumer(js, names, rs)
+        recorder.texts = await open_texts(js, names, settings)
         pool = await connect_database(settings, rs)
         # `moot migrate` owns the schema: replicas applying it at once would race on DDL.
         try:

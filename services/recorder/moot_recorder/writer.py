@@ -59,6 +59,8 @@ from moot.records.queries import (
     RUNS_TABLE,
     TABLES,
 )
+from moot.requests import ConsortiumRequest, DebateRequest
+from moot.texts import TextRef
 from moot.views import DebateView
 
 log = logging.getLogger(__name__)
@@ -89,8 +91,15 @@ class Envelope:
 
 
 def envelope_from(data: bytes, stream_seq: int, headers: Mapping[str, str] | None = None) -> Envelope:
-    """Parse one message; ValueError (incl. pydantic's ValidationError) when it is no run event."""
-    raw = _clean(json.loads(data))
+    """Parse one message that holds no text references; ValueError (incl. pydantic's
+    ValidationError) when it is no run event."""
+    return envelope_of(json.loads(data), stream_seq, headers)
+
+
+def envelope_of(data: Any, stream_seq: int, headers: Mapping[str, str] | None = None) -> Envelope:
+    """One message's JSON, hydrated (`moot.runtime.textstore.hydrated`: its texts inline, so the
+    events table and the rows get full texts), as an envelope; ValueError when it is no run event."""
+    raw = _clean(data)
     event: Event = run_event_adapter.validate_python(raw)
     payload = json.dumps(raw, ensure_ascii=False, separators=(",", ":"))
     headers = headers or {}
@@ -150,11 +159,18 @@ def _aware(dt: datetime) -> datetime:
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
+def inline(request: ConsortiumRequest | DebateRequest | TextRef) -> ConsortiumRequest | DebateRequest:
+    """A run request as the recorder reads it: events are hydrated, so never a reference."""
+    if isinstance(request, TextRef):
+        raise ValueError("a run request by reference: the event was not hydrated")
+    return request
+
+
 def run_row(env: Envelope) -> Row | None:
     """The `runs` row an event contributes to, or None (only a run's start and end do)."""
     e = env.event
     if isinstance(e, RunCreated | DebateStart):
-        req = e.request
+        req = inline(e.request)
         request = req.model_dump(mode="json")
         return (e.run_id, req.mode, "running", req.prompt, _json(request),
                 None, None, None, None, None, None, None, _aware(e.at), None, env.trace_id,
@@ -172,7 +188,7 @@ def run_row(env: Envelope) -> Row | None:
             e.run_id,
             view.mode,
             status,
-            view.request.prompt,
+            inline(view.request).prompt,
             _json(data["request"]),
             e.reason,
             _json(data["result"]),

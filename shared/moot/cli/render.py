@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from moot.cli.client import RunEventMessage
 from moot.cli.common import plural, short, table
 
 if TYPE_CHECKING:  # the views' models take a while to build: not at every start of the CLI
+    from moot.requests import ConsortiumRequest, DebateRequest
+    from moot.texts import Text
     from moot.views import CallView, ConsortiumView, DebateCallView, DebateView, IterationView, RunView
+
+
+def _inline(text: Text | None) -> str:
+    """A text of a view the gateway answered: it puts every text inline (never a reference)."""
+    return text if isinstance(text, str) else ""
+
 
 # --------------------------------------------------------------------------- live progress
 
@@ -146,8 +154,8 @@ def transcript(run: RunView) -> str:
     for rnd in run.rounds if run.mode == "debate" else []:
         parts.append(f"== round {rnd.number}")
         for turn in rnd.turns:
-            said = turn.text if turn.status == "completed" else f"(failed: {turn.error})"
-            parts.append(f"-- {turn.label or _instance(turn)}\n{(said or '').strip()}")
+            said = _inline(turn.text) if turn.status == "completed" else f"(failed: {turn.error})"
+            parts.append(f"-- {turn.label or _instance(turn)}\n{said.strip()}")
     return "\n\n".join(parts) + "\n" if parts else ""
 
 
@@ -175,7 +183,7 @@ def _call_line(
         return f"  {label}: failed: {short(call.error, 200)}"
     if call.status != "completed":
         return f"  {label}: ({call.status})"
-    text = (text or call.text or "").strip()
+    text = (text or _inline(call.text)).strip()
     if full:
         return f"  {label}:\n" + "\n".join("    " + line for line in text.splitlines())
     return f"  {label}: {short(text, 100)}"
@@ -185,7 +193,7 @@ def _arbiter_line(iteration: IterationView, full: bool) -> str:
     """The arbiter's call, showing its synthesis rather than its tagged answer when it was readable."""
     call, verdict = iteration.arbiter, iteration.verdict
     label = f"arbiter {call.model}" if call else "arbiter"
-    synthesis = verdict.synthesis if verdict else None
+    synthesis = _inline(verdict.synthesis) if verdict else None
     return _call_line(label, call, full, text=synthesis)
 
 
@@ -206,14 +214,15 @@ def _debate_steps(run: DebateView, full: bool) -> list[str]:
         lines.append(f"round {rnd.number}: {', '.join(rnd.speakers)}")
         lines += [_call_line(t.label or _instance(t), t, full) for t in rnd.turns]
         if rnd.decision:
-            lines.append(f"  judge: {rnd.decision}: {short(rnd.decision_reason, 120)}")
+            lines.append(f"  judge: {rnd.decision}: {short(_inline(rnd.decision_reason), 120)}")
         if rnd.eliminated:
             lines.append(f"  out: {', '.join(rnd.eliminated)}")
     return lines
 
 
 def _header(run: RunView) -> list[str]:
-    r = run.request
+    # The gateway answers the request itself, never a reference to it.
+    r = cast("ConsortiumRequest | DebateRequest", run.request)
     created = run.created_at.isoformat() if run.created_at else None
     lines = [f"run {run.id} ({run.mode}), created {_when(created)}", outcome_line(run)]
     if run.config:
@@ -221,11 +230,11 @@ def _header(run: RunView) -> list[str]:
     if run.continued_from:
         lines.append(f"continues: {run.continued_from}")
     members = _members_text([m.model_dump() for m in r.members])
-    if run.mode == "debate":
-        judge = f" by {run.request.judge}" if run.request.judge else ""
-        lines.append(f"debaters: {members}; {run.request.format}; {run.request.judge_mode}{judge}")
+    if r.mode == "debate":
+        judge = f" by {r.judge}" if r.judge else ""
+        lines.append(f"debaters: {members}; {r.format}; {r.judge_mode}{judge}")
     else:
-        lines.append(f"members: {members}; arbiter {run.request.arbiter}")
+        lines.append(f"members: {members}; arbiter {r.arbiter}")
     lines.append(f"prompt: {short(r.prompt, 200)}")
     return lines
 

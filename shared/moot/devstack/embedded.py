@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from moot.texts import NATS_MAX_PAYLOAD_BYTES
+
 if TYPE_CHECKING:
     from pgserver import PostgresServer
 
@@ -205,9 +207,13 @@ def _launch_nats(data_dir: Path) -> EmbeddedProcess:
     _kill_stale_nats(pid_file, nats_dir)
     for stale in nats_dir.glob("*.ports"):
         stale.unlink(missing_ok=True)
+    # max_payload has no command-line flag: a config file sets it, the flags below the rest.
+    config = nats_dir / "nats-server.conf"
+    config.write_text(f"# written by moot (moot.devstack.embedded)\nmax_payload: {NATS_MAX_PAYLOAD_BYTES}\n")
 
     argv = [
         str(binary),
+        "--config", str(config),
         "--addr", "127.0.0.1",
         "--port", "-1",
         "--http_port", "-1",  # monitoring, for /healthz and /jsz when debugging

@@ -12,10 +12,12 @@ from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
 from nats.js.kv import KeyValue
 
+from moot.messages import TERMINAL_EVENT_TYPES
 from moot.observability.telemetry import broker_middlewares
 from moot.runtime.settings import MootSettings
 from moot.runtime.subjects import Names
 from moot.runtime.textstore import TextStore, open_text_store
+from moot.texts import MESSAGE_BUDGET_BYTES, NATS_MAX_PAYLOAD_BYTES, STATE_BUDGET_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +96,36 @@ PUBLISH_TIMEOUT_SECONDS = 5.0
 PUBLISH_ATTEMPTS = 3
 
 
+_RUN_END_SUFFIXES = tuple(f".{t}" for t in TERMINAL_EVENT_TYPES)
+
+
+class PayloadTooLarge(ValueError):
+    """A message (or KV value) larger than NATS's max_payload: the server would refuse it."""
+
+
+def check_payload(what: str, payload: bytes, budget: int = MESSAGE_BUDGET_BYTES) -> None:
+    """Refuse a payload over max_payload (PayloadTooLarge); log one over `budget` as an error.
+
+    `what` names the message (its type or subject) in both, never its content. Over the budget
+    it still goes out: the message is carried, but something travels inline that should not.
+    """
+    size = len(payload)
+    if size > NATS_MAX_PAYLOAD_BYTES:
+        raise PayloadTooLarge(f"{what}: {size} bytes, over NATS max_payload ({NATS_MAX_PAYLOAD_BYTES} bytes)")
+    if size > budget:
+        log.error(
+            "%s: %d bytes, over the budget of %d bytes (texts should travel by reference)", what, size, budget
+        )
+
+
 async def publish(broker: NatsBroker, names: Names, subject: str, msg_id: str, payload: bytes) -> None:
-    """Publish one message to JetStream, deduplicated by `msg_id`, retrying timeouts."""
+    """Publish one message to JetStream, deduplicated by `msg_id`, retrying timeouts.
+
+    PayloadTooLarge, before anything is sent, for a message NATS would refuse.
+    """
+    # A run's end event carries its whole view, which grows with its calls like its state.
+    ends_run = subject.endswith(_RUN_END_SUFFIXES)
+    check_payload(subject, payload, STATE_BUDGET_BYTES if ends_run else MESSAGE_BUDGET_BYTES)
     for attempt in range(1, PUBLISH_ATTEMPTS + 1):
         try:
             await broker.publish(

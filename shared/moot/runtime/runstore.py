@@ -23,9 +23,10 @@ from moot.messages import CallCompleted, CallJob
 from moot.observability import telemetry
 from moot.protocols import protocol_for
 from moot.protocols.base import Command, Transition
+from moot.runtime.nats import check_payload
 from moot.runtime.subjects import Names
 from moot.runtime.textstore import TextStore
-from moot.texts import TextRef
+from moot.texts import NATS_MAX_PAYLOAD_BYTES, STATE_BUDGET_BYTES, TextRef
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +64,30 @@ class RunStore:
     max_cas_attempts: int = 50
 
     def encode(self, command: Command) -> OutboxItem:
+        """A command as the outbox holds it. PayloadTooLarge for one NATS would refuse: it must not
+        reach the outbox, where every later publish of the run would fail on it."""
         if isinstance(command, CallJob):
-            return OutboxItem(
+            item = OutboxItem(
                 subject=self.names.call_jobs, msg_id=command.call_id, payload=command.model_dump_json()
             )
-        return OutboxItem(
-            subject=self.names.run_event(command.run_id, command.type),
-            msg_id=command.event_id(),
-            payload=command.model_dump_json(),
-        )
+            what = f"call job {command.call_id}"
+        else:
+            item = OutboxItem(
+                subject=self.names.run_event(command.run_id, command.type),
+                msg_id=command.event_id(),
+                payload=command.model_dump_json(),
+            )
+            what = f"{command.type} of run {command.run_id}"
+        # Only the hard limit here; `publish` logs what is over the message budget, once.
+        check_payload(what, item.payload.encode(), budget=NATS_MAX_PAYLOAD_BYTES)
+        return item
+
+    @staticmethod
+    def _value(run_id: str, stored: StoredRun) -> bytes:
+        """The KV value of a run: its state and outbox, within max_payload (PayloadTooLarge)."""
+        value = stored.model_dump_json().encode()
+        check_payload(f"state of run {run_id}", value, budget=STATE_BUDGET_BYTES)
+        return value
 
     async def create(self, run_id: str, mode: str, transition: Transition[Any]) -> None:
         """Store a new run and publish its first commands. RunExists if the id is taken."""
@@ -85,7 +101,7 @@ class RunStore:
             traceparent=telemetry.current_traceparent(),
         )
         try:
-            revision = await self.kv.create(run_id, stored.model_dump_json().encode())
+            revision = await self.kv.create(run_id, self._value(run_id, stored))
         except KeyWrongLastSequenceError as exc:
             raise RunExists(run_id) from exc
         try:
@@ -142,7 +158,7 @@ class RunStore:
                 traceparent=stored.traceparent,
             )
             try:
-                revision = await self.kv.update(run_id, stored.model_dump_json().encode(), last=revision)
+                revision = await self.kv.update(run_id, self._value(run_id, stored), last=revision)
             except KeyWrongLastSequenceError:
                 continue  # another arbiter advanced the run first: decide again on its state
             # What was decided, on the deciding span (the arbiter's): no content, only types.

@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from moot.texts import sha_of
+from moot.texts import hydrate, refs_in, sha_of
 
 # Each KV value stays far below NATS's max_payload (1 MiB, set explicitly where moot runs NATS).
 CHUNK_BYTES = 256 * 1024
@@ -108,6 +109,18 @@ class TextStore:
             self._cache_bytes -= len(old)
 
 
+async def hydrated(store: TextStore, data: Any) -> Any:
+    """JSON data (an event, a view, a list of them) with every reference replaced by its text.
+
+    One fetch for all its references, none when it has none (most events). MissingText when one
+    is not stored.
+    """
+    shas = refs_in(data)
+    if not shas:
+        return data
+    return hydrate(data, await store.get_many(shas))
+
+
 async def open_text_store(js: JetStreamContext, bucket: str, ttl_seconds: float) -> TextStore:
     """The text bucket, created if missing."""
     try:
@@ -115,7 +128,12 @@ async def open_text_store(js: JetStreamContext, bucket: str, ttl_seconds: float)
     except Exception:
         kv = await js.create_key_value(
             KeyValueConfig(
-                bucket=bucket, history=1, ttl=ttl_seconds, max_value_size=CHUNK_BYTES + 16, direct=True
+                bucket=bucket,
+                history=1,
+                ttl=ttl_seconds,
+                # The server counts the headers too (`create` sends the expected last sequence).
+                max_value_size=CHUNK_BYTES + 1024,
+                direct=True,
             )
         )
     return TextStore(kv)

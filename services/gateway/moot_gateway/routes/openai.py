@@ -128,8 +128,8 @@ async def chat_completions(
 
 
 async def _wait(clients: Clients, principal: Principal, run_id: str) -> ConsortiumView | DebateView:
-    async for _ in replay(clients, run_id, 0):
-        pass  # the replay ends with the run's final event
+    async for _ in replay(clients, run_id, 0, hydrate=False):
+        pass  # the replay ends with the run's final event; the answer comes from the hydrated view
     view = await runs_service.view_of(clients, run_id, principal)
     assert view is not None
     return view
@@ -173,7 +173,7 @@ async def _stream(
 
     yield chunk({"role": "assistant", "content": ""})
     streamed = False
-    async for event in replay(clients, run_id, 0):
+    async for event in replay(clients, run_id, 0, hydrate=False):  # deltas are inline
         if event.event == "final_chunk" and isinstance(event.data, dict):
             streamed = True
             yield chunk({"content": event.data["delta"]})

@@ -14,6 +14,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from moot.messages import TERMINAL_EVENT_TYPES
 from moot.observability import telemetry
 from moot.records.queries import recent_runs
+from moot.runtime.textstore import hydrated
 from moot_gateway import runs_service
 from moot_gateway.auth import PrincipalDep
 from moot_gateway.deps import Clients, ClientsDep
@@ -144,7 +145,13 @@ async def run_events(
         yield event
 
 
-async def replay(clients: Clients, run_id: str, start_after: int) -> AsyncIterator[ServerSentEvent]:
+async def replay(
+    clients: Clients, run_id: str, start_after: int, *, hydrate: bool = True
+) -> AsyncIterator[ServerSentEvent]:
+    """The run's events from JetStream, each hydrated (its texts inline, as before references).
+
+    `hydrate=False` for callers that read no referenced text (a `final_chunk`'s delta is inline).
+    """
     names = clients.names
     js = clients.broker.connection.jetstream()
     config = (
@@ -165,6 +172,8 @@ async def replay(clients: Clients, run_id: str, start_after: int) -> AsyncIterat
             seq = msg.metadata.sequence.stream
             # The sequence goes into the payload too, for clients that read data only.
             data = {**json.loads(msg.data), "seq": seq}
+            if hydrate:
+                data = await hydrated(clients.store.texts, data)
             yield ServerSentEvent(data=data, event=event_type, id=str(seq))
             if event_type in TERMINAL_EVENT_TYPES:
                 return

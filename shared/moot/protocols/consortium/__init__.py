@@ -6,6 +6,7 @@
 
 from moot.protocols.consortium.machine import (
     ConsortiumState,
+    Plan,
     State,
     decide,
     should_stop,
@@ -14,4 +15,4 @@ from moot.protocols.consortium.machine import (
 )
 from moot.protocols.consortium.prompts import arbiter_prompt
 
-__all__ = ["ConsortiumState", "State", "arbiter_prompt", "decide", "should_stop", "start", "view"]
+__all__ = ["ConsortiumState", "Plan", "State", "arbiter_prompt", "decide", "should_stop", "start", "view"]

@@ -7,7 +7,7 @@ Stages of one iteration, in order:
 1. `_ask_members`    every member instance answers the iteration's prompt, in parallel;
 2. `_ask_arbiter`    once all members are in (answered or failed), the arbiter synthesizes;
 3. `_judge_iteration` the arbiter's verdict and the stop rule decide: stop, or ask the
-                      members again with a refinement prompt (`_refinement_prompt`).
+                      members again with a refinement prompt (`prompts.refinement_prompt`).
 """
 
 from __future__ import annotations
@@ -24,14 +24,16 @@ from moot.messages import (
     CancelRequested,
     IterationCompleted,
     IterationStarted,
+    JobMessage,
     RunCompleted,
     RunCreated,
     RunFailed,
 )
-from moot.protocols.base import Command, Transition, cancel
+from moot.protocols.base import Command, Transition, cancel, stored_history
 from moot.protocols.consortium import prompts
 from moot.protocols.consortium.parsing import extract_member_confidence, parse_arbiter
-from moot.requests import ChatMessage, ConsortiumRequest, RunMeta
+from moot.requests import ConsortiumRequest, MemberSpec, RunMeta
+from moot.texts import Parts, Text, TextRef, TextSink
 from moot.views import (
     ArbiterVerdict,
     CallStatus,
@@ -44,17 +46,23 @@ from moot.views import (
 )
 
 
-class Call(BaseModel):
-    """One model call of the run and what came of it."""
+def _is_none(value: object) -> bool:
+    return value is None
 
-    call_id: str
-    role: Literal["member", "arbiter"]
-    model: str
-    instance: int
+
+class Call(BaseModel):
+    """One model call and what came of it; its answer by reference when long.
+
+    The state holds every call of the run and is rewritten on every outcome, so a call keeps no
+    more than it must: who was called comes from where it sits (an iteration's `members` follow
+    `Plan.instances()`, its `arbiter` is `Plan.arbiter`), its id is derived (`CallJob.make_id`),
+    empty fields are left out.
+    """
+
     status: CallStatus = "pending"
-    text: str | None = None
-    confidence: float | None = None
-    error: str | None = None
+    text: Text | None = Field(None, exclude_if=_is_none)
+    confidence: float | None = Field(None, exclude_if=_is_none)
+    error: str | None = Field(None, exclude_if=_is_none)
     usage: Usage = Field(default_factory=Usage)
     latency_ms: int = 0
     attempts: int = 0
@@ -62,18 +70,45 @@ class Call(BaseModel):
 
 
 class Iteration(BaseModel):
+    """One iteration: its prompt is not kept, it follows from the verdict before (`prompt_of`)."""
+
     number: int
-    prompt: str
-    members: list[Call]
+    members: list[Call]  # one per member instance, in the order of `Plan.instances()`
     arbiter: Call | None = None
     verdict: ArbiterVerdict | None = None
     decision: Literal["stop", "iterate"] | None = None
     reason: str | None = None
 
 
+class Plan(BaseModel):
+    """What the run's decisions need from its request: who is asked, how, and when it stops."""
+
+    members: list[MemberSpec]
+    arbiter: str
+    confidence_threshold: float
+    min_iterations: int
+    max_iterations: int
+    temperature: float | None = None
+    max_tokens: int | None = None
+
+    def instances(self) -> list[tuple[str, int]]:
+        """(model, instance) of every member instance, in the request's order."""
+        return [(spec.model, i) for spec in self.members for i in range(1, spec.count + 1)]
+
+
 class ConsortiumState(BaseModel):
+    """A run: its plan, the request's texts by reference, and every iteration so far.
+
+    One KV value, rewritten on every call outcome: it holds references, never long texts, so
+    its size grows with the number of calls only (tests/unit/test_sizes_consortium.py).
+    """
+
     run_id: str
-    request: ConsortiumRequest
+    plan: Plan
+    prompt: Text
+    system: Text | None = None
+    history: list[JobMessage] = Field(default_factory=list)
+    request: TextRef  # the whole request (a JSON document), for the view
     status: RunStatus = "running"
     created_at: datetime
     finished_at: datetime | None = None
@@ -100,45 +135,61 @@ def start(
 ) -> Transition[ConsortiumState]:
     """A new run: record it and ask every member instance for a first answer."""
     meta = meta or RunMeta()
-    state = ConsortiumState(run_id=run_id, request=request, created_at=at, meta=meta)
-    commands: list[Command] = [RunCreated(run_id=run_id, request=request, at=at, meta=meta)]
-    commands += _ask_members(state, request.prompt + prompts.MEMBER_CONFIDENCE_HINT, at)
-    return Transition(state, commands)
+    sink = TextSink()
+    state = ConsortiumState(
+        run_id=run_id,
+        plan=Plan.model_validate(request.model_dump(include=set(Plan.model_fields))),
+        prompt=sink.text(request.prompt),
+        system=sink.text(request.system) if request.system else None,
+        history=stored_history(request.history, sink),
+        request=sink.document(request),
+        created_at=at,
+        meta=meta,
+    )
+    commands: list[Command] = [RunCreated(run_id=run_id, request=state.request, at=at, meta=meta)]
+    commands += _ask_members(state, at)
+    return Transition(state, commands, sink.texts)
 
 
 def decide(state: ConsortiumState, event: Any) -> Transition[ConsortiumState]:
-    """Fold one call outcome into the run. Duplicates and late arrivals change nothing."""
+    """Fold one call outcome into the run. Duplicates and late arrivals change nothing.
+
+    `state` is not modified: the new state is a shallow copy in which only the current
+    iteration and the call the event answers are new objects, so the work per event does not
+    grow with the run's texts (they are references) nor with its earlier iterations.
+    """
     if isinstance(event, CancelRequested):
         return cancel(state, event, view)
     if state.status != "running" or not isinstance(event, CallCompleted | CallFailed):
         return Transition(state, [])
-    call = _find_pending_call(state, event.call_id)
+    call = _pending_call(state, event.call_id)
     if call is None:
         return Transition(state, [])
-    state = state.model_copy(deep=True)
-    call = _find_pending_call(state, event.call_id)
-    assert call is not None
-    _record_outcome(state, call, event)
+    answers_arbiter = call is state.current.arbiter
+    sink = TextSink()
+    state = _record_outcome(state, call, event, sink)
 
-    if call.role == "member":
-        if any(m.status == "pending" for m in state.current.members):
-            return Transition(state, [])
-        if all(m.status == "failed" for m in state.current.members):
-            errors = "; ".join(f"{m.model}#{m.instance}: {m.error}" for m in state.current.members)
-            return _fail(
-                state, f"every member call failed in iteration {state.current.number}: {errors}", event.at
+    it = state.current
+    if not answers_arbiter:
+        if any(m.status == "pending" for m in it.members):
+            return Transition(state, [], sink.texts)
+        if all(m.status == "failed" for m in it.members):
+            errors = "; ".join(
+                f"{model}#{instance}: {m.error}"
+                for (model, instance), m in zip(state.plan.instances(), it.members, strict=True)
             )
-        return Transition(state, _ask_arbiter(state))
+            reason = f"every member call failed in iteration {it.number}: {errors}"
+            return _fail(state, reason, event.at, sink)
+        return Transition(state, _ask_arbiter(state), sink.texts)
 
     if isinstance(event, CallFailed):
-        return _fail(
-            state, f"arbiter call failed in iteration {state.current.number}: {event.error}", event.at
-        )
-    return _judge_iteration(state, event.text, event.at)
+        return _fail(state, f"arbiter call failed in iteration {it.number}: {event.error}", event.at, sink)
+    return _judge_iteration(state, _answer(event), event.at, sink)
 
 
 def view(state: ConsortiumState) -> ConsortiumView:
-    """The run as the API shows it."""
+    """The run as the API shows it: its texts as references (readers hydrate them)."""
+    instances = state.plan.instances()
     return ConsortiumView(
         id=state.run_id,
         status=state.status,
@@ -151,8 +202,13 @@ def view(state: ConsortiumState) -> ConsortiumView:
         iterations=[
             IterationView(
                 number=it.number,
-                members=[_call_view(c) for c in it.members],
-                arbiter=_call_view(it.arbiter) if it.arbiter else None,
+                members=[
+                    _call_view(state, it, "member", model, instance, c)
+                    for (model, instance), c in zip(instances, it.members, strict=True)
+                ],
+                arbiter=_call_view(state, it, "arbiter", state.plan.arbiter, 1, it.arbiter)
+                if it.arbiter
+                else None,
                 verdict=it.verdict,
                 decision=it.decision,
                 reason=it.reason,
@@ -163,93 +219,103 @@ def view(state: ConsortiumState) -> ConsortiumView:
     )
 
 
+def prompt_of(state: ConsortiumState, index: int) -> Parts:
+    """What the members were asked in `state.iterations[index]` (the next one when it is their count).
+
+    The first iteration asks the question; every later one refines the verdict before it.
+    """
+    if index == 0:
+        return prompts.member_prompt(state.prompt)
+    verdict = state.iterations[index - 1].verdict
+    assert verdict is not None, "an iteration follows a verdict"
+    return prompts.refinement_prompt(state.prompt, verdict)
+
+
 # ---------------------------------------------------------------------------------------------
 # Stages
+# Each stage changes `state` in place: it is the copy `start` or `decide` made, and what it
+# changes (the iteration list, the current iteration, the run's status) is that copy's own.
 
 
-def _ask_members(state: ConsortiumState, prompt: str, at: datetime) -> list[Command]:
+def _ask_members(state: ConsortiumState, at: datetime) -> list[Command]:
     number = len(state.iterations) + 1
-    req = state.request
-    members: list[Call] = []
-    jobs: list[Command] = []
-    for spec in req.members:
-        for instance in range(1, spec.count + 1):
-            call_id = CallJob.make_id(state.run_id, number, "member", spec.model, instance)
-            members.append(Call(call_id=call_id, role="member", model=spec.model, instance=instance))
-            jobs.append(
-                CallJob(
-                    call_id=call_id,
-                    run_id=state.run_id,
-                    iteration=number,
-                    role="member",
-                    model=spec.model,
-                    instance=instance,
-                    messages=_conversation(state, spec.model, instance, prompt),
-                    temperature=req.temperature,
-                    max_tokens=req.max_tokens,
-                )
-            )
-    state.iterations.append(Iteration(number=number, prompt=prompt, members=members))
+    plan = state.plan
+    asked = [prompt_of(state, i) for i in range(number)]  # every iteration's, this one's last
+    jobs = [
+        CallJob(
+            call_id=CallJob.make_id(state.run_id, number, "member", model, instance),
+            run_id=state.run_id,
+            iteration=number,
+            role="member",
+            model=model,
+            instance=instance,
+            messages=_conversation(state, index, asked),
+            temperature=plan.temperature,
+            max_tokens=plan.max_tokens,
+        )
+        for index, (model, instance) in enumerate(plan.instances())
+    ]
+    members = [Call() for _ in jobs]
+    state.iterations = [*state.iterations, Iteration(number=number, members=members)]
     started = IterationStarted(
-        run_id=state.run_id, iteration=number, call_ids=[m.call_id for m in members], at=at
+        run_id=state.run_id, iteration=number, call_ids=[j.call_id for j in jobs], at=at
     )
     return [started, *jobs]
 
 
-def _conversation(state: ConsortiumState, model: str, instance: int, prompt: str) -> list[ChatMessage]:
-    """What this instance has seen so far (its own earlier turns only), then the new prompt."""
-    messages: list[ChatMessage] = []
-    if state.request.system:
-        messages.append(ChatMessage(role="system", content=state.request.system))
-    messages.extend(state.request.history)
-    for it in state.iterations:
-        for call in it.members:
-            if call.model == model and call.instance == instance and call.status == "completed":
-                messages.append(ChatMessage(role="user", content=it.prompt))
-                messages.append(ChatMessage(role="assistant", content=call.text or ""))
-    messages.append(ChatMessage(role="user", content=prompt))
+def _conversation(state: ConsortiumState, index: int, asked: list[Parts]) -> list[JobMessage]:
+    """What member instance `index` has seen so far (its own earlier turns only), then the new prompt."""
+    messages: list[JobMessage] = []
+    if state.system:
+        messages.append(JobMessage(role="system", content=[state.system]))
+    messages.extend(state.history)
+    for it, prompt in zip(state.iterations, asked, strict=False):
+        call = it.members[index]
+        if call.status == "completed":
+            messages.append(JobMessage(role="user", content=prompt))
+            messages.append(JobMessage(role="assistant", content=[call.text] if call.text else []))
+    messages.append(JobMessage(role="user", content=asked[-1]))
     return messages
 
 
 def _ask_arbiter(state: ConsortiumState) -> list[Command]:
     it = state.current
-    req = state.request
-    call_id = CallJob.make_id(state.run_id, it.number, "arbiter", req.arbiter, 1)
-    it.arbiter = Call(call_id=call_id, role="arbiter", model=req.arbiter, instance=1)
+    plan = state.plan
+    it.arbiter = Call()
     return [
         CallJob(
-            call_id=call_id,
+            call_id=CallJob.make_id(state.run_id, it.number, "arbiter", plan.arbiter, 1),
             run_id=state.run_id,
             iteration=it.number,
             role="arbiter",
-            model=req.arbiter,
+            model=plan.arbiter,
             instance=1,
-            messages=[ChatMessage(role="user", content=prompts.arbiter_prompt(state))],
-            max_tokens=req.max_tokens,
+            messages=[JobMessage(role="user", content=prompts.arbiter_prompt(state))],
+            max_tokens=plan.max_tokens,
         )
     ]
 
 
-def _judge_iteration(state: ConsortiumState, arbiter_text: str, at: datetime) -> Transition[ConsortiumState]:
+def _judge_iteration(
+    state: ConsortiumState, arbiter_text: str, at: datetime, sink: TextSink
+) -> Transition[ConsortiumState]:
     it = state.current
-    req = state.request
-    verdict = parse_arbiter(arbiter_text)
+    verdict = _stored_verdict(parse_arbiter(arbiter_text), sink)
     it.verdict = verdict
-    decision, reason = should_stop(it.number, verdict, req)
+    decision, reason = should_stop(it.number, verdict, state.plan)
     it.decision, it.reason = decision, reason
     done = IterationCompleted(
         run_id=state.run_id, iteration=it.number, verdict=verdict, decision=decision, reason=reason, at=at
     )
     if decision == "stop":
         state.status, state.result, state.reason, state.finished_at = "completed", verdict, reason, at
-        return Transition(
-            state, [done, RunCompleted(run_id=state.run_id, reason=reason, run=view(state), at=at)]
-        )
-    return Transition(state, [done, *_ask_members(state, prompts.refinement_prompt(req, verdict), at)])
+        end = RunCompleted(run_id=state.run_id, reason=reason, run=view(state), at=at)
+        return Transition(state, [done, end], sink.texts)
+    return Transition(state, [done, *_ask_members(state, at)], sink.texts)
 
 
 def should_stop(
-    iteration: int, verdict: ArbiterVerdict, req: ConsortiumRequest
+    iteration: int, verdict: ArbiterVerdict, req: Plan | ConsortiumRequest
 ) -> tuple[Literal["stop", "iterate"], str]:
     """Stop when the minimum is done, the arbiter is confident enough and wants no more, or at the maximum.
 
@@ -281,31 +347,94 @@ def should_stop(
 # Helpers
 
 
-def _find_pending_call(state: ConsortiumState, call_id: str) -> Call | None:
+def _pending_call(state: ConsortiumState, event_call_id: str) -> Call | None:
+    """The call of the current iteration the outcome answers, if it still waits for one."""
     if not state.iterations:
         return None
     it = state.current
-    for call in [*it.members, *([it.arbiter] if it.arbiter else [])]:
-        if call.call_id == call_id and call.status == "pending":
+    if it.arbiter is not None:  # the members are all in
+        arbiter_id = CallJob.make_id(state.run_id, it.number, "arbiter", state.plan.arbiter, 1)
+        return it.arbiter if it.arbiter.status == "pending" and arbiter_id == event_call_id else None
+    for (model, instance), call in zip(state.plan.instances(), it.members, strict=True):
+        if (
+            call.status == "pending"
+            and CallJob.make_id(state.run_id, it.number, "member", model, instance) == event_call_id
+        ):
             return call
     return None
 
 
-def _record_outcome(state: ConsortiumState, call: Call, event: CallCompleted | CallFailed) -> None:
-    call.attempts, call.latency_ms, call.worker = event.attempts, event.latency_ms, event.worker
+def _answer(event: CallCompleted) -> str:
+    if not isinstance(event.text, str):
+        # RunStore.apply fetches a referenced answer before deciding: the machine reads it.
+        raise TypeError(f"call {event.call_id}: decide() needs the answer's text, not its reference")
+    return event.text
+
+
+def _record_outcome(
+    state: ConsortiumState, call: Call, event: CallCompleted | CallFailed, sink: TextSink
+) -> ConsortiumState:
+    """A copy of `state` with the call's outcome: only the current iteration and the call are new."""
+    outcome: dict[str, Any] = {
+        "attempts": event.attempts,
+        "latency_ms": event.latency_ms,
+        "worker": event.worker,
+    }
+    usage = state.usage
+    it = state.current
     if isinstance(event, CallCompleted):
-        call.status, call.text, call.usage = "completed", event.text, event.usage
-        if call.role == "member":
-            call.confidence = extract_member_confidence(event.text)
-        state.usage = state.usage.plus(event.usage)
+        text = _answer(event)
+        outcome.update(status="completed", text=sink.text(text), usage=event.usage)
+        if call is not it.arbiter:
+            outcome["confidence"] = extract_member_confidence(text)
+        usage = usage.plus(event.usage)
     else:
-        call.status, call.error = "failed", event.error
+        outcome.update(status="failed", error=event.error)
+
+    if call is it.arbiter:
+        it = it.model_copy(update={"arbiter": call.model_copy(update=outcome)})
+    else:
+        members = [m.model_copy(update=outcome) if m is call else m for m in it.members]
+        it = it.model_copy(update={"members": members})
+    return state.model_copy(update={"iterations": [*state.iterations[:-1], it], "usage": usage})
 
 
-def _fail(state: ConsortiumState, reason: str, at: datetime) -> Transition[ConsortiumState]:
+def _stored_verdict(verdict: ArbiterVerdict, sink: TextSink) -> ArbiterVerdict:
+    """The parsed verdict (plain strings) with its long texts by reference."""
+
+    def kept(text: Text) -> Text:
+        return sink.text(text) if isinstance(text, str) else text
+
+    return verdict.model_copy(
+        update={
+            "synthesis": kept(verdict.synthesis),
+            "analysis": kept(verdict.analysis),
+            "dissent": kept(verdict.dissent),
+            "refinement_areas": [kept(a) for a in verdict.refinement_areas],
+        }
+    )
+
+
+def _fail(state: ConsortiumState, reason: str, at: datetime, sink: TextSink) -> Transition[ConsortiumState]:
     state.status, state.reason, state.finished_at = "failed", reason, at
-    return Transition(state, [RunFailed(run_id=state.run_id, reason=reason, run=view(state), at=at)])
+    return Transition(
+        state, [RunFailed(run_id=state.run_id, reason=reason, run=view(state), at=at)], sink.texts
+    )
 
 
-def _call_view(c: Call) -> CallView:
-    return CallView.model_validate(c.model_dump(exclude={"role"}))
+def _call_view(
+    state: ConsortiumState, it: Iteration, role: str, model: str, instance: int, c: Call
+) -> CallView:
+    return CallView(
+        call_id=CallJob.make_id(state.run_id, it.number, role, model, instance),
+        model=model,
+        instance=instance,
+        status=c.status,
+        text=c.text,
+        confidence=c.confidence,
+        error=c.error,
+        usage=c.usage,
+        latency_ms=c.latency_ms,
+        attempts=c.attempts,
+        worker=c.worker,
+    )

@@ -3,17 +3,21 @@
 Small models (the local SmolLM2-135M) follow what comes last in a prompt and copy examples: so
 the format comes last, as a template to fill in, and the reply's first tag is named once more.
 How often they comply, before and after: docs/benchmarks.md, "Local model".
+
+Prompts are built as `Parts` (`moot.texts.compose`): the templates' own text inline, the texts
+they quote (the question, answers, syntheses) by reference, so a job stays small whatever it
+quotes; the member worker renders them into exactly the text `str.format` would give.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from moot.protocols.base import conversation_text
+from moot.protocols.base import conversation_parts
+from moot.texts import Parts, Text, compose, join, merge
 
 if TYPE_CHECKING:
     from moot.protocols.consortium.machine import ConsortiumState
-    from moot.requests import ConsortiumRequest
     from moot.views import ArbiterVerdict
 
 ARBITER_PROMPT = """\
@@ -79,49 +83,69 @@ ARBITER_CONVERSATION = "\nThe question continues this earlier conversation:\n{co
 # Built from the run's state
 
 
-def arbiter_prompt(state: ConsortiumState) -> str:
+def member_prompt(prompt: Text) -> Parts:
+    """The first iteration's prompt: the question, and how to state a confidence."""
+    return merge([prompt, MEMBER_CONFIDENCE_HINT])
+
+
+def arbiter_prompt(state: ConsortiumState) -> Parts:
+    """The arbiter's prompt: every answer of this iteration, earlier syntheses, the user's instructions."""
     it = state.current
-    responses = "\n".join(
-        ARBITER_RESPONSE.format(
-            model=c.model,
-            instance=c.instance,
-            confidence=c.confidence if c.confidence is not None else "not stated",
-            text=c.text if c.status == "completed" else f"(no answer: the call failed: {c.error})",
-        )
-        for c in it.members
-    )
-    history = ""
-    if len(state.iterations) > 1:
-        history = ARBITER_HISTORY.format(
-            iterations="\n".join(
-                ARBITER_HISTORY_ITEM.format(
-                    number=prev.number,
-                    confidence=fmt_confidence(prev.verdict.confidence if prev.verdict else None),
-                    synthesis=prev.verdict.synthesis if prev.verdict else "",
-                    areas="; ".join(prev.verdict.refinement_areas) if prev.verdict else "",
-                )
-                for prev in state.iterations[:-1]
+    responses = join(
+        (
+            compose(
+                ARBITER_RESPONSE,
+                model=model,
+                instance=instance,
+                confidence=c.confidence if c.confidence is not None else "not stated",
+                text=(c.text or "")
+                if c.status == "completed"
+                else f"(no answer: the call failed: {c.error})",
             )
+            for (model, instance), c in zip(state.plan.instances(), it.members, strict=True)
+        ),
+        "\n",
+    )
+    history: Parts = []
+    if len(state.iterations) > 1:
+        history = compose(
+            ARBITER_HISTORY,
+            iterations=join(
+                (
+                    compose(
+                        ARBITER_HISTORY_ITEM,
+                        number=prev.number,
+                        confidence=fmt_confidence(prev.verdict.confidence if prev.verdict else None),
+                        synthesis=prev.verdict.synthesis if prev.verdict else "",
+                        areas=join(prev.verdict.refinement_areas, "; ") if prev.verdict else "",
+                    )
+                    for prev in state.iterations[:-1]
+                ),
+                "\n",
+            ),
         )
-    instructions = ARBITER_INSTRUCTIONS.format(system=state.request.system) if state.request.system else ""
-    if state.request.history:
-        instructions += ARBITER_CONVERSATION.format(conversation=conversation_text(state.request.history))
-    return ARBITER_PROMPT.format(
+    instructions: Parts = compose(ARBITER_INSTRUCTIONS, system=state.system) if state.system else []
+    if state.history:
+        instructions += compose(ARBITER_CONVERSATION, conversation=conversation_parts(state.history))
+    return compose(
+        ARBITER_PROMPT,
         instructions=instructions,
-        prompt=state.request.prompt,
+        prompt=state.prompt,
         iteration=it.number,
         responses=responses,
         history=history,
     )
 
 
-def refinement_prompt(req: ConsortiumRequest, verdict: ArbiterVerdict) -> str:
-    areas = "\n".join(f"- {a}" for a in verdict.refinement_areas) or "- (the arbiter named none)"
-    return REFINEMENT_PROMPT.format(
-        prompt=req.prompt,
+def refinement_prompt(prompt: Text, verdict: ArbiterVerdict) -> Parts:
+    """A later iteration's prompt, from the verdict before it (as stored: texts by reference)."""
+    areas = join((compose("- {area}", area=a) for a in verdict.refinement_areas), "\n")
+    return compose(
+        REFINEMENT_PROMPT,
+        prompt=prompt,
         confidence=fmt_confidence(verdict.confidence),
         synthesis=verdict.synthesis,
-        areas=areas,
+        areas=areas or "- (the arbiter named none)",
     )
 
 

@@ -53,6 +53,18 @@ Decisions where the behaviour had room:
 - `{model_name}` in a custom template is the model's name; `{debater_number}` tells instances
   of one model apart. The system prompt, temperature and max_tokens of a debater apply to all of
   its calls; tools and attachments to its debate turns; images to its round-1 turn only.
+
+Texts by reference (`moot.texts`): the state keeps of the request only what decisions need
+(`Member` per entry, the prompt, the conversation, the custom template split into pieces), with
+every long text (prompt, system prompt, attachment, data URL, tool definitions, answer, verdict)
+a `TextRef`; the request itself is one stored JSON document, shown by the view. Prompts are
+`Parts` quoting the turns by reference, so a job costs about a hundred bytes per quoted turn
+whatever its length, and the worker resolves them. Each transition returns the texts it
+referred to first (`Transition.texts`) for the caller to store.
+
+`decide()` does not copy the whole state: it copies it shallowly and replaces only what the
+event touches (the current round, the final call, the debaters when some are eliminated), so its
+work per event does not grow with the answers, and its input is never changed.
 """
 
 from __future__ import annotations
@@ -74,6 +86,7 @@ from moot.messages import (
     DebateTurn,
     FinalComplete,
     FinalStart,
+    JobMessage,
     JudgeDecision,
     ModelEliminated,
     RoundComplete,
@@ -82,10 +95,12 @@ from moot.messages import (
     RunCompleted,
     RunFailed,
 )
-from moot.protocols.base import Command, Transition, cancel
+from moot.protocols.base import Command, Transition, cancel, stored_history
 from moot.protocols.debate import prompts
-from moot.protocols.debate.parsing import parse_conviction, parse_judge_answer
-from moot.requests import ChatMessage, DebateRequest, DebaterSpec, RunMeta
+from moot.protocols.debate.parsing import parse_conviction, parse_judge_answer, shorten
+from moot.protocols.debate.prompts import Placeholder
+from moot.requests import DebateFormat, DebateRequest, DebaterSpec, JudgeMode, RunMeta
+from moot.texts import ImagePart, Parts, Text, TextRef, TextSink, merge
 from moot.views import (
     CallStatus,
     ConvictionCallView,
@@ -107,7 +122,7 @@ class Debater(BaseModel):
     number: int  # 1-based place in the request's order; stays the same after eliminations
     model: str
     instance: int
-    spec: int  # index of its entry in `request.members`
+    spec: int  # index of its entry in `members`
     active: bool = True
     eliminated_in: int | None = None
     convinced_by: int | None = None  # the debater number it conceded to
@@ -120,24 +135,59 @@ class Debater(BaseModel):
         return DebaterRef(number=self.number, model=self.model, instance=self.instance, label=self.label)
 
 
-class Call(BaseModel):
-    """One model call of the debate and what came of it."""
+class Member(BaseModel):
+    """One entry of the request's `members`, as its calls need it; long texts by reference."""
 
-    call_id: str
+    model: str
+    count: int
+    temperature: float | None = None
+    max_tokens: int | None = None
+    system: Text | None = None
+    tools: TextRef | None = None  # the tool definitions, one JSON document
+    # Every attached document, as the labelled blocks that follow each of its turn prompts: one
+    # text, written once at the start (32 documents cost a job one reference, not 32).
+    attachments: Text | None = None
+    images: list[Text] = Field(default_factory=list)  # URLs; a data URL can be megabytes
+
+    @classmethod
+    def of(cls, spec: DebaterSpec, sink: TextSink) -> Member:
+        return cls(
+            model=spec.model,
+            count=spec.count,
+            temperature=spec.temperature,
+            max_tokens=spec.max_tokens,
+            system=sink.text(spec.system) if spec.system else None,
+            tools=sink.document(spec.tools) if spec.tools else None,
+            attachments=sink.text(prompts.attachment_blocks(spec.attachments)) if spec.attachments else None,
+            images=[sink.text(url) for url in spec.images],
+        )
+
+
+def _none(value: Any) -> bool:
+    return value is None
+
+
+class Call(BaseModel):
+    """One model call of the debate and what came of it.
+
+    A debate holds hundreds of these, so the state keeps each small: no call id (it follows from
+    the run, the round and the call, `_call_id`) and no empty fields.
+    """
+
     role: CallRole
     model: str
     instance: int
-    debater_number: int | None = None  # None for the judge
+    debater_number: int | None = Field(None, exclude_if=_none)  # None for the judge
     status: CallStatus = "pending"
-    text: str | None = None
-    error: str | None = None
+    text: Text | None = Field(None, exclude_if=_none)
+    error: str | None = Field(None, exclude_if=_none)
     usage: Usage = Field(default_factory=Usage)
     latency_ms: int = 0
     attempts: int = 0
     worker: str = ""
     # conviction calls only: what the answer says (a failed call is not convinced)
-    convinced: bool | None = None
-    convinced_by: int | None = None
+    convinced: bool | None = Field(None, exclude_if=_none)
+    convinced_by: int | None = Field(None, exclude_if=_none)
 
 
 class Round(BaseModel):
@@ -146,7 +196,7 @@ class Round(BaseModel):
     turns: list[Call] = Field(default_factory=list)
     judge: Call | None = None
     decision: Literal["continue", "stop"] | None = None
-    decision_reason: str | None = None
+    decision_reason: str | None = None  # bounded (`parsing.shorten`): the run's reason quotes it
     decision_readable: bool | None = None
     convictions: list[Call] = Field(default_factory=list)
     eliminated: list[int] = Field(default_factory=list)
@@ -155,14 +205,23 @@ class Round(BaseModel):
 
 class DebateState(BaseModel):
     run_id: str
-    request: DebateRequest
+    request: TextRef  # the request as submitted (a JSON document), for the view
+    # What decisions need from the request, its long texts by reference:
+    prompt: Text
+    format: DebateFormat
+    judge_mode: JudgeMode
+    judge: str | None = None
+    max_rounds: int
+    members: list[Member]
+    history: list[JobMessage] = Field(default_factory=list)
+    template: list[Text | Placeholder] | None = None  # the custom template, split (`prompts.parse_template`)
     status: RunStatus = "running"
     created_at: datetime
     finished_at: datetime | None = None
     debaters: list[Debater]
     rounds: list[Round] = Field(default_factory=list)
     final: Call | None = None
-    result: str | None = None  # the final verdict or summary
+    result: Text | None = None  # the final verdict or summary
     reason: str | None = None  # why the debate ended (set when its end is decided)
     usage: Usage = Field(default_factory=Usage)
     meta: RunMeta = Field(default_factory=RunMeta)
@@ -190,10 +249,26 @@ def start(
 ) -> Transition[DebateState]:
     """A new debate: announce it and open round 1."""
     meta = meta or RunMeta()
-    state = DebateState(run_id=run_id, request=request, created_at=at, debaters=_line_up(request), meta=meta)
+    sink = TextSink()
+    document = sink.document(request)
+    state = DebateState(
+        run_id=run_id,
+        request=document,
+        prompt=sink.text(request.prompt),
+        format=request.format,
+        judge_mode=request.judge_mode,
+        judge=request.judge,
+        max_rounds=request.max_rounds,
+        members=[Member.of(spec, sink) for spec in request.members],
+        history=stored_history(request.history, sink),
+        template=prompts.parse_template(request.custom_prompt, sink) if request.custom_prompt else None,
+        created_at=at,
+        debaters=_line_up(request),
+        meta=meta,
+    )
     announce = DebateStart(
         run_id=run_id,
-        request=request,
+        request=document,
         max_rounds=request.max_rounds,
         format=request.format,
         judge_mode=request.judge_mode,
@@ -202,7 +277,7 @@ def start(
         meta=meta,
         at=at,
     )
-    return Transition(state, [announce, *_open_round(state, at)])
+    return Transition(state, [announce, *_open_round(state, at)], sink.texts)
 
 
 def decide(state: DebateState, event: Any) -> Transition[DebateState]:
@@ -213,24 +288,25 @@ def decide(state: DebateState, event: Any) -> Transition[DebateState]:
         return Transition(state, [])
     if _pending_call(state, event.call_id) is None:
         return Transition(state, [])
-    state = state.model_copy(deep=True)
+    state = _touchable(state)
     call = _pending_call(state, event.call_id)
     assert call is not None
-    _record_outcome(state, call, event)
+    sink = TextSink()
+    _record_outcome(state, call, event, sink)
 
     if call.role == "debater":
         commands = _turn_taken(state, call, event.at)
     elif call.role == "judge":
-        commands = _judge_answered(state, call, event.at)
+        commands = _judge_answered(state, call, event, sink)
     elif call.role == "conviction":
         commands = _conviction_answered(state, event.at)
     else:
         commands = _final_answered(state, call, event.at)
-    return Transition(state, commands)
+    return Transition(state, commands, sink.texts)
 
 
 def view(state: DebateState) -> DebateView:
-    """The debate as the API shows it."""
+    """The debate as the API shows it; its long texts stay references (readers hydrate them)."""
     final = state.final
     return DebateView(
         id=state.run_id,
@@ -253,18 +329,18 @@ def view(state: DebateState) -> DebateView:
             RoundView(
                 number=r.number,
                 speakers=[state.debater(n).label for n in r.speakers],
-                turns=[_call_view(state, c) for c in r.turns],
-                judge=_call_view(state, r.judge) if r.judge else None,
+                turns=[_call_view(state, c, r.number) for c in r.turns],
+                judge=_call_view(state, r.judge, r.number) if r.judge else None,
                 decision=r.decision,
                 decision_reason=r.decision_reason,
                 decision_readable=r.decision_readable,
-                convictions=[_conviction_view(state, c) for c in r.convictions],
+                convictions=[_conviction_view(state, c, r.number) for c in r.convictions],
                 eliminated=[state.debater(n).label for n in r.eliminated],
                 kept=state.debater(r.kept).label if r.kept else None,
             )
             for r in state.rounds
         ],
-        final=_call_view(state, final) if final else None,
+        final=_call_view(state, final, state.rounds[-1].number) if final else None,
         result=(
             DebateResult(text=state.result, model=final.model, by=_final_by(final))
             if final and state.result is not None
@@ -272,6 +348,19 @@ def view(state: DebateState) -> DebateView:
         ),
         usage=state.usage,
     )
+
+
+def _touchable(state: DebateState) -> DebateState:
+    """A copy of `state` whose current round and final call may be changed (and rounds added).
+
+    Earlier rounds, the debaters (see `_eliminate_convinced`), the request's texts and the
+    conversation are shared with the input, which no stage changes.
+    """
+    copy = state.model_copy()
+    copy.rounds = [*state.rounds[:-1], state.current.model_copy(deep=True)]
+    if state.final is not None:
+        copy.final = state.final.model_copy()
+    return copy
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,16 +401,15 @@ def _next_turn(state: DebateState) -> list[Command]:
 
 def _ask_debater(state: DebateState, debater: Debater) -> CallJob:
     rnd = state.current
-    spec = state.request.members[debater.spec]
-    prompt = prompts.turn_prompt(state, debater) + prompts.attachment_blocks(spec)
-    content: str | list[dict[str, Any]] = prompt
-    if rnd.number == 1 and spec.images:
-        content = [{"type": "text", "text": prompt}] + [
-            {"type": "image_url", "image_url": {"url": url}} for url in spec.images
-        ]
+    member = state.members[debater.spec]
+    content: Parts = prompts.turn_prompt(state, debater)
+    if member.attachments:
+        content = merge([*content, member.attachments])
+    if rnd.number == 1:
+        content += [ImagePart(url=url) for url in member.images]
     call = _new_call(state, "debater", debater.model, debater.instance, debater.number)
     rnd.turns.append(call)
-    return _job(state, call, spec, [ChatMessage(role="user", content=content)], tools=spec.tools)
+    return _job(state, call, member, content, tools=member.tools)
 
 
 def _turn_taken(state: DebateState, call: Call, at: datetime) -> list[Command]:
@@ -363,8 +451,8 @@ def should_stop(state: DebateState) -> tuple[Literal["stop", "fail", "go_on"], s
     remaining = state.active()
     if len(remaining) == 1:
         return "stop", f"only {remaining[0].label} remains after round {rnd.number}"
-    if rnd.number >= state.request.max_rounds:
-        return "stop", f"reached max_rounds ({state.request.max_rounds})"
+    if rnd.number >= state.max_rounds:
+        return "stop", f"reached max_rounds ({state.max_rounds})"
     return "go_on", ""
 
 
@@ -380,9 +468,9 @@ def _after_round(state: DebateState, at: datetime) -> list[Command]:
     if verdict == "stop":
         return _end(state, reason, at)
     checkpoint = state.current.number >= 2 and state.current.judge is None and not state.current.convictions
-    if checkpoint and state.request.judge_mode == "external_judge":
+    if checkpoint and state.judge_mode == "external_judge":
         return [_ask_judge(state)]
-    if checkpoint and state.request.judge_mode == "self_convergence":
+    if checkpoint and state.judge_mode == "self_convergence":
         return _ask_convictions(state)
     return _open_round(state, at)
 
@@ -390,7 +478,7 @@ def _after_round(state: DebateState, at: datetime) -> list[Command]:
 def _end(state: DebateState, reason: str, at: datetime) -> list[Command]:
     """The debate is decided: the final answer is asked for, or (display only) the run ends."""
     state.reason = reason
-    if state.request.judge_mode == "display_only":
+    if state.judge_mode == "display_only":
         return _finish(state, reason, at)
     return _ask_final(state, at)
 
@@ -400,24 +488,27 @@ def _end(state: DebateState, reason: str, at: datetime) -> list[Command]:
 
 def _ask_judge(state: DebateState) -> CallJob:
     rnd = state.current
-    judge = state.request.judge
-    assert judge is not None
-    rnd.judge = _new_call(state, "judge", judge, 1, None)
-    prompt = prompts.judge_decision_prompt(state)
-    return _job(state, rnd.judge, None, [ChatMessage(role="user", content=prompt)])
+    assert state.judge is not None
+    rnd.judge = _new_call(state, "judge", state.judge, 1, None)
+    return _job(state, rnd.judge, None, prompts.judge_decision_prompt(state))
 
 
-def _judge_answered(state: DebateState, call: Call, at: datetime) -> list[Command]:
+def _judge_answered(
+    state: DebateState, call: Call, event: CallCompleted | CallFailed, sink: TextSink
+) -> list[Command]:
     rnd = state.current
-    if call.status == "failed":
-        return _fail(state, f"the judge's call after round {rnd.number} failed: {call.error}", at)
-    text = call.text or ""
+    if isinstance(event, CallFailed):
+        return _fail(state, f"the judge's call after round {rnd.number} failed: {call.error}", event.at)
+    text = _answer(event)
     word, reason = parse_judge_answer(text)
     go_on = word != "STOP"
     rnd.decision = "continue" if go_on else "stop"
     rnd.decision_readable = word is not None
+    # Quoted in the run's `reason` (by `should_stop`): bounded; the whole answer is `raw`.
     rnd.decision_reason = (
-        reason if word else "the judge's answer named neither CONTINUE nor STOP; the debate continues"
+        shorten(reason)
+        if word
+        else "the judge's answer named neither CONTINUE nor STOP; the debate continues"
     )
     decided = JudgeDecision.model_validate(
         {
@@ -427,11 +518,11 @@ def _judge_answered(state: DebateState, call: Call, at: datetime) -> list[Comman
             "continue": go_on,
             "readable": word is not None,
             "reason": rnd.decision_reason,
-            "raw": text,
-            "at": at,
+            "raw": sink.text(text),
+            "at": event.at,
         }
     )
-    return [decided, *_after_round(state, at)]
+    return [decided, *_after_round(state, event.at)]
 
 
 # Self-convergence ----------------------------------------------------------------------------
@@ -439,14 +530,12 @@ def _judge_answered(state: DebateState, call: Call, at: datetime) -> list[Comman
 
 def _ask_convictions(state: DebateState) -> list[Command]:
     rnd = state.current
-    active = state.active()
     jobs: list[Command] = []
-    for debater in active:
+    for debater in state.active():
         prompt = prompts.conviction_prompt(state, debater)
         call = _new_call(state, "conviction", debater.model, debater.instance, debater.number)
         rnd.convictions.append(call)
-        spec = state.request.members[debater.spec]
-        jobs.append(_job(state, call, spec, [ChatMessage(role="user", content=prompt)]))
+        jobs.append(_job(state, call, state.members[debater.spec], prompt))
     return jobs
 
 
@@ -462,6 +551,8 @@ def _eliminate_convinced(state: DebateState, at: datetime) -> list[Command]:
     convinced = [c for c in rnd.convictions if c.convinced]
     if convinced and len(convinced) == len(active):
         rnd.kept = _most_persuasive(convinced, active)
+    # The debaters are shared with the state decide() was given: changed on copies only.
+    state.debaters = [d.model_copy() for d in state.debaters]
     commands: list[Command] = []
     for c in convinced:
         assert c.debater_number is not None
@@ -512,21 +603,20 @@ def _most_persuasive(convinced: list[Call], active: list[Debater]) -> int:
 
 def _ask_final(state: DebateState, at: datetime) -> list[Command]:
     """The judge's verdict (external judge) or the first remaining debater's summary, streamed."""
-    req = state.request
-    if req.judge_mode == "external_judge":
-        assert req.judge is not None
-        call = _new_call(state, "final", req.judge, 1, None)
+    member: Member | None
+    if state.judge_mode == "external_judge":
+        assert state.judge is not None
+        call = _new_call(state, "final", state.judge, 1, None)
         prompt = prompts.verdict_prompt(state)
-        spec = None
+        member = None
     else:
         winner = state.active()[0]
         call = _new_call(state, "final", winner.model, winner.instance, winner.number)
         prompt = prompts.summary_prompt(state, winner)
-        spec = req.members[winner.spec]
+        member = state.members[winner.spec]
     state.final = call
-    started = FinalStart(run_id=state.run_id, call_id=call.call_id, at=at, **_final_who(state, call))
-    job = _job(state, call, spec, [ChatMessage(role="user", content=prompt)], stream=True)
-    return [started, job]
+    started = FinalStart(run_id=state.run_id, call_id=_call_id(state, call), at=at, **_final_who(state, call))
+    return [started, _job(state, call, member, prompt, stream=True)]
 
 
 def _final_answered(state: DebateState, call: Call, at: datetime) -> list[Command]:
@@ -535,7 +625,11 @@ def _final_answered(state: DebateState, call: Call, at: datetime) -> list[Comman
         return _fail(state, f"the final {what} call ({call.model}) failed: {call.error}", at)
     state.result = call.text or ""
     complete = FinalComplete(
-        run_id=state.run_id, call_id=call.call_id, text=state.result, at=at, **_final_who(state, call)
+        run_id=state.run_id,
+        call_id=_call_id(state, call),
+        text=state.result,
+        at=at,
+        **_final_who(state, call),
     )
     return [complete, *_finish(state, state.reason or "the debate is over", at)]
 
@@ -563,37 +657,42 @@ def _fail(state: DebateState, reason: str, at: datetime) -> list[Command]:
 def _new_call(
     state: DebateState, role: CallRole, model: str, instance: int, debater_number: int | None
 ) -> Call:
-    number = state.current.number
-    call_id = CallJob.make_id(state.run_id, number, role, model, instance)
-    return Call(call_id=call_id, role=role, model=model, instance=instance, debater_number=debater_number)
+    return Call(role=role, model=model, instance=instance, debater_number=debater_number)
+
+
+def _call_id(state: DebateState, call: Call, round_number: int | None = None) -> str:
+    """The call's deterministic id; its round is the current one unless said (the final call's
+    is the last round, after which no round opens)."""
+    number = state.current.number if round_number is None else round_number
+    return CallJob.make_id(state.run_id, number, call.role, call.model, call.instance)
 
 
 def _job(
     state: DebateState,
     call: Call,
-    spec: DebaterSpec | None,
-    messages: list[ChatMessage],
+    member: Member | None,
+    prompt: Parts,
     *,
-    tools: list[dict[str, Any]] | None = None,
+    tools: TextRef | None = None,
     stream: bool = False,
 ) -> CallJob:
     """The call job; a debater's system prompt, temperature and max_tokens go with all its calls.
 
     The conversation the debate continues (`history`) comes before every prompt of the run.
     """
-    messages = [*state.request.history, *messages]
-    if spec is not None and spec.system:
-        messages = [ChatMessage(role="system", content=spec.system), *messages]
+    messages = [*state.history, JobMessage(role="user", content=prompt)]
+    if member is not None and member.system:
+        messages = [JobMessage(role="system", content=[member.system]), *messages]
     return CallJob(
-        call_id=call.call_id,
+        call_id=_call_id(state, call),
         run_id=state.run_id,
         iteration=state.current.number,
         role=call.role,
         model=call.model,
         instance=call.instance,
         messages=messages,
-        temperature=spec.temperature if spec else None,
-        max_tokens=spec.max_tokens if spec else None,
+        temperature=member.temperature if member else None,
+        max_tokens=member.max_tokens if member else None,
         tools=tools,
         stream=stream,
     )
@@ -607,29 +706,38 @@ def _pending_call(state: DebateState, call_id: str) -> Call | None:
     if state.final:
         candidates.append(state.final)
     for call in candidates:
-        if call.call_id == call_id and call.status == "pending":
+        if call.status == "pending" and _call_id(state, call) == call_id:
             return call
     return None
 
 
-def _record_outcome(state: DebateState, call: Call, event: CallCompleted | CallFailed) -> None:
+def _answer(event: CallCompleted) -> str:
+    """A call's answer: `RunStore` resolves a reference before `decide()` sees the event."""
+    assert isinstance(event.text, str), "decide() needs the answer itself, not a reference"
+    return event.text
+
+
+def _record_outcome(
+    state: DebateState, call: Call, event: CallCompleted | CallFailed, sink: TextSink
+) -> None:
     call.attempts, call.latency_ms, call.worker = event.attempts, event.latency_ms, event.worker
     if isinstance(event, CallCompleted):
-        call.status, call.text, call.usage = "completed", event.text, event.usage
+        text = _answer(event)
+        call.status, call.text, call.usage = "completed", sink.text(text), event.usage
         state.usage = state.usage.plus(event.usage)
+        if call.role == "conviction":
+            others = [d for d in state.active() if d.number != call.debater_number]
+            call.convinced, call.convinced_by = parse_conviction(text, others)
     else:
         call.status, call.error = "failed", event.error
-    if call.role == "conviction":
-        others = [d for d in state.active() if d.number != call.debater_number]
-        call.convinced, call.convinced_by = (
-            parse_conviction(call.text or "", others) if call.status == "completed" else (False, None)
-        )
+        if call.role == "conviction":
+            call.convinced, call.convinced_by = False, None
 
 
 def _turn(state: DebateState, call: Call) -> dict[str, Any]:
     assert call.debater_number is not None
     return {
-        "call_id": call.call_id,
+        "call_id": _call_id(state, call),
         "model": call.model,
         "instance": call.instance,
         "debater_number": call.debater_number,
@@ -654,13 +762,26 @@ def _final_who(state: DebateState, call: Call) -> dict[str, Any]:
     }
 
 
-def _call_view(state: DebateState, c: Call) -> DebateCallView:
+def _call_view(state: DebateState, c: Call, round_number: int) -> DebateCallView:
     label = state.debater(c.debater_number).label if c.debater_number is not None else None
-    return DebateCallView(**c.model_dump(exclude={"role", "convinced", "convinced_by"}), label=label)
+    return DebateCallView(
+        call_id=_call_id(state, c, round_number),
+        model=c.model,
+        instance=c.instance,
+        debater_number=c.debater_number,
+        status=c.status,
+        text=c.text,
+        error=c.error,
+        usage=c.usage,
+        latency_ms=c.latency_ms,
+        attempts=c.attempts,
+        worker=c.worker,
+        label=label,
+    )
 
 
-def _conviction_view(state: DebateState, c: Call) -> ConvictionCallView:
+def _conviction_view(state: DebateState, c: Call, round_number: int) -> ConvictionCallView:
     convinced_by = state.debater(c.convinced_by).label if c.convinced_by else None
     return ConvictionCallView(
-        **_call_view(state, c).model_dump(), convinced=c.convinced, convinced_by=convinced_by
+        **dict(_call_view(state, c, round_number)), convinced=c.convinced, convinced_by=convinced_by
     )

@@ -1,7 +1,14 @@
 """Reading the judge's and the debaters' answers: CONTINUE or STOP, and CONVINCED by whom.
 
 Both parsers never raise and read tolerantly (small models rarely keep to the format); what
-they cannot read is reported to the state machine, which records it and goes on.
+they cannot read is reported to the state machine, which records it and goes on. They read the
+answer itself (`decide()` is given `event.text` as a string).
+
+A reason that quotes model text goes into fields that are not texts by reference: the round's
+`decision_reason`, the judge decision's `reason`, and the run's `reason` (`run.completed`,
+`debate_complete`, the runs table), which quotes the judge's. So it is shortened (`shorten`: at
+most `REASON_MAX` characters, an ellipsis where it was cut); the judge's whole answer stays
+available as a text (`judge_decision.raw`, the judge call's `text`).
 """
 
 from __future__ import annotations
@@ -11,6 +18,14 @@ from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from moot.protocols.debate.machine import Debater
+
+
+REASON_MAX = 300
+
+
+def shorten(text: str, limit: int = REASON_MAX) -> str:
+    """`text`, or its first `limit` characters ending in an ellipsis when it is longer."""
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "\u2026"
 
 
 _DECISION_WORD = re.compile(r"\b(CONTINUE|STOP)\b", re.IGNORECASE)

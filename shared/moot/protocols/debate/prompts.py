@@ -2,8 +2,8 @@
 
 Templates first (one per format for round 1 and later rounds; the judge's, the conviction and
 the summary prompts), then the functions that fill them in. A custom template names only the
-placeholders of `moot.requests.DEBATE_PLACEHOLDERS` (validated at submission) and is filled by
-`render_template`.
+placeholders of `moot.requests.DEBATE_PLACEHOLDERS` (validated at submission); it is split once
+at the start (`parse_template`) and filled by `render_template`.
 """
 
 from __future__ import annotations
@@ -11,9 +11,19 @@ from __future__ import annotations
 import string
 from typing import TYPE_CHECKING
 
+from pydantic import BaseModel
+
+from moot.texts import Parts, Text, TextSink, compose, join, merge
+
 if TYPE_CHECKING:
     from moot.protocols.debate.machine import Call, Debater, DebateState, Round
-    from moot.requests import DebaterSpec
+    from moot.requests import Attachment
+
+
+class Placeholder(BaseModel):
+    """A placeholder of a parsed custom template (`parse_template`)."""
+
+    placeholder: str
 
 
 FIRST_ROUND = {
@@ -73,6 +83,7 @@ NO_POSITION = "(you have not stated a position yet)"
 NO_HISTORY = "(no earlier rounds)"
 FIRST_TO_SPEAK = "(nobody has spoken yet this round: you are first)"
 ROUND_ONE_ALONE = "(round 1: every debater answers on its own, without seeing the others)"
+FAILED_TURN = "(no answer: the call failed)"
 
 # The judge, conviction and verdict prompts end with the task and a filled-in example: small
 # models (the local SmolLM2-135M) follow what comes last, and copy an example better than they
@@ -142,110 +153,136 @@ SUMMARY_FIRST = "which ended after {rounds} rounds; you write the final answer f
 
 
 # ---------------------------------------------------------------------------------------------
-# Filled in from the state
+# Filled in from the state. Every function returns `Parts` (`moot.texts`): the templates' literal
+# text inline, the question and the turns by reference when long, so a prompt
+# costs a few hundred bytes per turn it quotes whatever the turns' length.
 
 
-def turn_prompt(state: DebateState, debater: Debater) -> str:
+def turn_prompt(state: DebateState, debater: Debater) -> Parts:
     """What the debater is asked this round: its format's prompt, or the custom template filled in."""
-    req = state.request
     rnd = state.current
-    if req.format == "custom":
-        assert req.custom_prompt is not None
-        return render_template(req.custom_prompt, _placeholders(state, debater))
+    if state.format == "custom":
+        assert state.template is not None
+        return render_template(state.template, _placeholders(state, debater))
     earlier = state.rounds[:-1]
     if rnd.number == 1:
-        return FIRST_ROUND[req.format].format(question=req.prompt, label=debater.label, number=debater.number)
-    return LATER_ROUNDS_CONTEXT.format(
+        return compose(
+            FIRST_ROUND[state.format], question=state.prompt, label=debater.label, number=debater.number
+        )
+    context = compose(
+        LATER_ROUNDS_CONTEXT,
         label=debater.label,
         number=debater.number,
-        question=req.prompt,
+        question=state.prompt,
         own_position=own_position(state, debater) or NO_POSITION,
         history=transcript(state, earlier),
         current_round=_so_far(state) or FIRST_TO_SPEAK,
         round=rnd.number,
-    ) + LATER_ROUNDS[req.format].format(round=rnd.number)
+    )
+    return merge([*context, *compose(LATER_ROUNDS[state.format], round=rnd.number)])
 
 
-def _placeholders(state: DebateState, debater: Debater) -> dict[str, str]:
+def _placeholders(state: DebateState, debater: Debater) -> dict[str, Parts]:
     rnd = state.current
     earlier = state.rounds[:-1]
-    if rnd.number == 1:
-        current = ROUND_ONE_ALONE
-    else:
-        current = _so_far(state) or FIRST_TO_SPEAK
+    current: Parts = [ROUND_ONE_ALONE] if rnd.number == 1 else (_so_far(state) or [FIRST_TO_SPEAK])
     return {
-        "question": state.request.prompt,
-        "history": transcript(state, earlier) if earlier else NO_HISTORY,
-        "own_position": own_position(state, debater) or NO_POSITION,
+        "question": [state.prompt],
+        "history": transcript(state, earlier) if earlier else [NO_HISTORY],
+        "own_position": own_position(state, debater) or [NO_POSITION],
         "current_round": current,
-        "round": str(rnd.number),
-        "model_name": debater.model,
-        "debater_number": str(debater.number),
+        "round": [str(rnd.number)],
+        "model_name": [debater.model],
+        "debater_number": [str(debater.number)],
     }
 
 
-def render_template(template: str, values: dict[str, str]) -> str:
-    """Fill a validated custom template: placeholders replaced, `{{`/`}}` become braces."""
-    parts: list[str] = []
+def parse_template(template: str, sink: TextSink) -> list[Text | Placeholder]:
+    """A validated custom template split once, at the start: its literal text (`{{`/`}}` already
+    braces, long stretches by reference) and its placeholders, so no turn needs the template."""
+    pieces: list[Text | Placeholder] = []
     for literal, name, _spec, _conversion in string.Formatter().parse(template):
-        parts.append(literal)
+        if literal:
+            pieces.append(sink.text(literal))
         if name is not None:
-            parts.append(values[name])
-    return "".join(parts)
+            pieces.append(Placeholder(placeholder=name))
+    return pieces
 
 
-def transcript(state: DebateState, rounds: list[Round]) -> str:
-    return "\n\n".join(f"=== Round {r.number} ===\n\n{_turns_text(state, r.turns)}" for r in rounds)
+def render_template(pieces: list[Text | Placeholder], values: dict[str, Parts]) -> Parts:
+    """Fill a parsed custom template: each placeholder replaced by its value's parts."""
+    parts: Parts = []
+    for piece in pieces:
+        if isinstance(piece, Placeholder):
+            parts.extend(values[piece.placeholder])
+        else:
+            parts.append(piece)
+    return merge(parts)
 
 
-def _so_far(state: DebateState) -> str:
+def transcript(state: DebateState, rounds: list[Round]) -> Parts:
+    return join(
+        (
+            compose("=== Round {number} ===\n\n{turns}", number=r.number, turns=_turns(state, r.turns))
+            for r in rounds
+        ),
+        "\n\n",
+    )
+
+
+def _so_far(state: DebateState) -> Parts:
     """This round's earlier turns (the current speaker's own call is the last, still pending)."""
-    spoken = [t for t in state.current.turns if t.status != "pending"]
-    return _turns_text(state, spoken)
+    return _turns(state, [t for t in state.current.turns if t.status != "pending"])
 
 
-def _turns_text(state: DebateState, turns: list[Call]) -> str:
-    blocks = []
+def _turns(state: DebateState, turns: list[Call]) -> Parts:
+    blocks: list[Parts] = []
     for t in turns:
         assert t.debater_number is not None
-        said = t.text if t.status == "completed" else "(no answer: the call failed)"
-        blocks.append(f"[{state.debater(t.debater_number).label}]\n{said}")
-    return "\n\n".join(blocks)
+        said: Text = (t.text or "") if t.status == "completed" else FAILED_TURN
+        blocks.append(compose("[{label}]\n{said}", label=state.debater(t.debater_number).label, said=said))
+    return join(blocks, "\n\n")
 
 
-def own_position(state: DebateState, debater: Debater) -> str:
+def own_position(state: DebateState, debater: Debater) -> Parts:
     """The debater's own earlier turns, and nobody else's (not even another instance's)."""
-    return "\n\n".join(
-        f"Round {r.number}:\n{t.text}"
-        for r in state.rounds
-        for t in r.turns
-        if t.debater_number == debater.number and t.status == "completed"
+    return join(
+        (
+            compose("Round {number}:\n{said}", number=r.number, said=t.text or "")
+            for r in state.rounds
+            for t in r.turns
+            if t.debater_number == debater.number and t.status == "completed"
+        ),
+        "\n\n",
     )
 
 
-def attachment_blocks(spec: DebaterSpec) -> str:
+def attachment_blocks(attachments: list[Attachment]) -> str:
+    """A debater's attached documents, each a labelled block after its prompt (built once)."""
     return "".join(
         f"\n\n----- attached document: {a.name} -----\n{a.content}\n----- end of {a.name} -----"
-        for a in spec.attachments
+        for a in attachments
     )
 
 
-def judge_decision_prompt(state: DebateState) -> str:
+def judge_decision_prompt(state: DebateState) -> Parts:
     """Asks the judge, after the current round, whether the debate should go on."""
-    return JUDGE_DECISION_PROMPT.format(
-        question=state.request.prompt,
+    return compose(
+        JUDGE_DECISION_PROMPT,
+        question=state.prompt,
         last_round=state.current.number,
         transcript=transcript(state, state.rounds),
     )
 
 
-def conviction_prompt(state: DebateState, debater: Debater) -> str:
+def conviction_prompt(state: DebateState, debater: Debater) -> Parts:
     """Asks a debater still in whether another one convinced it."""
     others = [d.label for d in state.active() if d.number != debater.number]
-    return CONVICTION_PROMPT.format(
+    return compose(
+        CONVICTION_PROMPT,
         label=debater.label,
         number=debater.number,
-        question=state.request.prompt,
+        question=state.prompt,
         own_position=own_position(state, debater),
         transcript=transcript(state, state.rounds),
         others=", ".join(others),
@@ -253,19 +290,18 @@ def conviction_prompt(state: DebateState, debater: Debater) -> str:
     )
 
 
-def verdict_prompt(state: DebateState) -> str:
+def verdict_prompt(state: DebateState) -> Parts:
     """Asks the external judge for the verdict, over the whole transcript."""
-    return JUDGE_VERDICT_PROMPT.format(
-        question=state.request.prompt, transcript=transcript(state, state.rounds)
-    )
+    return compose(JUDGE_VERDICT_PROMPT, question=state.prompt, transcript=transcript(state, state.rounds))
 
 
-def summary_prompt(state: DebateState, winner: Debater) -> str:
+def summary_prompt(state: DebateState, winner: Debater) -> Parts:
     """Asks the first debater still in for the final answer (self-convergence)."""
     sole = len(state.active()) == 1
-    return SUMMARY_PROMPT.format(
+    return compose(
+        SUMMARY_PROMPT,
         label=winner.label,
-        question=state.request.prompt,
+        question=state.prompt,
         transcript=transcript(state, state.rounds),
         standing=SUMMARY_SOLE if sole else SUMMARY_FIRST.format(rounds=state.current.number),
     )

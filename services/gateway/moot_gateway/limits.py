@@ -1,0 +1,61 @@
+"""The cap on request bodies: a larger body is refused with 413 before anything parses it.
+
+An ASGI middleware rather than a dependency: FastAPI reads and parses a JSON body before any
+dependency runs, and turns an error raised while reading it into a 400. A body announced larger
+than the cap (Content-Length) is refused without reading it; one without a length, or lying about
+it, is read up to the cap and refused as soon as it passes it.
+"""
+
+from __future__ import annotations
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from moot_gateway.errors import ApiError
+
+# Methods whose requests carry a body here; the others (GET, SSE) pass through untouched.
+_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+
+
+class BodyLimit:
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in _WITH_BODY:
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        # Read the body first (the route would read it whole anyway), counting as it comes.
+        chunks: list[bytes] = []
+        size = 0
+        first: Message | None = None
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                first = message  # the client left: the app sees it as usual
+                break
+            body = message.get("body", b"")
+            size += len(body)
+            if size > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        pending: list[Message] = [
+            first or {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        ]
+
+        async def replay() -> Message:
+            return pending.pop() if pending else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        error = ApiError(413, f"request body larger than {self.max_bytes} bytes", code="request_too_large")
+        await JSONResponse(error.body(), status_code=413)(scope, receive, send)
