@@ -81,8 +81,9 @@ async def one_run(nc: nats.NATS, args: argparse.Namespace) -> list[tuple[int, fl
     try:
         for iteration in range(1, args.iterations + 1):
             cpu: list[float] = []
-            while jobs:
-                job = jobs.pop(0)
+            while this := [j for j in jobs if j.iteration == iteration]:
+                job = this[0]
+                jobs.remove(job)
                 if job.role == "member":
                     text = _prose(args.answer_chars, f"{job.call_id}") + "\nConfidence: 0.5"
                 else:

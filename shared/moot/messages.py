@@ -7,6 +7,7 @@ One pydantic model per message type; the event's `type` is also the last part of
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -37,6 +38,9 @@ class JobMessage(BaseModel):
     content: Parts
 
 
+_MESSAGES: TypeAdapter[list[JobMessage]] = TypeAdapter(list[JobMessage])
+
+
 class CallJob(BaseModel):
     """One model call to execute. `call_id` is deterministic: `run:iteration:role:model:instance`.
 
@@ -50,11 +54,19 @@ class CallJob(BaseModel):
     role: Role
     model: str
     instance: int
-    messages: list[JobMessage]
+    # A reference here is a stored list of messages (the conversation a run continues, stored once).
+    messages: list[JobMessage | TextRef]
     temperature: float | None = None
     max_tokens: int | None = None
     tools: TextRef | None = None  # OpenAI tool definitions (a JSON document), passed to the model as is
     stream: bool = False  # stream the answer, publishing `final_chunk` events while it comes in
+
+    def conversation(self, texts: Mapping[str, str]) -> list[JobMessage]:
+        """The messages, stored lists of messages put in their place (`texts` must hold them)."""
+        out: list[JobMessage] = []
+        for m in self.messages:
+            out.extend(_MESSAGES.validate_json(texts[m.sha]) if isinstance(m, TextRef) else [m])
+        return out
 
     @staticmethod
     def make_id(run_id: str, iteration: int, role: str, model: str, instance: int) -> str:
@@ -155,7 +167,9 @@ class IterationCompleted(_Event):
 class RunCompleted(_Event):
     type: Literal["run.completed"] = "run.completed"
     reason: str
-    run: RunView  # the run's full view, as GET /v1/runs/{id} shows it
+    # The run's full view, as GET /v1/runs/{id} shows it. On the wire a reference to it (a JSON
+    # document: a large run's view is hundreds of kilobytes); `hydrate` puts the view back.
+    run: RunView | TextRef
 
     def event_id(self) -> str:
         return f"{self.run_id}:run.end"
@@ -164,7 +178,7 @@ class RunCompleted(_Event):
 class RunFailed(_Event):
     type: Literal["run.failed"] = "run.failed"
     reason: str
-    run: RunView
+    run: RunView | TextRef  # as in `RunCompleted`
 
     def event_id(self) -> str:
         # Shares the id with run.completed: a run ends once, whichever end is published first.
@@ -176,7 +190,7 @@ class RunCancelled(_Event):
 
     type: Literal["run.cancelled"] = "run.cancelled"
     reason: str
-    run: RunView
+    run: RunView | TextRef  # as in `RunCompleted`
 
     def event_id(self) -> str:
         return f"{self.run_id}:run.end"

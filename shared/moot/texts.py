@@ -20,7 +20,8 @@ import string
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, WithJsonSchema
+from pydantic_core import to_jsonable_python
 
 # Texts up to this many characters travel inline: a reference costs about 90 bytes of JSON.
 INLINE_MAX = 256
@@ -32,8 +33,9 @@ NATS_MAX_PAYLOAD_BYTES = 1024 * 1024
 # What one job or event should stay under, far below max_payload: with texts by reference, a
 # larger one carries inline a text that should travel by reference, and is logged as an error.
 MESSAGE_BUDGET_BYTES = 64 * 1024
-# A run's stored state (and its outbox, which can hold the run's final view) grows with the run's
-# calls, each a few hundred bytes: its own budget, still a quarter of max_payload.
+# A run's stored state grows with the run's calls, each a few hundred bytes: its own budget (for
+# the run's KV value, the state and its outbox, whose payloads over 1 KB are kept by reference),
+# still a quarter of max_payload.
 STATE_BUDGET_BYTES = 256 * 1024
 
 
@@ -88,9 +90,15 @@ class TextSink:
         return text if len(text) <= INLINE_MAX else self.ref(text)
 
     def document(self, value: BaseModel | Any) -> TextRef:
-        """A JSON document (a request, tool definitions) stored as one text."""
-        data = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+        """A JSON document (a request, a view, tool definitions, a list of messages) stored as one text."""
+        data = to_jsonable_python(value, by_alias=True)
         return self.ref(json.dumps(data, ensure_ascii=False, separators=(",", ":")), as_json=True)
+
+    def parts(self, parts: Parts) -> Parts:
+        """Parts stored as one document, quoted as one part: what many jobs quote alike (a closed
+        round of a debate, the conversation a run continues) costs each of them one reference."""
+        parts = merge(parts)
+        return parts if len(parts) <= 1 else [self.document(parts)]
 
 
 def compose(template: str, **values: Any) -> Parts:
@@ -142,6 +150,11 @@ def refs_in(value: Any) -> set[str]:
     return {sha for sha, _ in _walk_refs(value)}
 
 
+def documents_in(value: Any) -> set[str]:
+    """The SHA-256 of the references to JSON documents, whose texts may hold more references."""
+    return {sha for sha, is_json in _walk_refs(value) if is_json}
+
+
 def _walk_refs(value: Any) -> Iterator[tuple[str, bool]]:
     if isinstance(value, TextRef):
         yield value.sha, value.json_
@@ -168,7 +181,8 @@ def hydrate(data: Any, texts: Mapping[str, str]) -> Any:
         sha = data.get("$text")
         if isinstance(sha, str) and "chars" in data:
             text = texts[sha]
-            return json.loads(text) if data.get("json") else text
+            # A document may itself hold references (a stored view, stored parts).
+            return hydrate(json.loads(text), texts) if data.get("json") else text
         return {k: hydrate(v, texts) for k, v in data.items()}
     if isinstance(data, list):
         return [hydrate(v, texts) for v in data]
@@ -182,8 +196,23 @@ def resolve(text: Text | None, texts: Mapping[str, str]) -> str | None:
     return texts[text.sha]
 
 
+_PARTS: TypeAdapter[Parts] = TypeAdapter(Parts)
+
+
+def expand(parts: Parts, texts: Mapping[str, str]) -> Parts:
+    """Parts with every stored document of parts (`TextSink.parts`) put in its place."""
+    out: Parts = []
+    for p in parts:
+        if isinstance(p, TextRef) and p.json_:
+            out.extend(expand(_PARTS.validate_json(texts[p.sha]), texts))
+        else:
+            out.append(p)
+    return out
+
+
 def render(parts: Parts, texts: Mapping[str, str]) -> str | list[dict[str, Any]]:
     """What a model is sent: a string, or OpenAI content parts when there are images."""
+    parts = expand(parts, texts)
     if not any(isinstance(p, ImagePart) for p in parts):
         return "".join(
             p if isinstance(p, str) else texts[p.sha] for p in parts if not isinstance(p, ImagePart)
@@ -199,8 +228,3 @@ def render(parts: Parts, texts: Mapping[str, str]) -> str | list[dict[str, Any]]
             else:
                 content.append({"type": "text", "text": piece})
     return content
-
-
-def plain(parts: Parts, texts: Mapping[str, str]) -> str:
-    """The text of some parts (images left out), e.g. to quote a conversation in a prompt."""
-    return "".join(p if isinstance(p, str) else texts[p.sha] for p in parts if not isinstance(p, ImagePart))

@@ -43,7 +43,7 @@ from moot.runtime.nats import MSG_ID, ensure_topology, open_texts
 from moot.runtime.settings import MootSettings
 from moot.runtime.subjects import Names
 from moot.runtime.textstore import TextStore
-from moot.texts import TextRef, TextSink, hydrate, refs_in
+from moot.texts import TextRef, TextSink, documents_in, hydrate, refs_in
 from moot.views import Usage
 from moot_recorder.handlers import BatchRecorder
 from moot_recorder.main import create_app
@@ -70,6 +70,31 @@ def full(event: Any) -> Any:
 
 def full_json(event: Any) -> bytes:
     return json.dumps(full_data(event)).encode()
+
+
+def referred(event: Any) -> dict[str, str]:
+    """Every text of `TEXTS` the event refers to, also through the documents it refers to (an end
+    event's view, itself referring to the request and the answers)."""
+    texts: dict[str, str] = {}
+    pending, documents = refs_in(event), documents_in(event)
+    while pending:
+        new = {sha: TEXTS[sha] for sha in pending if sha in TEXTS and sha not in texts}
+        texts |= new
+        pending = set()
+        for sha in documents & new.keys():
+            inner = json.loads(new[sha])
+            pending |= refs_in(inner)
+            documents |= documents_in(inner)
+    return texts
+
+
+def late_failure(end: RunCompleted, when: datetime) -> RunFailed:
+    """A run.failed published late for a run that completed: its view (by reference, as the
+    protocols publish it) says failed."""
+    sink = TextSink()
+    view = sink.document(full(end).run.model_copy(update={"status": "failed"}))
+    TEXTS.update(sink.texts)
+    return RunFailed(run_id=end.run_id, reason="late failure", run=view, at=when)
 
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -289,7 +314,7 @@ class Recorder:
 
         The texts the event refers to are stored first, as the services do.
         """
-        await self.texts.put_many({sha: TEXTS[sha] for sha in refs_in(event) if sha in TEXTS})
+        await self.texts.put_many(referred(event))
         hdrs = dict(headers or {})
         if dedup:
             hdrs[MSG_ID] = event.event_id()
@@ -428,9 +453,7 @@ async def test_records_a_run_once_even_when_events_come_again(recorder: Recorder
 
     # Redelivery after JetStream's duplicate window: same events, no Nats-Msg-Id, new stream
     # sequences. Plus a late run.failed for the finished run (it shares run.completed's id).
-    late_fail = RunFailed(
-        run_id=run_id, reason="late failure", run=end.run.model_copy(update={"status": "failed"}), at=T0
-    )
+    late_fail = late_failure(end, T0)
     again = [events[0], events[1], events[2], events[6], events[-2], events[-1], late_fail]
     for event in again:
         last = await recorder.publish(event, dedup=False)
@@ -658,7 +681,7 @@ async def test_records_a_debate_once_even_when_events_come_again(recorder: Recor
         "request": request.model_dump(mode="json"), "debaters": [], "rounds": [],
         "final": None, "result": None, "usage": {"input_tokens": 0, "output_tokens": 0, "cost_usd": None},
     }  # fmt: skip
-    assert running.keys() == end.run.model_dump().keys()
+    assert running.keys() == full(end).run.model_dump().keys()
 
     last = 0
     for event in events[1:]:
@@ -722,9 +745,7 @@ async def test_records_a_debate_once_even_when_events_come_again(recorder: Recor
     # Redelivery after JetStream's duplicate window: every event again without Nats-Msg-Id (new
     # stream sequences), and a late run.failed for the finished debate. Not a row changes.
     before = await snapshot(recorder.pool, run_id)
-    late_fail = RunFailed(
-        run_id=run_id, reason="late failure", run=end.run.model_copy(update={"status": "failed"}), at=at(99)
-    )
+    late_fail = late_failure(end, at(99))
     for event in [*events, late_fail]:
         last = await recorder.publish(event, dedup=False)
     await recorder.consumed(last)

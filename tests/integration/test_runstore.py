@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from nats.js.errors import NotFoundError
 
-from moot.messages import CallCompleted, CallJob, parse_event
+from moot.messages import CallCompleted, CallJob, JobMessage, parse_event
 from moot.protocols import consortium
 from moot.protocols.base import Transition
 from moot.requests import ConsortiumRequest, MemberSpec
 from moot.runtime.nats import PayloadTooLarge, ensure_topology, make_broker, open_texts, publish_all
-from moot.runtime.runstore import OutboxPending, RunExists, RunStore
+from moot.runtime.runstore import OutboxPending, RunExists, RunStore, StoredRun
 from moot.runtime.settings import MootSettings
 from moot.runtime.subjects import Names
 from moot.texts import NATS_MAX_PAYLOAD_BYTES, TextRef, TextSink, hydrate, refs_in
@@ -140,7 +140,8 @@ async def test_texts_are_stored_before_the_state_and_answers_resolved_before_dec
     # Whatever the state and the published jobs refer to is in the text store.
     entry = await store.kv.get(run_id)
     jobs = await _stored(js, names.jobs_stream, names.call_jobs)
-    shas = refs_in([json.loads(entry.value), *(json.loads(p) for p in jobs)])
+    stored = StoredRun.decode(entry.value)
+    shas = refs_in([json.loads(stored.state), stored.model_dump(), *(json.loads(p) for p in jobs)])
     texts = await store.texts.get_many(shas)
     assert len(jobs) == 2 and len(entry.value) < 16_000
     assert request.prompt in json.dumps(hydrate([json.loads(p) for p in jobs], texts))
@@ -174,3 +175,56 @@ async def test_a_command_nats_would_refuse_never_reaches_the_outbox(
         await store.create(run_id, "consortium", Transition(t.state, [*t.commands, huge], t.texts))
     assert await store.load(run_id) is None  # nothing written
     assert await _stored(js, names.jobs_stream, names.call_jobs) == []
+
+
+async def test_a_large_outbox_is_kept_by_reference_and_survives_a_crash(
+    env: tuple[RunStore, Names, object],
+) -> None:
+    """A transition's many large commands do not swell the run's KV value: their payloads are in
+    the text store, and a process that dies before publishing leaves references another uses."""
+    store, names, js = env
+    run_id = "5" * 32
+    # 32 member jobs of several kilobytes each (as late in a long run, each quoting its earlier
+    # turns): inline beside the state they would swell the run's KV value far past 64 KB.
+    request = ConsortiumRequest.model_validate(
+        {
+            "prompt": "q",
+            "members": [{"model": "m", "count": 16}, {"model": "n", "count": 16}],
+            "arbiter": "arb",
+        }
+    )
+    t = consortium.start(run_id, request, T0)
+    earlier = JobMessage(role="assistant", content=["x" * 4_000])
+    t = Transition(
+        t.state,
+        [
+            c.model_copy(update={"messages": [earlier, *c.messages]}) if isinstance(c, CallJob) else c
+            for c in t.commands
+        ],
+        t.texts,
+    )
+    jobs = [c for c in t.commands if isinstance(c, CallJob)]
+    assert len(jobs) == 32 and sum(len(j.model_dump_json()) for j in jobs) > 128 * 1024
+
+    async def crash_before_publish(items: list[tuple[str, str, bytes]]) -> None:
+        raise ConnectionError("process died")
+
+    crashing = RunStore(kv=store.kv, names=names, publish=crash_before_publish, texts=store.texts)
+    with pytest.raises(OutboxPending):
+        await crashing.create(run_id, "consortium", t)
+    entry = await store.kv.get(run_id)
+    assert entry.value is not None
+    stored = StoredRun.decode(entry.value)
+    assert len(stored.outbox) == 1 + len(jobs) + 1  # run.created, iteration.started, the jobs
+    assert all(o.payload_sha for o in stored.outbox if o.subject == names.call_jobs)
+    assert len(entry.value) < 64 * 1024, len(entry.value)
+
+    # Another process (an empty cache: only the text store) publishes the outbox as it was.
+    fresh = await open_texts(js, names, MootSettings(namespace=names.namespace))
+    other = RunStore(kv=store.kv, names=names, publish=store.publish, texts=fresh)
+    await other.flush_pending(run_id)
+    published = [
+        CallJob.model_validate_json(p) for p in await _stored(js, names.jobs_stream, names.call_jobs)
+    ]
+    assert sorted(j.call_id for j in published) == sorted(j.call_id for j in jobs)
+    assert {j.call_id: j for j in published} == {j.call_id: j for j in jobs}

@@ -128,7 +128,7 @@ class Model:
         started = time.monotonic()
         # The server's defaults for what the worker does not send (top_p, top_k, min_p, repeat_penalty).
         out: Any = self.llama.create_chat_completion(
-            messages=[{"role": m.role, "content": render(m.content, TEXTS)} for m in job.messages],  # type: ignore[misc]
+            messages=[{"role": m.role, "content": render(m.content, TEXTS)} for m in job.conversation(TEXTS)],  # type: ignore[misc]
             max_tokens=max_tokens,
             temperature=temperature,
             top_p=0.95,

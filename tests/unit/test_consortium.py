@@ -15,6 +15,7 @@ from moot.messages import (
     CallJob,
     IterationCompleted,
     IterationStarted,
+    JobMessage,
     RunCompleted,
     RunCreated,
     RunFailed,
@@ -24,7 +25,7 @@ from moot.protocols.base import Transition
 from moot.protocols.consortium import ConsortiumState, should_stop
 from moot.requests import ChatMessage, ConsortiumRequest, MemberSpec
 from moot.texts import TextRef, render
-from moot.views import ArbiterVerdict, Usage
+from moot.views import ArbiterVerdict, ConsortiumView, Usage, run_view_adapter
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -48,7 +49,15 @@ def decide(state: ConsortiumState, event: object) -> tuple[ConsortiumState, list
 
 def said(job: CallJob) -> list[Any]:
     """The job's messages as the member worker sends them: every reference resolved."""
-    return [render(m.content, TEXTS) for m in job.messages]
+    return [render(m.content, TEXTS) for m in job.conversation(TEXTS)]
+
+
+def end_view(event: object) -> ConsortiumView:
+    """An end event's view: the event carries it as one stored document."""
+    assert isinstance(event, RunCompleted | RunFailed) and isinstance(event.run, TextRef) and event.run.json_
+    view = run_view_adapter.validate_json(TEXTS[event.run.sha])
+    assert isinstance(view, ConsortiumView)
+    return view
 
 
 def arbiter_xml(conf: str | float | None = 0.9, needs: str | None = "false", synthesis: str = "S") -> str:
@@ -131,7 +140,7 @@ def test_stops_when_confident_and_arbiter_wants_no_more() -> None:
     assert state.status == "completed"
     assert isinstance(commands[0], IterationCompleted) and commands[0].decision == "stop"
     assert isinstance(commands[1], RunCompleted)
-    assert commands[1].run.answer == "S"
+    assert end_view(commands[1]).answer == "S"
     assert state.result is not None and state.result.confidence == pytest.approx(0.9)
     # 3 members + 1 arbiter, 10 in / 10 out each
     assert state.usage.input_tokens == 40 and state.usage.output_tokens == 40
@@ -361,8 +370,12 @@ def test_jobs_carry_references_and_render_to_the_prompts_as_they_were() -> None:
     req = request(prompt=LONG_PROMPT, system=LONG_SYSTEM, history=history)
     t = start("r1", req)
     first = jobs(t.commands)
-    # The long texts are references, stored once: the job holds none of them inline.
-    assert all(isinstance(m.content[0], TextRef) for m in first[0].messages[:2])
+    # The long texts are references, stored once: the job holds none of them inline. The
+    # conversation the run continues is one stored list of messages, one reference in every job.
+    system, conversation, _prompt = first[0].messages
+    assert isinstance(system, JobMessage) and isinstance(system.content[0], TextRef)
+    assert isinstance(conversation, TextRef) and conversation.json_ and conversation == t.state.history
+    assert all(j.messages[1] == conversation for j in first)
     assert LONG_PROMPT not in first[0].model_dump_json() and len(first[0].model_dump_json()) < 2000
     hint = consortium.prompts.MEMBER_CONFIDENCE_HINT
     assert said(first[0]) == [LONG_SYSTEM, "Earlier question " * 30, "Short answer.", LONG_PROMPT + hint]
@@ -374,6 +387,11 @@ def test_jobs_carry_references_and_render_to_the_prompts_as_they_were() -> None:
         state, commands = decide(state, done(job, answers[job.call_id]))
     [arb] = jobs(commands)
     assert said(arb) == [old_arbiter_prompt(req, state)]
+    # The arbiter quotes the conversation as text: stored once, at the start, one part.
+    [quoted] = state.conversation
+    [asked] = arb.messages
+    assert isinstance(quoted, TextRef) and quoted.json_
+    assert isinstance(asked, JobMessage) and quoted in asked.content
     synthesis = "The answer is four." * 30
     state, commands = decide(state, done(arb, arbiter_xml(0.5, "true", synthesis)))
 
@@ -456,7 +474,7 @@ def test_long_answers_and_verdicts_are_kept_by_reference() -> None:
     assert state.result is not None and isinstance(state.result.synthesis, TextRef)
     assert [type(c.verdict.synthesis) for c in commands if isinstance(c, IterationCompleted)] == [TextRef]
     end = commands[-1]
-    assert isinstance(end, RunCompleted) and end.run.request == state.request
+    assert isinstance(end, RunCompleted) and end_view(end).request == state.request
     assert len(state.model_dump_json()) < 4000
 
 

@@ -22,6 +22,7 @@ from moot.messages import (
     FinalChunk,
     FinalComplete,
     FinalStart,
+    JobMessage,
     JudgeDecision,
     ModelEliminated,
     RoundComplete,
@@ -36,7 +37,7 @@ from moot.protocols.base import Command, Transition
 from moot.protocols.debate import DebateState, parse_conviction, parse_judge_answer, prompts
 from moot.requests import ConsortiumRequest, DebateRequest, RunMeta, RunRequest, run_request_adapter
 from moot.texts import Parts, TextRef, render
-from moot.views import DebateView, Usage
+from moot.views import DebateView, Usage, run_view_adapter
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 QUESTION = "Is a hot dog a sandwich?"
@@ -96,10 +97,18 @@ def rendered(content: Parts) -> str | list[dict[str, Any]]:
 
 
 def text_of(job: CallJob) -> str:
-    content = rendered(job.messages[-1].content)
+    content = rendered(job.conversation(TEXTS)[-1].content)
     if isinstance(content, str):
         return content
     return "".join(part["text"] for part in content if part["type"] == "text")
+
+
+def end_view(event: Command) -> DebateView:
+    """An end event's view: the event carries it as one stored document."""
+    assert isinstance(event, RunCompleted | RunFailed) and isinstance(event.run, TextRef) and event.run.json_
+    view = run_view_adapter.validate_json(TEXTS[event.run.sha])
+    assert isinstance(view, DebateView)
+    return view
 
 
 def document(ref: TextRef | None) -> Any:
@@ -251,6 +260,19 @@ def test_per_debater_options_go_into_the_jobs() -> None:
     assert document(a2.tools) == [tool] and rendered(a2.messages[0].content) == "You are terse."
 
 
+def test_a_debaters_images_are_one_reference_and_render_in_order() -> None:
+    images = ["https://example.com/1.png", "data:image/png;base64," + "A" * 1_000]
+    t = begin("r1", request(members=[{"model": "a", "images": images}, {"model": "b"}]), T0)
+    a, _b = jobs(t.commands)
+    [asked] = a.messages
+    assert isinstance(asked, JobMessage)
+    [stored] = [p for p in asked.content if isinstance(p, TextRef) and p.json_]
+    assert t.state.members[0].images == [stored]
+    content = rendered(asked.content)
+    assert isinstance(content, list)
+    assert [p["image_url"]["url"] for p in content if p["type"] == "image_url"] == images
+
+
 # ---------------------------------------------------------------------------------------------
 # Formats
 
@@ -311,8 +333,9 @@ def test_display_only_plays_every_round_then_completes_without_judge_or_final() 
     assert jobs(commands) == []
     assert state.status == "completed" and len(state.rounds) == 3 and state.final is None
     assert state.reason == "reached max_rounds (3)"
-    ended = commands[-1]
-    assert isinstance(ended, RunCompleted) and ended.run.mode == "debate" and ended.run.result is None
+    assert isinstance(commands[-1], RunCompleted)
+    view = end_view(commands[-1])
+    assert view.mode == "debate" and view.result is None
     # 3 debaters x 3 rounds, 10 in / 10 out each
     assert state.usage.input_tokens == 90 and state.usage.output_tokens == 90
 
@@ -364,11 +387,11 @@ def test_judge_decides_after_rounds_two_to_max_minus_one_then_gives_a_streamed_v
     assert isinstance(complete, FinalComplete) and complete.text == "The verdict." and complete.by == "judge"
     assert state.status == "completed" and state.result == "The verdict."
     assert state.reason == "reached max_rounds (3)"
-    ended = commands[-1]
-    assert isinstance(ended, RunCompleted)
-    assert isinstance(ended.run, DebateView) and ended.run.result is not None
-    assert ended.run.result.model_dump() == {"text": "The verdict.", "model": "j", "by": "judge"}
-    assert ended.run.rounds[1].decision == "continue"
+    assert isinstance(commands[-1], RunCompleted)
+    view = end_view(commands[-1])
+    assert view.result is not None
+    assert view.result.model_dump() == {"text": "The verdict.", "model": "j", "by": "judge"}
+    assert view.rounds[1].decision == "continue"
 
 
 def test_judge_stop_ends_early_with_the_verdict() -> None:
@@ -762,8 +785,36 @@ def test_a_later_turn_renders_as_the_old_prompt_did() -> None:
     ) + prompts.LATER_ROUNDS["free_discussion"].format(round=2)
     expected += f"\n\n----- attached document: notes.txt -----\n{NOTES}\n----- end of notes.txt -----"
     assert text_of(job) == expected
-    # by reference: the question, its own position, round 1's two answers, a#1's turn, the attachment
-    assert sum(isinstance(p, TextRef) for p in job.messages[-1].content) == 6
+    # by reference: the question, its own position, round 1 (one stored block, quoting its two
+    # answers), a#1's turn, the attachment
+    [asked] = job.messages
+    assert isinstance(asked, JobMessage)
+    assert sum(isinstance(p, TextRef) for p in asked.content) == 5
+    assert state.rounds[0].transcript is not None and state.rounds[0].transcript[0] in asked.content
+
+
+def test_the_conversation_a_debate_continues_is_one_reference_in_every_job() -> None:
+    history = [
+        {"role": "user", "content": "Earlier question " * 30},
+        {"role": "assistant", "content": "Short answer."},
+    ]
+    members = [{"model": "a", "system": "You are terse."}, {"model": "b"}]
+    t = begin("r1", request(members=members, history=history, judge_mode="external_judge", judge="j"), T0)
+    conversation = t.state.history
+    assert isinstance(conversation, TextRef) and conversation.json_
+    a, b = jobs(t.commands)
+    assert a.messages[1:-1] == [conversation] and b.messages[:-1] == [conversation]
+    sent = [(m.role, rendered(m.content)) for m in a.conversation(TEXTS)]
+    assert sent == [
+        ("system", "You are terse."),
+        ("user", "Earlier question " * 30),
+        ("assistant", "Short answer."),
+        ("user", text_of(a)),
+    ]
+    state, commands = play_round(t.state, t.commands)
+    state, commands = play_round(state, commands)
+    judge = only_job(commands)
+    assert judge.role == "judge" and judge.messages[:-1] == [conversation]
 
 
 def test_a_custom_template_renders_as_the_old_prompt_did() -> None:

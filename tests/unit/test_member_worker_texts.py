@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from moot.messages import CallCompleted, CallFailed, CallJob, JobMessage
+from moot.protocols import debate
+from moot.requests import DebateRequest
 from moot.runtime.models import ModelList
 from moot.runtime.textstore import MissingText
-from moot.texts import INLINE_MAX, ImagePart, TextRef, TextSink
+from moot.texts import INLINE_MAX, ImagePart, TextRef, TextSink, render
 from moot_member_worker.calls import ModelCaller
 from moot_member_worker.handlers import _by_reference
 
@@ -119,3 +122,42 @@ async def test_a_long_answer_is_stored_before_it_is_published_by_reference() -> 
     assert (await _by_reference(store, job.completed(short))).text == short  # type: ignore[arg-type, union-attr]
     failed = job.failed("boom")
     assert await _by_reference(None, failed) is failed
+
+
+async def test_a_debate_job_quoting_stored_documents_is_resolved_level_by_level() -> None:
+    """The conversation (a stored list of messages), a closed round's transcript and a debater's
+    images (stored parts) are documents whose texts refer to more texts: the worker reads them
+    level by level and sends what the prompts always were."""
+    history = [
+        {"role": "user", "content": "Earlier question " * 30},
+        {"role": "assistant", "content": "Yes."},
+    ]
+    images = ["data:image/png;base64," + "A" * 1_000, "https://example.com/2.png"]
+    req = DebateRequest.model_validate(
+        {
+            "mode": "debate",
+            "prompt": "Is a hot dog a sandwich? " * 20,
+            "members": [{"model": "a", "count": 2, "system": "Be brief. " * 40, "images": images}],
+            "history": history,
+        }
+    )
+    t = debate.start("r", req, datetime(2026, 11, 22, tzinfo=UTC))
+    state, texts = t.state, dict(t.texts)
+    first = [c for c in t.commands if isinstance(c, CallJob)]
+    for job in first:
+        step = debate.decide(state, job.completed(f"{job.model}#{job.instance}: " + "because " * 100))
+        state, commands = step.state, step.commands
+        texts.update(step.texts)
+    [turn] = [c for c in commands if isinstance(c, CallJob)]
+    assert state.rounds[0].transcript is not None
+
+    for job in (first[0], turn):
+        store = FakeStore(texts)
+        messages, _ = await _caller(store).resolve(job)
+        expected = [{"role": m.role, "content": render(m.content, texts)} for m in job.conversation(texts)]
+        assert messages == expected and len(messages) == 4  # system, the two earlier messages, the turn
+        assert messages[1]["content"] == "Earlier question " * 30
+        assert len(store.reads) == 2  # the job's references, then those of the documents it names
+    assert isinstance(messages[-1]["content"], str)  # the later turn: images in round 1 only
+    round_one, _ = await _caller(FakeStore(texts)).resolve(first[0])
+    assert [p["image_url"]["url"] for p in round_one[-1]["content"] if p["type"] == "image_url"] == images

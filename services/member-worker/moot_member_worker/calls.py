@@ -24,7 +24,7 @@ from opentelemetry.trace import Span, SpanKind, StatusCode
 from moot.messages import CallCompleted, CallFailed, CallJob
 from moot.observability import metrics, telemetry
 from moot.runtime.models import ModelList
-from moot.runtime.textstore import MissingText, TextStore
+from moot.runtime.textstore import MissingText, TextStore, fetch_all
 from moot.texts import refs_in, render
 from moot.views import Usage
 
@@ -99,13 +99,12 @@ class ModelCaller:
         A message's content is a string, or OpenAI content parts when it holds images.
         MissingText when a referenced text is not stored.
         """
-        shas = refs_in(job.messages) | ({job.tools.sha} if job.tools else set())
         texts: dict[str, str] = {}
-        if shas:
+        if refs_in(job):
             if self.texts is None:
                 raise RuntimeError("the text store is not open yet")
-            texts = await self.texts.get_many(shas)
-        messages = [{"role": m.role, "content": render(m.content, texts)} for m in job.messages]
+            texts = await fetch_all(self.texts, job)
+        messages = [{"role": m.role, "content": render(m.content, texts)} for m in job.conversation(texts)]
         tools = json.loads(texts[job.tools.sha]) if job.tools else None
         return messages, tools
 
@@ -269,7 +268,6 @@ def _request_attributes(job: CallJob, attempt: int) -> dict[str, Any]:
         "moot.role": job.role,
         "moot.instance": job.instance,
         "moot.attempt": attempt,
-        "moot.messages": len(job.messages),
     }
     if job.temperature is not None:
         attributes["gen_ai.request.temperature"] = job.temperature
@@ -280,7 +278,8 @@ def _request_attributes(job: CallJob, attempt: int) -> dict[str, Any]:
 
 def _content_attributes(messages: list[dict[str, Any]], tools: list[Any] | None) -> dict[str, Any]:
     """The span's attributes known once the job's texts are resolved. Content only if capture is on."""
-    attributes: dict[str, Any] = {}
+    # Counted once resolved: a stored conversation is one reference in the job, many messages here.
+    attributes: dict[str, Any] = {"moot.messages": len(messages)}
     if tools:
         attributes["moot.tools"] = len(tools)
     if telemetry.capture_content():

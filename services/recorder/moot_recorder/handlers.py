@@ -43,6 +43,7 @@ from moot_recorder.writer import (
     WriteResult,
     envelope_of,
     inline,
+    inline_view,
 )
 
 log = logging.getLogger(__name__)
@@ -223,7 +224,7 @@ def _observe_recorded(result: WriteResult, skipped: int) -> None:
         if isinstance(e, RunCreated | DebateStart):
             metrics.runs_started.add(1, {"mode": inline(e.request).mode})
         elif isinstance(e, RunCompleted | RunFailed | RunCancelled):
-            view = e.run
+            view = inline_view(e.run)
             status = {RunCompleted: "completed", RunFailed: "failed"}.get(type(e), "cancelled")
             labels = {"mode": view.mode, "status": status}
             metrics.runs_finished.add(1, labels)

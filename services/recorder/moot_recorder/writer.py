@@ -61,7 +61,7 @@ from moot.records.queries import (
 )
 from moot.requests import ConsortiumRequest, DebateRequest
 from moot.texts import TextRef
-from moot.views import DebateView
+from moot.views import ConsortiumView, DebateView
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +166,14 @@ def inline(request: ConsortiumRequest | DebateRequest | TextRef) -> ConsortiumRe
     return request
 
 
+def inline_view(view: ConsortiumView | DebateView | TextRef) -> ConsortiumView | DebateView:
+    """An end event's view as the recorder reads it: hydrated, so never a reference (the view
+    travels as one stored document, `moot.texts.hydrate` puts it back)."""
+    if isinstance(view, TextRef):
+        raise ValueError("a run's view by reference: the event was not hydrated")
+    return view
+
+
 def run_row(env: Envelope) -> Row | None:
     """The `runs` row an event contributes to, or None (only a run's start and end do)."""
     e = env.event
@@ -176,7 +184,7 @@ def run_row(env: Envelope) -> Row | None:
                 None, None, None, None, None, None, None, _aware(e.at), None, env.trace_id,
                 e.meta.owner or None)  # fmt: skip
     if isinstance(e, RunCompleted | RunFailed | RunCancelled):
-        view = e.run
+        view = inline_view(e.run)
         status: str = view.status
         if status not in TERMINAL_STATUSES:
             # The end event is the authority that the run is over, whatever the view says.

@@ -46,18 +46,29 @@ class RunProtocol(Protocol):
 def cancel(
     state: Any, event: CancelRequested, view: Callable[[Any], ConsortiumView | DebateView]
 ) -> Transition[Any]:
-    """Any protocol's run, cancelled where it stands: no new jobs, a final `run.cancelled`."""
+    """Any protocol's run, cancelled where it stands: no new jobs, a final `run.cancelled`.
+
+    Like every end event it carries the run's view as one stored document: a large run's view is
+    hundreds of kilobytes; readers hydrate it back (`moot.runtime.textstore.hydrated`).
+    """
     if state.status != "running":
         return Transition(state, [])
     state = state.model_copy(deep=True)
     state.status, state.reason, state.finished_at = "cancelled", event.reason, event.at
-    return Transition(
-        state, [RunCancelled(run_id=state.run_id, reason=event.reason, run=view(state), at=event.at)]
+    sink = TextSink()
+    cancelled = RunCancelled(
+        run_id=state.run_id, reason=event.reason, run=sink.document(view(state)), at=event.at
     )
+    return Transition(state, [cancelled], sink.texts)
 
 
 def stored_history(history: list[ChatMessage], sink: TextSink) -> list[JobMessage]:
-    """The conversation a run continues, its long texts (and data URLs) by reference."""
+    """The conversation a run continues, its long texts (and data URLs) by reference.
+
+    A run stores it once more, whole, as one document (`TextSink.document`) that each of its jobs
+    quotes with a single reference in `CallJob.messages`: 200 messages cost a job ~100 bytes, not
+    one reference per message.
+    """
     stored: list[JobMessage] = []
     for m in history:
         if isinstance(m.content, str):

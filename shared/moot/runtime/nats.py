@@ -12,12 +12,11 @@ from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
 from nats.js.kv import KeyValue
 
-from moot.messages import TERMINAL_EVENT_TYPES
 from moot.observability.telemetry import broker_middlewares
 from moot.runtime.settings import MootSettings
 from moot.runtime.subjects import Names
 from moot.runtime.textstore import TextStore, open_text_store
-from moot.texts import MESSAGE_BUDGET_BYTES, NATS_MAX_PAYLOAD_BYTES, STATE_BUDGET_BYTES
+from moot.texts import MESSAGE_BUDGET_BYTES, NATS_MAX_PAYLOAD_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +95,6 @@ PUBLISH_TIMEOUT_SECONDS = 5.0
 PUBLISH_ATTEMPTS = 3
 
 
-_RUN_END_SUFFIXES = tuple(f".{t}" for t in TERMINAL_EVENT_TYPES)
-
-
 class PayloadTooLarge(ValueError):
     """A message (or KV value) larger than NATS's max_payload: the server would refuse it."""
 
@@ -123,9 +119,8 @@ async def publish(broker: NatsBroker, names: Names, subject: str, msg_id: str, p
 
     PayloadTooLarge, before anything is sent, for a message NATS would refuse.
     """
-    # A run's end event carries its whole view, which grows with its calls like its state.
-    ends_run = subject.endswith(_RUN_END_SUFFIXES)
-    check_payload(subject, payload, STATE_BUDGET_BYTES if ends_run else MESSAGE_BUDGET_BYTES)
+    # Every message, a run's end too (its view travels by reference): the same budget.
+    check_payload(subject, payload)
     for attempt in range(1, PUBLISH_ATTEMPTS + 1):
         try:
             await broker.publish(

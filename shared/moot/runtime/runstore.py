@@ -10,6 +10,7 @@ write that lost the race reloads and decides again.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,25 +27,54 @@ from moot.protocols.base import Command, Transition
 from moot.runtime.nats import check_payload
 from moot.runtime.subjects import Names
 from moot.runtime.textstore import TextStore
-from moot.texts import NATS_MAX_PAYLOAD_BYTES, STATE_BUDGET_BYTES, TextRef
+from moot.texts import NATS_MAX_PAYLOAD_BYTES, STATE_BUDGET_BYTES, TextRef, sha_of
 
 log = logging.getLogger(__name__)
 
 Publisher = Callable[[list[tuple[str, str, bytes]]], Awaitable[None]]
 
 
+# An outbox payload longer than this is kept in the text store, the outbox holding its SHA-256: a
+# transition may emit dozens of jobs (a consortium's members, a debate's convictions), and written
+# inline beside the state they would take the run's KV value past max_payload.
+OUTBOX_INLINE_BYTES = 1024
+
+
 class OutboxItem(BaseModel):
     subject: str
     msg_id: str
-    payload: str
+    payload: str | None = None
+    payload_sha: str | None = None  # the payload is this text of the text store
 
 
 class StoredRun(BaseModel):
+    """A run's KV value: its outbox and trace (a small JSON line), then its state's JSON.
+
+    The state is kept as its JSON text, parsed once into the protocol's model and written once
+    from it per event, with no intermediate dicts: every outcome reads and writes the whole state.
+    """
+
     mode: str
-    state: dict[str, Any]
     outbox: list[OutboxItem] = Field(default_factory=list)
     # W3C traceparent of the request that created the run: its trace is the run's trace.
     traceparent: str | None = None
+    state: str = Field("{}", exclude=True)
+
+    def encode(self) -> bytes:
+        return self.model_dump_json().encode() + b"\n" + self.state.encode()
+
+    @classmethod
+    def decode(cls, value: bytes) -> StoredRun:
+        head, newline, state = value.partition(b"\n")
+        if not newline:  # one JSON document, as written before the state was kept apart
+            data = json.loads(value)
+            return cls(
+                mode=data["mode"],
+                outbox=data.get("outbox") or [],
+                traceparent=data.get("traceparent"),
+                state=json.dumps(data["state"]),
+            )
+        return cls.model_validate_json(head).model_copy(update={"state": state.decode()})
 
 
 class RunExists(Exception):
@@ -63,41 +93,48 @@ class RunStore:
     texts: TextStore
     max_cas_attempts: int = 50
 
-    def encode(self, command: Command) -> OutboxItem:
-        """A command as the outbox holds it. PayloadTooLarge for one NATS would refuse: it must not
-        reach the outbox, where every later publish of the run would fail on it."""
+    def encode(self, command: Command, texts: dict[str, str]) -> OutboxItem:
+        """A command as the outbox holds it; a long payload goes into `texts`, to be stored.
+
+        PayloadTooLarge for one NATS would refuse: it must not reach the outbox, where every later
+        publish of the run would fail on it.
+        """
         if isinstance(command, CallJob):
-            item = OutboxItem(
-                subject=self.names.call_jobs, msg_id=command.call_id, payload=command.model_dump_json()
-            )
-            what = f"call job {command.call_id}"
+            subject, msg_id, what = self.names.call_jobs, command.call_id, f"call job {command.call_id}"
         else:
-            item = OutboxItem(
-                subject=self.names.run_event(command.run_id, command.type),
-                msg_id=command.event_id(),
-                payload=command.model_dump_json(),
-            )
-            what = f"{command.type} of run {command.run_id}"
+            subject = self.names.run_event(command.run_id, command.type)
+            msg_id, what = command.event_id(), f"{command.type} of run {command.run_id}"
+        payload = command.model_dump_json()
         # Only the hard limit here; `publish` logs what is over the message budget, once.
-        check_payload(what, item.payload.encode(), budget=NATS_MAX_PAYLOAD_BYTES)
-        return item
+        check_payload(what, payload.encode(), budget=NATS_MAX_PAYLOAD_BYTES)
+        if len(payload) <= OUTBOX_INLINE_BYTES:
+            return OutboxItem(subject=subject, msg_id=msg_id, payload=payload)
+        sha = sha_of(payload)
+        texts[sha] = payload
+        return OutboxItem(subject=subject, msg_id=msg_id, payload_sha=sha)
+
+    def _encode_all(self, transition: Transition[Any]) -> tuple[list[OutboxItem], dict[str, str]]:
+        """The transition's commands as outbox items, and every text to store before the write."""
+        texts = dict(transition.texts)
+        return [self.encode(c, texts) for c in transition.commands], texts
 
     @staticmethod
     def _value(run_id: str, stored: StoredRun) -> bytes:
         """The KV value of a run: its state and outbox, within max_payload (PayloadTooLarge)."""
-        value = stored.model_dump_json().encode()
+        value = stored.encode()
         check_payload(f"state of run {run_id}", value, budget=STATE_BUDGET_BYTES)
         return value
 
     async def create(self, run_id: str, mode: str, transition: Transition[Any]) -> None:
         """Store a new run and publish its first commands. RunExists if the id is taken."""
         telemetry.annotate(run_id=run_id, mode=mode)
+        outbox, texts = self._encode_all(transition)
         # Texts first: nothing that refers to one is written or published before it is stored.
-        await self.texts.put_many(transition.texts)
+        await self.texts.put_many(texts)
         stored = StoredRun(
             mode=mode,
-            state=transition.state.model_dump(mode="json"),
-            outbox=[self.encode(c) for c in transition.commands],
+            state=transition.state.model_dump_json(),
+            outbox=outbox,
             traceparent=telemetry.current_traceparent(),
         )
         try:
@@ -123,7 +160,7 @@ class RunStore:
         if got is None:
             return None
         stored, _ = got
-        return stored.mode, protocol_for(stored.mode).State.model_validate(stored.state)
+        return stored.mode, protocol_for(stored.mode).State.model_validate_json(stored.state)
 
     async def trace_of(self, run_id: str) -> tuple[bool, str | None]:
         """(whether the bucket holds the run, the id of its trace: None when it was not traced)."""
@@ -143,18 +180,19 @@ class RunStore:
                 return False
             stored, revision = got
             protocol = protocol_for(stored.mode)
-            state = protocol.State.model_validate(stored.state)
+            state = protocol.State.model_validate_json(stored.state)
             transition = protocol.decide(state, event)
             if transition.state is state and not transition.commands:
                 # Nothing new (duplicate or late event); still finish any publish a crash cut short.
                 if stored.outbox:
                     await self._flush(run_id, stored, revision)
                 return True
-            await self.texts.put_many(transition.texts)
+            outbox, texts = self._encode_all(transition)
+            await self.texts.put_many(texts)
             stored = StoredRun(
                 mode=stored.mode,
-                state=transition.state.model_dump(mode="json"),
-                outbox=[*stored.outbox, *(self.encode(c) for c in transition.commands)],
+                state=transition.state.model_dump_json(),
+                outbox=[*stored.outbox, *outbox],
                 traceparent=stored.traceparent,
             )
             try:
@@ -180,15 +218,21 @@ class RunStore:
             return None
         if entry.value is None or entry.revision is None:
             return None
-        return StoredRun.model_validate_json(entry.value), entry.revision
+        return StoredRun.decode(entry.value), entry.revision
 
     async def _flush(self, run_id: str, stored: StoredRun, revision: int) -> None:
         """Publish the outbox, then drop what was published from it (by CAS, retrying on conflict)."""
         if not stored.outbox:
             return
         # In the run's trace even when called from another one (a cancel request).
+        stored_payloads = await self.texts.get_many(o.payload_sha for o in stored.outbox if o.payload_sha)
         with telemetry.in_run_trace(stored.traceparent, "moot.run publish"):
-            await self.publish([(o.subject, o.msg_id, o.payload.encode()) for o in stored.outbox])
+            await self.publish(
+                [
+                    (o.subject, o.msg_id, (o.payload or stored_payloads[o.payload_sha or ""]).encode())
+                    for o in stored.outbox
+                ]
+            )
         published = {o.msg_id for o in stored.outbox}
         for _ in range(self.max_cas_attempts):
             remaining = [o for o in stored.outbox if o.msg_id not in published]
@@ -198,7 +242,7 @@ class RunStore:
                 mode=stored.mode, state=stored.state, outbox=remaining, traceparent=stored.traceparent
             )
             try:
-                await self.kv.update(run_id, stored.model_dump_json().encode(), last=revision)
+                await self.kv.update(run_id, stored.encode(), last=revision)
                 return
             except KeyWrongLastSequenceError:
                 got = await self._get(run_id)

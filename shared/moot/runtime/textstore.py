@@ -11,6 +11,7 @@ keeps them for good. Texts never change, so readers cache them (`cache_bytes`).
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -20,7 +21,7 @@ from nats.js.api import KeyValueConfig
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from moot.texts import hydrate, refs_in, sha_of
+from moot.texts import documents_in, hydrate, refs_in, sha_of
 
 # Each KV value stays far below NATS's max_payload (1 MiB, set explicitly where moot runs NATS).
 CHUNK_BYTES = 256 * 1024
@@ -109,16 +110,29 @@ class TextStore:
             self._cache_bytes -= len(old)
 
 
+async def fetch_all(store: TextStore, data: Any) -> dict[str, str]:
+    """Every text `data` refers to, also through the documents it refers to (a stored view,
+    stored parts), level by level: one fetch per level, none when there is no reference."""
+    texts: dict[str, str] = {}
+    pending, documents = refs_in(data), documents_in(data)
+    while pending:
+        texts |= await store.get_many(pending)
+        fetched, pending = documents & pending, set()
+        for sha in fetched:
+            inner = json.loads(texts[sha])
+            pending |= refs_in(inner) - texts.keys()
+            documents |= documents_in(inner)
+    return texts
+
+
 async def hydrated(store: TextStore, data: Any) -> Any:
     """JSON data (an event, a view, a list of them) with every reference replaced by its text.
 
-    One fetch for all its references, none when it has none (most events). MissingText when one
-    is not stored.
+    No fetch when it has no reference (most events). MissingText when one is not stored.
     """
-    shas = refs_in(data)
-    if not shas:
+    if not refs_in(data):
         return data
-    return hydrate(data, await store.get_many(shas))
+    return hydrate(data, await fetch_all(store, data))
 
 
 async def open_text_store(js: JetStreamContext, bucket: str, ttl_seconds: float) -> TextStore:

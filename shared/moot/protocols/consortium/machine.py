@@ -29,7 +29,7 @@ from moot.messages import (
     RunCreated,
     RunFailed,
 )
-from moot.protocols.base import Command, Transition, cancel, stored_history
+from moot.protocols.base import Command, Transition, cancel, conversation_parts, stored_history
 from moot.protocols.consortium import prompts
 from moot.protocols.consortium.parsing import extract_member_confidence, parse_arbiter
 from moot.requests import ConsortiumRequest, MemberSpec, RunMeta
@@ -107,7 +107,11 @@ class ConsortiumState(BaseModel):
     plan: Plan
     prompt: Text
     system: Text | None = None
-    history: list[JobMessage] = Field(default_factory=list)
+    # The conversation the run continues, stored once at the start: for the members, one document
+    # of messages (one reference in each of their jobs, `CallJob.messages`); for the arbiter, the
+    # same turns as text (`prompts.ARBITER_CONVERSATION`), stored parts quoted as one part.
+    history: TextRef | None = None
+    conversation: Parts = Field(default_factory=list)
     request: TextRef  # the whole request (a JSON document), for the view
     status: RunStatus = "running"
     created_at: datetime
@@ -136,12 +140,14 @@ def start(
     """A new run: record it and ask every member instance for a first answer."""
     meta = meta or RunMeta()
     sink = TextSink()
+    history = stored_history(request.history, sink)
     state = ConsortiumState(
         run_id=run_id,
         plan=Plan.model_validate(request.model_dump(include=set(Plan.model_fields))),
         prompt=sink.text(request.prompt),
         system=sink.text(request.system) if request.system else None,
-        history=stored_history(request.history, sink),
+        history=sink.document(history) if history else None,
+        conversation=sink.parts(conversation_parts(history)),
         request=sink.document(request),
         created_at=at,
         meta=meta,
@@ -263,12 +269,16 @@ def _ask_members(state: ConsortiumState, at: datetime) -> list[Command]:
     return [started, *jobs]
 
 
-def _conversation(state: ConsortiumState, index: int, asked: list[Parts]) -> list[JobMessage]:
-    """What member instance `index` has seen so far (its own earlier turns only), then the new prompt."""
-    messages: list[JobMessage] = []
+def _conversation(state: ConsortiumState, index: int, asked: list[Parts]) -> list[JobMessage | TextRef]:
+    """What member instance `index` has seen so far (its own earlier turns only), then the new prompt.
+
+    The conversation the run continues is one reference (a stored list of messages).
+    """
+    messages: list[JobMessage | TextRef] = []
     if state.system:
         messages.append(JobMessage(role="system", content=[state.system]))
-    messages.extend(state.history)
+    if state.history is not None:
+        messages.append(state.history)
     for it, prompt in zip(state.iterations, asked, strict=False):
         call = it.members[index]
         if call.status == "completed":
@@ -309,7 +319,7 @@ def _judge_iteration(
     )
     if decision == "stop":
         state.status, state.result, state.reason, state.finished_at = "completed", verdict, reason, at
-        end = RunCompleted(run_id=state.run_id, reason=reason, run=view(state), at=at)
+        end = RunCompleted(run_id=state.run_id, reason=reason, run=sink.document(view(state)), at=at)
         return Transition(state, [done, end], sink.texts)
     return Transition(state, [done, *_ask_members(state, at)], sink.texts)
 
@@ -418,7 +428,9 @@ def _stored_verdict(verdict: ArbiterVerdict, sink: TextSink) -> ArbiterVerdict:
 def _fail(state: ConsortiumState, reason: str, at: datetime, sink: TextSink) -> Transition[ConsortiumState]:
     state.status, state.reason, state.finished_at = "failed", reason, at
     return Transition(
-        state, [RunFailed(run_id=state.run_id, reason=reason, run=view(state), at=at)], sink.texts
+        state,
+        [RunFailed(run_id=state.run_id, reason=reason, run=sink.document(view(state)), at=at)],
+        sink.texts,
     )
 
 

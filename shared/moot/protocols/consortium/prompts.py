@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from moot.protocols.base import conversation_parts
 from moot.texts import Parts, Text, compose, join, merge
 
 if TYPE_CHECKING:
@@ -125,8 +124,8 @@ def arbiter_prompt(state: ConsortiumState) -> Parts:
             ),
         )
     instructions: Parts = compose(ARBITER_INSTRUCTIONS, system=state.system) if state.system else []
-    if state.history:
-        instructions += compose(ARBITER_CONVERSATION, conversation=conversation_parts(state.history))
+    if state.history is not None:
+        instructions += compose(ARBITER_CONVERSATION, conversation=state.conversation)
     return compose(
         ARBITER_PROMPT,
         instructions=instructions,

@@ -59,8 +59,11 @@ Texts by reference (`moot.texts`): the state keeps of the request only what deci
 every long text (prompt, system prompt, attachment, data URL, tool definitions, answer, verdict)
 a `TextRef`; the request itself is one stored JSON document, shown by the view. Prompts are
 `Parts` quoting the turns by reference, so a job costs about a hundred bytes per quoted turn
-whatever its length, and the worker resolves them. Each transition returns the texts it
-referred to first (`Transition.texts`) for the caller to store.
+whatever its length, and the worker resolves them. What every job quotes alike is stored once and
+quoted as one reference: the conversation (a stored list of messages), each closed round's block
+of the transcript (`Round.transcript`, stored when the round closes), a debater's images; the end
+events carry the view as one document. Each transition returns the texts it referred to first
+(`Transition.texts`) for the caller to store.
 
 `decide()` does not copy the whole state: it copies it shallowly and replaces only what the
 event touches (the current round, the final call, the debaters when some are eliminated), so its
@@ -147,7 +150,9 @@ class Member(BaseModel):
     # Every attached document, as the labelled blocks that follow each of its turn prompts: one
     # text, written once at the start (32 documents cost a job one reference, not 32).
     attachments: Text | None = None
-    images: list[Text] = Field(default_factory=list)  # URLs; a data URL can be megabytes
+    # Its round-1 image parts (a data URL can be megabytes), stored as one document when there
+    # are several (`TextSink.parts`): 16 images cost the state and the job one reference.
+    images: Parts = Field(default_factory=list)
 
     @classmethod
     def of(cls, spec: DebaterSpec, sink: TextSink) -> Member:
@@ -159,7 +164,7 @@ class Member(BaseModel):
             system=sink.text(spec.system) if spec.system else None,
             tools=sink.document(spec.tools) if spec.tools else None,
             attachments=sink.text(prompts.attachment_blocks(spec.attachments)) if spec.attachments else None,
-            images=[sink.text(url) for url in spec.images],
+            images=sink.parts([ImagePart(url=sink.text(url)) for url in spec.images]),
         )
 
 
@@ -201,6 +206,9 @@ class Round(BaseModel):
     convictions: list[Call] = Field(default_factory=list)
     eliminated: list[int] = Field(default_factory=list)
     kept: int | None = None  # convinced, but kept in because everyone was
+    # The round's block of the transcript (`prompts.round_block`), stored when the round closes:
+    # later prompts quote each closed round as one part, not one per turn (`prompts.transcript`).
+    transcript: Parts | None = Field(None, exclude_if=_none)
 
 
 class DebateState(BaseModel):
@@ -213,7 +221,9 @@ class DebateState(BaseModel):
     judge: str | None = None
     max_rounds: int
     members: list[Member]
-    history: list[JobMessage] = Field(default_factory=list)
+    # The conversation the debate continues: one stored document of messages, stored once at the
+    # start, that every job quotes with one reference (`CallJob.messages`).
+    history: TextRef | None = None
     template: list[Text | Placeholder] | None = None  # the custom template, split (`prompts.parse_template`)
     status: RunStatus = "running"
     created_at: datetime
@@ -251,6 +261,7 @@ def start(
     meta = meta or RunMeta()
     sink = TextSink()
     document = sink.document(request)
+    history = stored_history(request.history, sink)
     state = DebateState(
         run_id=run_id,
         request=document,
@@ -260,7 +271,7 @@ def start(
         judge=request.judge,
         max_rounds=request.max_rounds,
         members=[Member.of(spec, sink) for spec in request.members],
-        history=stored_history(request.history, sink),
+        history=sink.document(history) if history else None,
         template=prompts.parse_template(request.custom_prompt, sink) if request.custom_prompt else None,
         created_at=at,
         debaters=_line_up(request),
@@ -295,13 +306,13 @@ def decide(state: DebateState, event: Any) -> Transition[DebateState]:
     _record_outcome(state, call, event, sink)
 
     if call.role == "debater":
-        commands = _turn_taken(state, call, event.at)
+        commands = _turn_taken(state, call, event.at, sink)
     elif call.role == "judge":
         commands = _judge_answered(state, call, event, sink)
     elif call.role == "conviction":
-        commands = _conviction_answered(state, event.at)
+        commands = _conviction_answered(state, event.at, sink)
     else:
-        commands = _final_answered(state, call, event.at)
+        commands = _final_answered(state, call, event.at, sink)
     return Transition(state, commands, sink.texts)
 
 
@@ -406,13 +417,13 @@ def _ask_debater(state: DebateState, debater: Debater) -> CallJob:
     if member.attachments:
         content = merge([*content, member.attachments])
     if rnd.number == 1:
-        content += [ImagePart(url=url) for url in member.images]
+        content += member.images
     call = _new_call(state, "debater", debater.model, debater.instance, debater.number)
     rnd.turns.append(call)
     return _job(state, call, member, content, tools=member.tools)
 
 
-def _turn_taken(state: DebateState, call: Call, at: datetime) -> list[Command]:
+def _turn_taken(state: DebateState, call: Call, at: datetime, sink: TextSink) -> list[Command]:
     rnd = state.current
     done: list[Command] = [
         RoundModelComplete(run_id=state.run_id, round=rnd.number, at=at, **_turn(state, call))
@@ -421,18 +432,21 @@ def _turn_taken(state: DebateState, call: Call, at: datetime) -> list[Command]:
         return done  # round 1: others still answering
     if len(rnd.turns) < len(rnd.speakers):
         return [*done, *_next_turn(state)]
-    return [*done, *_close_round(state, at)]
+    return [*done, *_close_round(state, at, sink)]
 
 
-def _close_round(state: DebateState, at: datetime) -> list[Command]:
+def _close_round(state: DebateState, at: datetime, sink: TextSink) -> list[Command]:
+    """Every turn is in. The round's block of the transcript is stored now, once: every later
+    prompt that quotes the transcript quotes it as one part (`prompts.transcript`)."""
     rnd = state.current
+    rnd.transcript = sink.parts(prompts.round_block(state, rnd))
     closed = RoundComplete(
         run_id=state.run_id,
         round=rnd.number,
         responses=[DebateTurn(**_turn(state, t)) for t in rnd.turns],
         at=at,
     )
-    return [closed, *_after_round(state, at)]
+    return [closed, *_after_round(state, at, sink)]
 
 
 def should_stop(state: DebateState) -> tuple[Literal["stop", "fail", "go_on"], str]:
@@ -456,7 +470,7 @@ def should_stop(state: DebateState) -> tuple[Literal["stop", "fail", "go_on"], s
     return "go_on", ""
 
 
-def _after_round(state: DebateState, at: datetime) -> list[Command]:
+def _after_round(state: DebateState, at: datetime, sink: TextSink) -> list[Command]:
     """The round is over: stop, ask the round's checkpoint, or open the next round.
 
     Rounds 2..max_rounds-1 have a checkpoint: the judge (`external_judge`) or every debater's
@@ -464,9 +478,9 @@ def _after_round(state: DebateState, at: datetime) -> list[Command]:
     """
     verdict, reason = should_stop(state)
     if verdict == "fail":
-        return _fail(state, reason, at)
+        return _fail(state, reason, at, sink)
     if verdict == "stop":
-        return _end(state, reason, at)
+        return _end(state, reason, at, sink)
     checkpoint = state.current.number >= 2 and state.current.judge is None and not state.current.convictions
     if checkpoint and state.judge_mode == "external_judge":
         return [_ask_judge(state)]
@@ -475,11 +489,11 @@ def _after_round(state: DebateState, at: datetime) -> list[Command]:
     return _open_round(state, at)
 
 
-def _end(state: DebateState, reason: str, at: datetime) -> list[Command]:
+def _end(state: DebateState, reason: str, at: datetime, sink: TextSink) -> list[Command]:
     """The debate is decided: the final answer is asked for, or (display only) the run ends."""
     state.reason = reason
     if state.judge_mode == "display_only":
-        return _finish(state, reason, at)
+        return _finish(state, reason, at, sink)
     return _ask_final(state, at)
 
 
@@ -498,7 +512,7 @@ def _judge_answered(
 ) -> list[Command]:
     rnd = state.current
     if isinstance(event, CallFailed):
-        return _fail(state, f"the judge's call after round {rnd.number} failed: {call.error}", event.at)
+        return _fail(state, f"the judge's call after round {rnd.number} failed: {call.error}", event.at, sink)
     text = _answer(event)
     word, reason = parse_judge_answer(text)
     go_on = word != "STOP"
@@ -522,7 +536,7 @@ def _judge_answered(
             "at": event.at,
         }
     )
-    return [decided, *_after_round(state, event.at)]
+    return [decided, *_after_round(state, event.at, sink)]
 
 
 # Self-convergence ----------------------------------------------------------------------------
@@ -539,13 +553,13 @@ def _ask_convictions(state: DebateState) -> list[Command]:
     return jobs
 
 
-def _conviction_answered(state: DebateState, at: datetime) -> list[Command]:
+def _conviction_answered(state: DebateState, at: datetime, sink: TextSink) -> list[Command]:
     if any(c.status == "pending" for c in state.current.convictions):
         return []
-    return _eliminate_convinced(state, at)
+    return _eliminate_convinced(state, at, sink)
 
 
-def _eliminate_convinced(state: DebateState, at: datetime) -> list[Command]:
+def _eliminate_convinced(state: DebateState, at: datetime, sink: TextSink) -> list[Command]:
     rnd = state.current
     active = state.active()
     convinced = [c for c in rnd.convictions if c.convinced]
@@ -586,7 +600,7 @@ def _eliminate_convinced(state: DebateState, at: datetime) -> list[Command]:
             at=at,
         )
     )
-    return [*commands, *_after_round(state, at)]
+    return [*commands, *_after_round(state, at, sink)]
 
 
 def _most_persuasive(convinced: list[Call], active: list[Debater]) -> int:
@@ -619,10 +633,10 @@ def _ask_final(state: DebateState, at: datetime) -> list[Command]:
     return [started, _job(state, call, member, prompt, stream=True)]
 
 
-def _final_answered(state: DebateState, call: Call, at: datetime) -> list[Command]:
+def _final_answered(state: DebateState, call: Call, at: datetime, sink: TextSink) -> list[Command]:
     what = "verdict" if call.debater_number is None else "summary"
     if call.status == "failed":
-        return _fail(state, f"the final {what} call ({call.model}) failed: {call.error}", at)
+        return _fail(state, f"the final {what} call ({call.model}) failed: {call.error}", at, sink)
     state.result = call.text or ""
     complete = FinalComplete(
         run_id=state.run_id,
@@ -631,22 +645,23 @@ def _final_answered(state: DebateState, call: Call, at: datetime) -> list[Comman
         at=at,
         **_final_who(state, call),
     )
-    return [complete, *_finish(state, state.reason or "the debate is over", at)]
+    return [complete, *_finish(state, state.reason or "the debate is over", at, sink)]
 
 
-def _finish(state: DebateState, reason: str, at: datetime) -> list[Command]:
+def _finish(state: DebateState, reason: str, at: datetime, sink: TextSink) -> list[Command]:
+    """The debate is over: `debate_complete`, then `run.completed` with the view (a document)."""
     state.status, state.reason, state.finished_at = "completed", reason, at
     return [
         DebateComplete(run_id=state.run_id, rounds=len(state.rounds), reason=reason, at=at),
-        RunCompleted(run_id=state.run_id, reason=reason, run=view(state), at=at),
+        RunCompleted(run_id=state.run_id, reason=reason, run=sink.document(view(state)), at=at),
     ]
 
 
-def _fail(state: DebateState, reason: str, at: datetime) -> list[Command]:
+def _fail(state: DebateState, reason: str, at: datetime, sink: TextSink) -> list[Command]:
     state.status, state.reason, state.finished_at = "failed", reason, at
     return [
         DebateError(run_id=state.run_id, message=reason, round=state.current.number, at=at),
-        RunFailed(run_id=state.run_id, reason=reason, run=view(state), at=at),
+        RunFailed(run_id=state.run_id, reason=reason, run=sink.document(view(state)), at=at),
     ]
 
 
@@ -680,7 +695,9 @@ def _job(
 
     The conversation the debate continues (`history`) comes before every prompt of the run.
     """
-    messages = [*state.history, JobMessage(role="user", content=prompt)]
+    messages: list[JobMessage | TextRef] = [JobMessage(role="user", content=prompt)]
+    if state.history is not None:
+        messages = [state.history, *messages]
     if member is not None and member.system:
         messages = [JobMessage(role="system", content=[member.system]), *messages]
     return CallJob(

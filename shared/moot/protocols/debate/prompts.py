@@ -221,13 +221,14 @@ def render_template(pieces: list[Text | Placeholder], values: dict[str, Parts]) 
 
 
 def transcript(state: DebateState, rounds: list[Round]) -> Parts:
-    return join(
-        (
-            compose("=== Round {number} ===\n\n{turns}", number=r.number, turns=_turns(state, r.turns))
-            for r in rounds
-        ),
-        "\n\n",
-    )
+    """The rounds' blocks one after the other; a closed round's is the one stored when it closed
+    (`Round.transcript`, one part), so a prompt quoting 20 rounds holds 20 references."""
+    return join((r.transcript if r.transcript is not None else round_block(state, r) for r in rounds), "\n\n")
+
+
+def round_block(state: DebateState, rnd: Round) -> Parts:
+    """One round of the transcript: its heading, then every turn, labelled."""
+    return compose("=== Round {number} ===\n\n{turns}", number=rnd.number, turns=_turns(state, rnd.turns))
 
 
 def _so_far(state: DebateState) -> Parts:
