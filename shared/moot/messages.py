@@ -38,7 +38,14 @@ class JobMessage(BaseModel):
     content: Parts
 
 
-_MESSAGES: TypeAdapter[list[JobMessage]] = TypeAdapter(list[JobMessage])
+_MESSAGES: TypeAdapter[list[JobMessage | TextRef]] = TypeAdapter(list[JobMessage | TextRef])
+
+
+def _expanded(messages: list[JobMessage | TextRef], texts: Mapping[str, str]) -> list[JobMessage]:
+    out: list[JobMessage] = []
+    for m in messages:
+        out.extend(_expanded(_MESSAGES.validate_json(texts[m.sha]), texts) if isinstance(m, TextRef) else [m])
+    return out
 
 
 class CallJob(BaseModel):
@@ -62,11 +69,8 @@ class CallJob(BaseModel):
     stream: bool = False  # stream the answer, publishing `final_chunk` events while it comes in
 
     def conversation(self, texts: Mapping[str, str]) -> list[JobMessage]:
-        """The messages, stored lists of messages put in their place (`texts` must hold them)."""
-        out: list[JobMessage] = []
-        for m in self.messages:
-            out.extend(_MESSAGES.validate_json(texts[m.sha]) if isinstance(m, TextRef) else [m])
-        return out
+        """The messages, stored lists of messages (which may refer to earlier ones) put in place."""
+        return _expanded(self.messages, texts)
 
     @staticmethod
     def make_id(run_id: str, iteration: int, role: str, model: str, instance: int) -> str:

@@ -132,8 +132,16 @@ class ConsortiumView(_RunView):
     mode: Literal["consortium"] = "consortium"
     request: ConsortiumRequest | TextRef
     result: ArbiterVerdict | None = Field(None, description="The verdict the run stopped on.")
-    iterations: list[IterationView] = Field(default_factory=list)
+    # Finished iterations are stored documents until hydrated (`moot.texts.hydrate`).
+    iterations: list[IterationView | TextRef] = Field(default_factory=list)
     usage: Usage = Field(default_factory=Usage)
+
+    @property
+    def iteration_views(self) -> list[IterationView]:
+        """The iterations of a hydrated view (ValueError while some are stored documents)."""
+        if any(isinstance(it, TextRef) for it in self.iterations):
+            raise ValueError("the view holds text references: hydrate it first (moot.texts.hydrate)")
+        return [it for it in self.iterations if isinstance(it, IterationView)]
 
     @property
     def answer(self) -> str | None:

@@ -24,8 +24,8 @@ from moot.protocols import consortium
 from moot.protocols.base import Transition
 from moot.protocols.consortium import ConsortiumState, should_stop
 from moot.requests import ChatMessage, ConsortiumRequest, MemberSpec
-from moot.texts import TextRef, render
-from moot.views import ArbiterVerdict, ConsortiumView, Usage, run_view_adapter
+from moot.texts import TextRef, hydrate, render
+from moot.views import ArbiterVerdict, ConsortiumView, IterationView, Usage, run_view_adapter
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -158,7 +158,7 @@ def test_low_confidence_iterates_with_refinement_prompt_and_conversation_continu
     second = jobs(commands)
     assert [j.iteration for j in second] == [2, 2, 2]
     msgs = said(second[1])  # a#2
-    assert [m.role for m in second[1].messages] == ["system", "user", "assistant", "user"]
+    assert [m.role for m in second[1].conversation(TEXTS)] == ["system", "user", "assistant", "user"]
     assert msgs[2].startswith("a#2 says 4")  # its own earlier answer, not another instance's
     assert "Four." in msgs[3] and "be precise" in msgs[3]
 
@@ -214,7 +214,7 @@ def test_full_run_to_max_iterations() -> None:
     assert state.status == "completed"
     assert isinstance(commands[-1], RunCompleted)
     assert "reached max_iterations (2)" in commands[-1].reason
-    assert len(state.iterations) == 2
+    assert state.current.number == 2
 
 
 def test_every_member_failing_fails_the_run_with_reasons() -> None:
@@ -333,7 +333,9 @@ def old_arbiter_prompt(req: ConsortiumRequest, state: ConsortiumState) -> str:
         for (model, instance), c in zip(state.plan.instances(), it.members, strict=True)
     )
     history = ""
-    if len(state.iterations) > 1:
+    # Finished iterations are stored views (`state.done`); read back as the API would.
+    finished = [IterationView.model_validate(hydrate(json.loads(TEXTS[d.sha]), TEXTS)) for d in state.done]
+    if finished:
         history = p.ARBITER_HISTORY.format(
             iterations="\n".join(
                 p.ARBITER_HISTORY_ITEM.format(
@@ -342,7 +344,7 @@ def old_arbiter_prompt(req: ConsortiumRequest, state: ConsortiumState) -> str:
                     synthesis=text(prev.verdict.synthesis),
                     areas="; ".join(text(a) for a in prev.verdict.refinement_areas),
                 )
-                for prev in state.iterations[:-1]
+                for prev in finished
                 if prev.verdict
             )
         )
@@ -452,7 +454,7 @@ def test_decide_never_changes_the_state_it_is_given() -> None:
         # Only the current iteration is new; earlier ones are shared, unchanged.
         assert all(a is b for a, b in zip(after.iterations[:-1], state.iterations[:-1], strict=False))
         state = after
-    assert state.status == "completed" and len(state.iterations) == 2
+    assert state.status == "completed" and state.current.number == 2
 
 
 def test_long_answers_and_verdicts_are_kept_by_reference() -> None:

@@ -136,7 +136,7 @@ def test_ten_iterations_of_long_answers_keep_state_and_messages_small(instances:
     )
     state, m = play(request)
     m.report(f"{instances} instances x 10 iterations, 4,000-character answers")
-    assert state.status == "completed" and len(state.iterations) == 10
+    assert state.status == "completed" and state.current.number == 10
     assert max(m.job, m.event, m.end_event) < MESSAGE_BUDGET_BYTES
     if instances == 16:  # the number: the whole state under 64 KB
         assert m.state < MESSAGE_BUDGET_BYTES
@@ -162,7 +162,7 @@ def test_the_largest_request_runs_with_every_message_far_below_max_payload() -> 
     m.report(
         "32 instances x 20 iterations, 200,000-char prompt, 50,000-char system, 200 x 10,000-char history"
     )
-    assert state.status == "completed" and len(state.iterations) == 20
+    assert state.status == "completed" and state.current.number == 20
     # Every job and every event, the run's end too: under 64 KiB whatever the texts. The 200
     # history messages are one reference in each job, the view one in the end event.
     assert max(m.job, m.event, m.end_event) < MESSAGE_BUDGET_BYTES

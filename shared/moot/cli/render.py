@@ -199,7 +199,7 @@ def _arbiter_line(iteration: IterationView, full: bool) -> str:
 
 def _consortium_steps(run: ConsortiumView, full: bool) -> list[str]:
     lines = []
-    for it in run.iterations:
+    for it in run.iteration_views:
         confidence = it.verdict.confidence if it.verdict else None
         decided = f" -> {it.decision} ({it.reason})" if it.decision else ""
         lines.append(f"iteration {it.number}: confidence {_confidence(confidence)}{decided}")

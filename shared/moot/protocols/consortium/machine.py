@@ -70,9 +70,10 @@ class Call(BaseModel):
 
 
 class Iteration(BaseModel):
-    """One iteration: its prompt is not kept, it follows from the verdict before (`prompt_of`)."""
+    """The iteration under way: what the members were asked, and every call's outcome."""
 
     number: int
+    prompt: Parts = Field(default_factory=list)  # what every member was asked
     members: list[Call]  # one per member instance, in the order of `Plan.instances()`
     arbiter: Call | None = None
     verdict: ArbiterVerdict | None = None
@@ -116,7 +117,14 @@ class ConsortiumState(BaseModel):
     status: RunStatus = "running"
     created_at: datetime
     finished_at: datetime | None = None
+    # The iteration under way, in full. A finished one moves to `done` (`_archive`): the state,
+    # read and rewritten on every outcome, holds one iteration's calls whatever the run's length.
     iterations: list[Iteration] = Field(default_factory=list)
+    done: list[TextRef] = Field(default_factory=list)  # finished iterations, each a stored IterationView
+    # Per member instance (in `Plan.instances()` order), its own earlier turns: a stored list of
+    # messages that refers to the one before, so each iteration adds a document, not a copy.
+    heads: list[TextRef | None] = Field(default_factory=list)
+    past: Parts = Field(default_factory=list)  # the arbiter's earlier syntheses, as its prompt quotes them
     usage: Usage = Field(default_factory=Usage)
     result: ArbiterVerdict | None = None
     reason: str | None = None
@@ -152,8 +160,9 @@ def start(
         created_at=at,
         meta=meta,
     )
+    state.heads = [None] * len(state.plan.instances())
     commands: list[Command] = [RunCreated(run_id=run_id, request=state.request, at=at, meta=meta)]
-    commands += _ask_members(state, at)
+    commands += _ask_members(state, prompts.member_prompt(state.prompt), at)
     return Transition(state, commands, sink.texts)
 
 
@@ -205,36 +214,23 @@ def view(state: ConsortiumState) -> ConsortiumView:
         **origin(state.meta),
         request=state.request,
         result=state.result,
-        iterations=[
-            IterationView(
-                number=it.number,
-                members=[
-                    _call_view(state, it, "member", model, instance, c)
-                    for (model, instance), c in zip(instances, it.members, strict=True)
-                ],
-                arbiter=_call_view(state, it, "arbiter", state.plan.arbiter, 1, it.arbiter)
-                if it.arbiter
-                else None,
-                verdict=it.verdict,
-                decision=it.decision,
-                reason=it.reason,
-            )
-            for it in state.iterations
-        ],
+        iterations=[*state.done, *(_iteration_view(state, it, instances) for it in state.iterations)],
         usage=state.usage,
     )
 
 
-def prompt_of(state: ConsortiumState, index: int) -> Parts:
-    """What the members were asked in `state.iterations[index]` (the next one when it is their count).
-
-    The first iteration asks the question; every later one refines the verdict before it.
-    """
-    if index == 0:
-        return prompts.member_prompt(state.prompt)
-    verdict = state.iterations[index - 1].verdict
-    assert verdict is not None, "an iteration follows a verdict"
-    return prompts.refinement_prompt(state.prompt, verdict)
+def _iteration_view(state: ConsortiumState, it: Iteration, instances: list[tuple[str, int]]) -> IterationView:
+    return IterationView(
+        number=it.number,
+        members=[
+            _call_view(state, it, "member", model, instance, c)
+            for (model, instance), c in zip(instances, it.members, strict=True)
+        ],
+        arbiter=_call_view(state, it, "arbiter", state.plan.arbiter, 1, it.arbiter) if it.arbiter else None,
+        verdict=it.verdict,
+        decision=it.decision,
+        reason=it.reason,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,10 +239,9 @@ def prompt_of(state: ConsortiumState, index: int) -> Parts:
 # changes (the iteration list, the current iteration, the run's status) is that copy's own.
 
 
-def _ask_members(state: ConsortiumState, at: datetime) -> list[Command]:
-    number = len(state.iterations) + 1
+def _ask_members(state: ConsortiumState, prompt: Parts, at: datetime) -> list[Command]:
+    number = len(state.done) + 1
     plan = state.plan
-    asked = [prompt_of(state, i) for i in range(number)]  # every iteration's, this one's last
     jobs = [
         CallJob(
             call_id=CallJob.make_id(state.run_id, number, "member", model, instance),
@@ -255,37 +250,55 @@ def _ask_members(state: ConsortiumState, at: datetime) -> list[Command]:
             role="member",
             model=model,
             instance=instance,
-            messages=_conversation(state, index, asked),
+            messages=_conversation(state, index, prompt),
             temperature=plan.temperature,
             max_tokens=plan.max_tokens,
         )
         for index, (model, instance) in enumerate(plan.instances())
     ]
     members = [Call() for _ in jobs]
-    state.iterations = [*state.iterations, Iteration(number=number, members=members)]
+    state.iterations = [Iteration(number=number, prompt=prompt, members=members)]
     started = IterationStarted(
         run_id=state.run_id, iteration=number, call_ids=[j.call_id for j in jobs], at=at
     )
     return [started, *jobs]
 
 
-def _conversation(state: ConsortiumState, index: int, asked: list[Parts]) -> list[JobMessage | TextRef]:
+def _conversation(state: ConsortiumState, index: int, prompt: Parts) -> list[JobMessage | TextRef]:
     """What member instance `index` has seen so far (its own earlier turns only), then the new prompt.
 
-    The conversation the run continues is one reference (a stored list of messages).
+    The conversation the run continues and the instance's earlier turns are one reference each
+    (stored lists of messages).
     """
     messages: list[JobMessage | TextRef] = []
     if state.system:
         messages.append(JobMessage(role="system", content=[state.system]))
     if state.history is not None:
         messages.append(state.history)
-    for it, prompt in zip(state.iterations, asked, strict=False):
-        call = it.members[index]
-        if call.status == "completed":
-            messages.append(JobMessage(role="user", content=prompt))
-            messages.append(JobMessage(role="assistant", content=[call.text] if call.text else []))
-    messages.append(JobMessage(role="user", content=asked[-1]))
+    head = state.heads[index]
+    if head is not None:
+        messages.append(head)
+    messages.append(JobMessage(role="user", content=prompt))
     return messages
+
+
+def _archive(state: ConsortiumState, sink: TextSink) -> None:
+    """Move the finished iteration out of the state: into `done` (its view, stored), each member
+    instance's answer into its `heads` document, the verdict into the arbiter's `past`."""
+    it = state.current
+    heads = list(state.heads)
+    for index, call in enumerate(it.members):
+        if call.status == "completed":
+            turns: list[JobMessage | TextRef] = [h for h in (heads[index],) if h is not None]
+            turns += [
+                JobMessage(role="user", content=it.prompt),
+                JobMessage(role="assistant", content=[call.text] if call.text else []),
+            ]
+            heads[index] = sink.document(turns)
+    state.heads = heads
+    item = prompts.history_item(it.number, it.verdict)
+    state.past = sink.parts([*state.past, "\n", *item] if state.past else item)
+    state.done = [*state.done, sink.document(_iteration_view(state, it, state.plan.instances()))]
 
 
 def _ask_arbiter(state: ConsortiumState) -> list[Command]:
@@ -321,7 +334,9 @@ def _judge_iteration(
         state.status, state.result, state.reason, state.finished_at = "completed", verdict, reason, at
         end = RunCompleted(run_id=state.run_id, reason=reason, run=sink.document(view(state)), at=at)
         return Transition(state, [done, end], sink.texts)
-    return Transition(state, [done, *_ask_members(state, at)], sink.texts)
+    _archive(state, sink)
+    asked = prompts.refinement_prompt(state.prompt, verdict)
+    return Transition(state, [done, *_ask_members(state, asked, at)], sink.texts)
 
 
 def should_stop(

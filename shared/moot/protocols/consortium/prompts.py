@@ -105,24 +105,7 @@ def arbiter_prompt(state: ConsortiumState) -> Parts:
         ),
         "\n",
     )
-    history: Parts = []
-    if len(state.iterations) > 1:
-        history = compose(
-            ARBITER_HISTORY,
-            iterations=join(
-                (
-                    compose(
-                        ARBITER_HISTORY_ITEM,
-                        number=prev.number,
-                        confidence=fmt_confidence(prev.verdict.confidence if prev.verdict else None),
-                        synthesis=prev.verdict.synthesis if prev.verdict else "",
-                        areas=join(prev.verdict.refinement_areas, "; ") if prev.verdict else "",
-                    )
-                    for prev in state.iterations[:-1]
-                ),
-                "\n",
-            ),
-        )
+    history = compose(ARBITER_HISTORY, iterations=state.past) if state.past else []
     instructions: Parts = compose(ARBITER_INSTRUCTIONS, system=state.system) if state.system else []
     if state.history is not None:
         instructions += compose(ARBITER_CONVERSATION, conversation=state.conversation)
@@ -133,6 +116,17 @@ def arbiter_prompt(state: ConsortiumState) -> Parts:
         iteration=it.number,
         responses=responses,
         history=history,
+    )
+
+
+def history_item(number: int, verdict: ArbiterVerdict | None) -> Parts:
+    """One finished iteration as the arbiter's later prompts quote it."""
+    return compose(
+        ARBITER_HISTORY_ITEM,
+        number=number,
+        confidence=fmt_confidence(verdict.confidence if verdict else None),
+        synthesis=verdict.synthesis if verdict else "",
+        areas=join(verdict.refinement_areas, "; ") if verdict else "",
     )
 
 
