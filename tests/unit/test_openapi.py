@@ -107,3 +107,15 @@ def test_the_chat_completion_body_is_typed(spec: dict[str, Any]) -> None:
     ok = spec["paths"]["/v1/chat/completions"]["post"]["responses"]["200"]["content"]
     assert {"choices", "usage", "moot"} <= fields(spec, ok["application/json"]["schema"])
     assert "text/event-stream" in ok
+
+
+def test_every_v1_route_declares_the_bearer_key_and_its_refusals(spec: dict[str, Any]) -> None:
+    schemes = spec["components"]["securitySchemes"]
+    assert [s["scheme"] for s in schemes.values()] == ["bearer"]
+    for method, path, op in operations(spec):
+        if not path.startswith("/v1"):
+            continue
+        assert op.get("security"), f"{method} {path} does not declare the API key"
+        assert "401" in op["responses"], f"{method} {path}"
+        body = resolve(spec, op["responses"]["401"]["content"]["application/json"]["schema"])
+        assert fields(spec, body) == {"error"}, f"{method} {path}: 401 is not the error body"

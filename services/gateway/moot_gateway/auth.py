@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import Depends, Header
+from fastapi import Depends, Header, Security
+from fastapi.security import HTTPBearer
 
 from moot.records.accounts import Principal, authenticate, hash_key
 from moot_gateway.deps import ClientsDep
@@ -14,10 +15,15 @@ from moot_gateway.errors import unauthorized
 # A revoked key stops working within this many seconds; every request still costs no query.
 CACHE_SECONDS = 30.0
 _cache: dict[str, tuple[Principal | None, float]] = {}
+# Declares the scheme in /openapi.json (generated clients send the key); the header is checked
+# below, so that every refusal has the same OpenAI-style body.
+_bearer = HTTPBearer(auto_error=False, description="An API key: `moot keys create`.")
 
 
 async def current_principal(
-    clients: ClientsDep, authorization: Annotated[str | None, Header()] = None
+    clients: ClientsDep,
+    authorization: Annotated[str | None, Header()] = None,
+    _declared: Annotated[object, Security(_bearer)] = None,
 ) -> Principal:
     if not authorization:
         raise unauthorized(

@@ -6,6 +6,32 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every refusal but FastAPI's own 422 (a body or parameter that does not validate)."""
+
+    error: ErrorDetail
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a router: these statuses answer an `ErrorBody`."""
+    return {status: {"model": ErrorBody} for status in statuses}
+
+
+def stream_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a streaming route, whose refusals are JSON all the same (with `model`
+    alone FastAPI would give them the stream's media type)."""
+    schema = {"$ref": "#/components/schemas/ErrorBody"}
+    return {status: {"content": {"application/json": {"schema": schema}}} for status in statuses}
 
 
 class ApiError(Exception):

@@ -11,10 +11,11 @@ from pydantic import ValidationError
 from moot_gateway import configs
 from moot_gateway.auth import PrincipalDep
 from moot_gateway.deps import ClientsDep
+from moot_gateway.errors import errors
 from moot_gateway.runs_service import not_found
 from moot_gateway.schemas import SavedConfig, SavedConfigList, SavedConfigSubmission, SavedConfigVersions
 
-router = APIRouter(prefix="/v1/consortiums", tags=["saved configurations"])
+router = APIRouter(prefix="/v1/consortiums", tags=["saved configurations"], responses=errors(401, 404))
 
 NameParam = Annotated[str, Path(pattern=configs.NAME_RE.pattern, description=configs.NAME_RULE)]
 

@@ -23,11 +23,11 @@ from moot.views import ConsortiumView, DebateView
 from moot_gateway import configs, runs_service
 from moot_gateway.auth import PrincipalDep
 from moot_gateway.deps import Clients, ClientsDep
-from moot_gateway.errors import ApiError
+from moot_gateway.errors import ApiError, errors
 from moot_gateway.routes.runs import replay
 from moot_gateway.schemas import ChatCompletion, ChatCompletionRequest, ChatCompletionSubmission, ModelList
 
-router = APIRouter(prefix="/v1", tags=["openai compatible"])
+router = APIRouter(prefix="/v1", tags=["openai compatible"], responses=errors(400, 401, 404, 424))
 
 
 @router.get("/models", response_model=ModelList)

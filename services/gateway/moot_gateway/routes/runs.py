@@ -18,7 +18,7 @@ from moot.runtime.textstore import hydrated
 from moot_gateway import runs_service
 from moot_gateway.auth import PrincipalDep
 from moot_gateway.deps import Clients, ClientsDep
-from moot_gateway.errors import ApiError
+from moot_gateway.errors import ApiError, errors, stream_errors
 from moot_gateway.schemas import (
     CancelledConsortium,
     CancelledDebate,
@@ -35,7 +35,7 @@ from moot_gateway.schemas import (
     run_response,
 )
 
-router = APIRouter(prefix="/v1/runs", tags=["runs"])
+router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=errors(401, 404, 409))
 
 EXAMPLES = {
     "consortium": {
@@ -128,7 +128,8 @@ async def _start_after(last_event_id: Annotated[str | None, Header()] = None) ->
         200: {
             "model": RunEventData,
             "description": "Server-sent events; each `data` is one run event plus `seq`, its stream sequence.",
-        }
+        },
+        **stream_errors(401, 404),
     },
 )
 async def run_events(
