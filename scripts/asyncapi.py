@@ -25,6 +25,7 @@ from faststream.nats import NatsBroker
 from moot.runtime import contract
 from moot.runtime.settings import MootSettings
 from moot.runtime.subjects import Names
+from moot_arbiter.dead_letters import register as register_dead_letters
 from moot_arbiter.handlers import register as register_arbiter
 from moot_member_worker.handlers import register as register_member_worker
 from moot_recorder.handlers import BatchRecorder
@@ -42,8 +43,9 @@ def register_services(broker: NatsBroker, names: Names) -> None:
     settings = MootSettings.model_construct()
     recorder = RecorderSettings.model_construct()
     never_called: Any = None  # the model caller, the run store: only a handler would use them
-    register_member_worker(broker, names, settings, never_called, 1)
+    register_member_worker(broker, names, settings, 1)
     register_arbiter(broker, names, lambda: never_called, 1)
+    register_dead_letters(broker, names, lambda: never_called)
     register_recorder(broker, names, recorder, BatchRecorder(names, recorder))
 
 

@@ -208,6 +208,22 @@ class CancelRequested(BaseModel):
     at: datetime = Field(default_factory=utcnow)
 
 
+class DeadlinePassed(BaseModel):
+    """Input to `decide()` from the sweeper (not published): the run's time is up, end it."""
+
+    run_id: str
+    at: datetime = Field(default_factory=utcnow)
+
+
+class DeadLettered(BaseModel):
+    """Input to `decide()` from the arbiter (not published): a message of the run went to the
+    dead-letter stream (`moot.runtime.deadletters`); the run fails with the reason."""
+
+    run_id: str
+    reason: str
+    at: datetime = Field(default_factory=utcnow)
+
+
 # Debate events. Their types are the names the reference debate program streamed (clients know
 # them); they share the `<ns>.runs.<run_id>.<type>` subjects. A debate still ends with
 # `run.completed` / `run.failed` (after `debate_complete` / `error`), so the end of a run is

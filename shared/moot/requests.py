@@ -68,6 +68,24 @@ class MemberSpec(_Strict):
         return v
 
 
+class Budget(_Strict):
+    """What a run may spend before it is ended: for now its wall-clock time from acceptance.
+
+    An object, not a number, so that limits on tokens and cost can join `seconds` later.
+    """
+
+    seconds: int = Field(
+        900,
+        ge=1,
+        le=86_400,
+        description="Wall-clock seconds from acceptance; then the run ends (`stop_reason: deadline`).",
+    )
+
+
+def _budget_field() -> Any:
+    return Field(default_factory=Budget, description="What the run may spend before it is ended.")
+
+
 class ConsortiumRequest(_Strict):
     """A consortium: members answer in parallel, an arbiter synthesizes, repeat until confident."""
 
@@ -82,6 +100,7 @@ class ConsortiumRequest(_Strict):
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     max_tokens: int | None = Field(None, ge=1, le=200_000)
     history: list[ChatMessage] = _history_field()
+    budget: Budget = _budget_field()
 
     @field_validator("arbiter")
     @classmethod
@@ -197,6 +216,7 @@ class DebateRequest(_Strict):
     judge: str | None = Field(None, max_length=200, validate_default=True)
     max_rounds: int = Field(3, ge=1, le=20)
     history: list[ChatMessage] = _history_field()
+    budget: Budget = _budget_field()
 
     @field_validator("members")
     @classmethod

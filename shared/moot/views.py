@@ -19,6 +19,8 @@ from moot.texts import Text, TextRef
 
 RunStatus = Literal["running", "completed", "failed", "cancelled"]
 CallStatus = Literal["pending", "completed", "failed"]
+# Why a run was stopped short of its protocol's own end (None: it ended on its own terms).
+StopReason = Literal["deadline"]
 
 # ---------------------------------------------------------------------------------------------
 # Parts a view shares with the run's events
@@ -85,6 +87,10 @@ class _RunView(BaseModel):
     owner: str = ""
     config: ConfigRef | None = None
     continued_from: str | None = Field(None, description="The run whose conversation this one continues.")
+    deadline: Timestamp | None = Field(None, description="When the run is ended if still running (`budget`).")
+    stop_reason: StopReason | None = Field(
+        None, description="Why the run was stopped short: `deadline` when its time ran out."
+    )
 
 
 class Origin(TypedDict):

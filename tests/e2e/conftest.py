@@ -42,6 +42,8 @@ BEHAVIOURS: dict[str, dict[str, Any]] = {
     "concedes": {"reply": "CONVINCED: d2#1 made the stronger case."},
     # Slow enough to cancel a run while its calls are in flight.
     "slowpoke": {"latency_ms": 3000},
+    # Steady members: a run that always iterates cannot reach 20 iterations in a few seconds.
+    "steady": {"latency_ms": 300},
     # Large runs (test_large_runs.py): long answers, an arbiter that never stops before the maximum.
     "long": {"reply_template": "{model} answer {n}. " + _filler(3950) + "\nConfidence: 0.5"},
     "longarb": {
@@ -91,7 +93,12 @@ async def stack(
         database_url=database_url,
         services=services,
         # Two calls at a time per worker: six member calls need both workers.
-        extra_env={"MOOT_WORKER_CONCURRENCY": "2", "MOOT_WORKER_BACKOFF_BASE_SECONDS": "0.2"},
+        # A sweep every half second: a deadline test waits for its run's end, not for the sweeper.
+        extra_env={
+            "MOOT_WORKER_CONCURRENCY": "2",
+            "MOOT_WORKER_BACKOFF_BASE_SECONDS": "0.2",
+            "MOOT_SWEEP_INTERVAL_SECONDS": "0.5",
+        },
         progress=None,
     ) as running:
         yield running

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -180,17 +181,28 @@ async def test_continue_from_needs_a_finished_run_of_ones_own(
 
 
 async def test_cancel_stops_a_run_and_ends_its_stream(
-    client: MootClient, alice: httpx.AsyncClient, bob: httpx.AsyncClient, database_url: str
+    client: MootClient,
+    alice: httpx.AsyncClient,
+    bob: httpx.AsyncClient,
+    database_url: str,
+    model_server: ModelServer,
 ) -> None:
+    prompt = f"slow {secrets.token_hex(4)}"
     created = await client.create_run(
         {
             "mode": "consortium",
-            "prompt": "slow",
+            "prompt": prompt,
             "members": [{"model": "slowpoke", "count": 2}],
             "arbiter": "arb",
         }
     )
     run_id = created["id"]
+    # Both member calls in flight (a job still queued at cancel time is skipped, not called).
+    for _ in range(100):
+        asked = [r for r in model_server.requests("slowpoke") if prompt in str(r["messages"])]
+        if len(asked) == 2:
+            break
+        await asyncio.sleep(0.1)
     assert (await bob.post(f"/v1/runs/{run_id}/cancel")).status_code == 404
     r = await alice.post(f"/v1/runs/{run_id}/cancel")
     assert r.status_code == 200 and r.json()["status"] == "cancelled"

@@ -39,6 +39,7 @@ from moot.messages import (
 from moot.protocols import consortium, debate
 from moot.records.queries import TABLES, fetch_run_view
 from moot.requests import ConsortiumRequest, DebateRequest, MemberSpec
+from moot.runtime import deadletters
 from moot.runtime.nats import MSG_ID, ensure_topology, open_texts
 from moot.runtime.settings import MootSettings
 from moot.runtime.subjects import Names
@@ -344,10 +345,14 @@ class Recorder:
 
 
 @asynccontextmanager
-async def running_recorder(nats_url: str, database_url: str, namespace: str) -> AsyncIterator[Recorder]:
+async def running_recorder(
+    nats_url: str, database_url: str, namespace: str, **recorder_settings: Any
+) -> AsyncIterator[Recorder]:
     settings = MootSettings(nats_url=nats_url, database_url=database_url, namespace=namespace)
     names = Names(namespace)
-    app = create_app(settings, RecorderSettings(batch_size=64, batch_timeout_seconds=0.1))
+    app = create_app(
+        settings, RecorderSettings(batch_size=64, batch_timeout_seconds=0.1, **recorder_settings)
+    )
     nc = await nats.connect(nats_url)
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
     try:
@@ -359,7 +364,7 @@ async def running_recorder(nats_url: str, database_url: str, namespace: str) -> 
                 assert (await http.get("/readyz")).status_code == 200
             yield Recorder(js, names, pool, app, texts)
         # Clean up the namespace's streams: the NATS server may be shared with other runs.
-        for stream in (names.runs_stream, names.jobs_stream):
+        for stream in (names.runs_stream, names.jobs_stream, names.dead_stream, names.advisories_stream):
             await js.delete_stream(stream)
         await js.delete_key_value(names.state_bucket)
         await js.delete_key_value(names.text_bucket)
@@ -522,6 +527,14 @@ async def test_running_run_view_and_bad_messages(recorder: Recorder) -> None:
     assert text == "four!"
     assert await recorder.count("calls", run_id) == 1
     assert recorder.handler.stats.events_skipped >= 3
+    # None of them lost: each is a dead letter with its reason.
+    letters = await deadletters.read_all(recorder.js, recorder.names)
+    assert sorted(d.reason for d in letters) == [
+        "rejected by the database: DataError 22000",
+        "undecodable: UnicodeDecodeError",
+        "undecodable: ValidationError",
+    ]
+    assert {d.consumer for d in letters} == {recorder.names.recorder_consumer}
 
     view = await fetch_run_view(recorder.pool, run_id)
     assert view is not None
@@ -680,6 +693,7 @@ async def test_records_a_debate_once_even_when_events_come_again(recorder: Recor
         "reason": None, "owner": "", "config": None, "continued_from": None,
         "request": request.model_dump(mode="json"), "debaters": [], "rounds": [],
         "final": None, "result": None, "usage": {"input_tokens": 0, "output_tokens": 0, "cost_usd": None},
+        "deadline": None, "stop_reason": None,
     }  # fmt: skip
     assert running.keys() == full(end).run.model_dump().keys()
 
@@ -873,3 +887,92 @@ async def test_many_final_chunks_in_one_batch(recorder: Recorder) -> None:
         )
     await recorder.consumed(last)
     assert await recorder.count("events", run_id) == 500
+
+
+# ------------------------------------------------------------------------------ database outage
+
+
+class TcpProxy:
+    """A TCP proxy to Postgres that can be taken away (listener closed, connections cut) and back."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.port = 0
+        self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for w in list(self.writers):
+            w.transport.abort()
+        await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self.writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.transport.abort()
+                self.writers.discard(dst)
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+async def test_a_database_outage_is_waited_out_with_nothing_lost_or_doubled(
+    nats_url: str, database_url: str, namespace: str
+) -> None:
+    """Postgres unreachable for a while: the recorder keeps nacking (no delivery limit; backoff
+    capped, here at 1 s), the stream holds the events, and after the outage every event published
+    during it is recorded, once."""
+    from urllib.parse import urlsplit
+
+    url = urlsplit(database_url)
+    proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 5432)
+    await proxy.start()
+    proxied = url._replace(netloc=f"{url.username or 'postgres'}@127.0.0.1:{proxy.port}").geturl()
+    if url.password:
+        proxied = url._replace(netloc=f"{url.username}:{url.password}@127.0.0.1:{proxy.port}").geturl()
+    async with running_recorder(nats_url, proxied, namespace, retry_delay_max_seconds=1.0) as rec:
+        info = await rec.js.consumer_info(rec.names.runs_stream, rec.names.recorder_consumer)
+        assert info.config.max_deliver == -1  # no delivery limit: the stream is the buffer
+        before = consortium_run(new_run_id())
+        await rec.consumed(max([await rec.publish(e) for e in before]))
+
+        await proxy.stop()
+        runs = [consortium_run(new_run_id()) for _ in range(5)]
+        last = 0
+        for events in runs:
+            for event in events:
+                last = await rec.publish(event)
+        failed = rec.handler.stats.batches_failed
+        # Redelivered and refused again and again, well past a few deliveries.
+        deadline = asyncio.get_running_loop().time() + 20
+        while rec.handler.stats.batches_failed < failed + 4:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.1)
+        await proxy.start()
+        await rec.consumed(last, within=30)
+
+        for events in [before, *runs]:
+            run_id = events[0].run_id
+            stored = await rec.pool.fetch("SELECT event_id FROM events WHERE run_id = $1", run_id)
+            assert Counter(r["event_id"] for r in stored) == Counter({e.event_id() for e in events})
+            assert (await rec.run(run_id))["status"] == "completed"
+        assert await deadletters.read_all(rec.js, rec.names) == []
+    await proxy.stop()

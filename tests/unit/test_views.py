@@ -99,7 +99,7 @@ def test_a_consortium_view_round_trips_and_answers_its_synthesis() -> None:
     assert data["config"] == {"name": "panel", "version": 2} and data["owner"] == "alice"
     assert list(data) == [
         "id", "mode", "status", "created_at", "finished_at", "reason", "owner", "config",
-        "continued_from", "request", "result", "iterations", "usage",
+        "continued_from", "deadline", "stop_reason", "request", "result", "iterations", "usage",
     ]  # fmt: skip
     assert "role" not in data["iterations"][0]["members"][0]
 

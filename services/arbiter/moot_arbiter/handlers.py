@@ -15,6 +15,8 @@ from pydantic import ValidationError
 
 from moot.messages import parse_event
 from moot.observability import metrics, telemetry
+from moot.runtime import deadletters
+from moot.runtime.deadletters import undecodable
 from moot.runtime.runstore import RunStore
 from moot.runtime.subjects import Names
 
@@ -30,7 +32,9 @@ def register(broker: NatsBroker, names: Names, get_store: Callable[[], RunStore]
         pull_sub=PullSub(batch_size=1, timeout=5.0),
         max_workers=concurrency,
         ack_policy=AckPolicy.MANUAL,
-        config=ConsumerConfig(ack_policy=JsAckPolicy.EXPLICIT, ack_wait=60.0, max_deliver=50),
+        # A decision takes milliseconds, so an outcome a killed arbiter held goes to another within
+        # 20 s (issue 11); one faststream fetched ahead waits for a slot for as long as a few decisions.
+        config=ConsumerConfig(ack_policy=JsAckPolicy.EXPLICIT, ack_wait=20.0, max_deliver=50),
     )
     async def fold_call_outcome(msg: NatsMessage) -> None:
         """arbiter: fold each call outcome into its run's state; publish the jobs and events that follow."""
@@ -38,9 +42,19 @@ def register(broker: NatsBroker, names: Names, get_store: Callable[[], RunStore]
         try:
             event = parse_event(msg.body)
         except ValidationError as exc:
-            log.error("dropping malformed event on %s: %s", msg.raw_message.subject, exc.errors()[:3])
+            log.error("malformed event on %s: %s", msg.raw_message.subject, exc.errors()[:3])
             metrics.arbiter_decisions.add(1, {"moot.event.type": "unknown", "moot.outcome": "malformed"})
-            await msg.reject()
+            try:
+                # Kept, never dropped; the run (named by the subject) fails with the reason.
+                js = broker.connection.jetstream()
+                await deadletters.write_delivered(js, names, msg.raw_message, "undecodable", undecodable(exc))
+            except Exception:
+                log.exception(
+                    "malformed event on %s: no dead letter yet; redelivering", msg.raw_message.subject
+                )
+                await msg.nack(delay=1.0)
+                return
+            await msg.ack()
             return
         started = time.perf_counter()
         # One span per decision, child of this message's consume span: the run's state machine

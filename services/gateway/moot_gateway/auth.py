@@ -1,20 +1,98 @@
-"""Bearer-key authentication for every /v1 endpoint, with a short cache in front of Postgres."""
+"""Bearer-key authentication for every /v1 endpoint, with a cache in front of Postgres.
+
+The cache (`KeyCache`) answers a key it checked less than `CACHE_SECONDS` ago without a query,
+and keeps answering a valid one for `STALE_SECONDS` while Postgres cannot be reached, so clients
+that were working keep working through a database outage; a key it has not seen then gets 503
+(we cannot tell it is wrong), never 401 or 500. Valid keys and unknown ones are kept apart: a
+flood of random keys churns only the small unknown-key cache and never evicts a valid key.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Header, Security
 from fastapi.security import HTTPBearer
 
-from moot.records.accounts import Principal, authenticate, hash_key
+from moot.records.accounts import KEY_PREFIX, Principal, authenticate, hash_key
 from moot_gateway.deps import ClientsDep
-from moot_gateway.errors import unauthorized
+from moot_gateway.errors import dependency_of, unauthorized, unavailable
+
+log = logging.getLogger(__name__)
 
 # A revoked key stops working within this many seconds; every request still costs no query.
 CACHE_SECONDS = 30.0
-_cache: dict[str, tuple[Principal | None, float]] = {}
+# A valid key checked this recently keeps working while Postgres is unreachable (stale-while-error).
+STALE_SECONDS = 600.0
+# Bounds on memory: valid keys are evicted least recently used first, and only when this many
+# other valid keys are in use; unknown keys have their own, smaller, cache.
+MAX_VALID_KEYS = 10_000
+MAX_UNKNOWN_KEYS = 1_000
+# An authentication query that takes longer than this counts as Postgres being unreachable.
+QUERY_TIMEOUT_SECONDS = 5.0
+
+
+class KeyCache:
+    """What Postgres said about key digests lately: valid ones (an LRU) and unknown ones, apart."""
+
+    def __init__(
+        self,
+        *,
+        fresh_seconds: float = CACHE_SECONDS,
+        stale_seconds: float = STALE_SECONDS,
+        max_valid: int = MAX_VALID_KEYS,
+        max_unknown: int = MAX_UNKNOWN_KEYS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.fresh_seconds, self.stale_seconds = fresh_seconds, stale_seconds
+        self.max_valid, self.max_unknown = max_valid, max_unknown
+        self.clock = clock
+        self._valid: OrderedDict[str, tuple[Principal, float]] = OrderedDict()  # digest -> (who, checked at)
+        self._unknown: OrderedDict[str, float] = OrderedDict()  # digest -> checked at
+
+    def fresh(self, digest: str) -> tuple[bool, Principal | None]:
+        """(True, the principal or None for an unknown key) if checked within `fresh_seconds`."""
+        now = self.clock()
+        valid = self._valid.get(digest)
+        if valid is not None and now - valid[1] < self.fresh_seconds:
+            self._valid.move_to_end(digest)
+            return True, valid[0]
+        checked = self._unknown.get(digest)
+        if checked is not None and now - checked < self.fresh_seconds:
+            return True, None
+        return False, None
+
+    def stale(self, digest: str) -> Principal | None:
+        """The principal of a key found valid within `stale_seconds`: served while Postgres is down."""
+        valid = self._valid.get(digest)
+        if valid is None or self.clock() - valid[1] >= self.stale_seconds:
+            return None
+        self._valid.move_to_end(digest)
+        return valid[0]
+
+    def remember(self, digest: str, principal: Principal | None) -> None:
+        """Record what Postgres answered for a key (None: unknown or revoked)."""
+        now = self.clock()
+        if principal is None:
+            self._valid.pop(digest, None)  # revoked: not even served stale
+            self._unknown[digest] = now
+            self._unknown.move_to_end(digest)
+            while len(self._unknown) > self.max_unknown:
+                self._unknown.popitem(last=False)
+            return
+        self._unknown.pop(digest, None)
+        self._valid[digest] = (principal, now)
+        self._valid.move_to_end(digest)
+        while len(self._valid) > self.max_valid:
+            self._valid.popitem(last=False)
+
+
+_cache = KeyCache()
 # Declares the scheme in /openapi.json (generated clients send the key); the header is checked
 # below, so that every refusal has the same OpenAI-style body.
 _bearer = HTTPBearer(auto_error=False, description="An API key: `moot keys create`.")
@@ -30,21 +108,43 @@ async def current_principal(
             "Missing API key: send 'Authorization: Bearer <key>' (create one with `moot keys create`)."
         )
     scheme, _, key = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
         raise unauthorized("Malformed Authorization header: expected 'Bearer <key>'.")
-    digest = hash_key(key.strip())
-    cached = _cache.get(digest)
-    now = time.monotonic()
-    if cached is not None and cached[1] > now:
-        principal = cached[0]
-    else:
-        principal = await authenticate(clients.pool, key.strip())
-        if len(_cache) > 10_000:
-            _cache.clear()
-        _cache[digest] = (principal, now + CACHE_SECONDS)
+    if not key.startswith(KEY_PREFIX):
+        raise unauthorized("Invalid API key.")  # no key of ours looks like this: no query, no cache
+    digest = hash_key(key)
+    known, principal = _cache.fresh(digest)
+    if not known:
+        try:
+            async with asyncio.timeout(QUERY_TIMEOUT_SECONDS):  # a new connection's too
+                principal = await authenticate(clients.pool, key)
+        except Exception as exc:
+            if dependency_of(exc) is None:
+                raise
+            principal = _cache.stale(digest)
+            if principal is None:
+                # Not a key we saw working lately: it may be valid, so not 401; retry later.
+                log.warning("cannot check an API key: Postgres unavailable (%r)", exc)
+                raise unavailable("postgres") from exc
+            _warn_stale(exc)
+            return principal
+        _cache.remember(digest, principal)
     if principal is None:
         raise unauthorized("Invalid API key.")
     return principal
+
+
+_warned_at = float("-inf")
+
+
+def _warn_stale(exc: Exception) -> None:
+    """Once a minute, not once a request, while keys are served from the cache."""
+    global _warned_at
+    now = time.monotonic()
+    if now - _warned_at >= 60.0:
+        _warned_at = now
+        log.warning("Postgres unavailable (%r): API keys seen lately are served from the cache", exc)
 
 
 PrincipalDep = Annotated[Principal, Depends(current_principal)]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import asyncpg
+import nats.errors
 import uvicorn
 from fastapi import FastAPI
 
@@ -16,10 +18,10 @@ from moot.records.migrate import require_current
 from moot.runtime.nats import ensure_topology, make_broker, open_texts, publish_all
 from moot.runtime.runstore import RunStore
 from moot.runtime.service import setup_logging
-from moot.runtime.settings import get_settings
+from moot.runtime.settings import MootSettings, get_settings
 from moot.runtime.subjects import Names
 from moot_gateway.deps import Clients
-from moot_gateway.errors import ApiError, api_error_handler
+from moot_gateway.errors import DEPENDENCY_ERRORS, ApiError, api_error_handler, dependency_error_handler
 from moot_gateway.limits import BodyLimit
 from moot_gateway.routes import configs, health, openai, runs
 from moot_gateway.settings import GatewaySettings
@@ -29,8 +31,8 @@ log = logging.getLogger(__name__)
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings = get_settings()
-    gw = GatewaySettings()
+    settings: MootSettings = app.state.settings
+    gw: GatewaySettings = app.state.gateway_settings
     names = Names(settings.namespace)
     # Connect a NatsBroker in the lifespan (faststream's FastAPI plugin is deprecated).
     broker = make_broker(settings, name="moot-gateway")
@@ -45,7 +47,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
     # Postgres holds the API keys: without it no request can be authenticated, so the gateway
     # does not start (its supervisor, or Kubernetes, restarts it until Postgres answers).
-    pool = await asyncpg.create_pool(settings.database_url, min_size=gw.db_pool_min, max_size=gw.db_pool_max)
+    pool = await asyncpg.create_pool(
+        settings.database_url,
+        min_size=gw.db_pool_min,
+        max_size=gw.db_pool_max,
+        timeout=gw.db_connect_timeout_seconds,  # reconnecting after an outage: fail fast, answer 503
+    )
     # `moot migrate` owns the schema (replicas applying it at once would race on DDL): wait for it.
     try:
         await require_current(pool, wait_seconds=settings.schema_wait_seconds)
@@ -58,21 +65,35 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await broker.stop()
-        await pool.close()
-        telemetry.flush()
+        try:
+            await broker.stop()
+        except nats.errors.Error:
+            # NATS is away (the client is reconnecting): nothing to drain, only stop trying. What
+            # the client buffered meanwhile cannot be sent (OSError): the process is going anyway.
+            with contextlib.suppress(OSError):
+                await broker.connection.close()
+        finally:
+            await pool.close()
+            telemetry.flush()
 
 
-def create_app() -> FastAPI:
-    setup_logging(get_settings(), "gateway")
+def create_app(settings: MootSettings | None = None, gateway: GatewaySettings | None = None) -> FastAPI:
+    """The gateway; `settings` and `gateway` default to the environment's (tests pass their own)."""
+    settings = settings or get_settings()
+    gateway = gateway or GatewaySettings()
+    setup_logging(settings, "gateway")
     telemetry.setup("gateway")
     app = FastAPI(title="moot", version="0.1.0", lifespan=lifespan)
+    app.state.settings, app.state.gateway_settings = settings, gateway
     # Added before the instrumentation, so a refused body still gets its server span.
-    app.add_middleware(BodyLimit, max_bytes=GatewaySettings().max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=gateway.max_body_bytes)
     # A server span per request (the root of a run's trace for POST /v1/runs), HTTP metrics.
     telemetry.instrument_fastapi(app)
     app.add_api_route("/metrics", telemetry.metrics_response, methods=["GET"], include_in_schema=False)
     app.add_exception_handler(ApiError, api_error_handler)
+    # NATS or Postgres failing under a request is a 503 with Retry-After, never a 500.
+    for error in DEPENDENCY_ERRORS:
+        app.add_exception_handler(error, dependency_error_handler)
     app.include_router(health.router)
     app.include_router(runs.router)
     app.include_router(configs.router)

@@ -7,6 +7,7 @@ A run's state holds its long texts by reference (`moot.texts`); every view read 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from typing import Any
@@ -27,7 +28,7 @@ from moot.texts import TextRef, refs_in
 from moot.views import ConsortiumView, DebateView, run_view_adapter
 from moot_gateway import configs
 from moot_gateway.deps import Clients
-from moot_gateway.errors import ApiError
+from moot_gateway.errors import DEPENDENCY_ERRORS, ApiError, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,9 @@ async def resolve(clients: Clients, principal: Principal, body: dict[str, Any]) 
                 CONFIG_FIELD, f"no saved configuration {name!r}" + (f" version {version}" if version else "")
             )
         body = {**saved["config"], **body}  # per-run overrides win
+        if isinstance(saved["config"].get("budget"), dict) and isinstance(body.get("budget"), dict):
+            # Limit by limit: `{"budget": {"seconds": 60}}` keeps the saved configuration's others.
+            body["budget"] = {**saved["config"]["budget"], **body["budget"]}
         meta.config_name, meta.config_version = saved["name"], saved["version"]
     if continue_from is not None:
         if not isinstance(continue_from, str):
@@ -118,11 +122,32 @@ async def resolve(clients: Clients, principal: Principal, body: dict[str, Any]) 
     return request, meta
 
 
+def require_nats(clients: Clients) -> None:
+    """503 at once while the NATS connection is down (rather than after a request's timeout)."""
+    if not clients.broker.connection.is_connected:
+        raise unavailable("nats")
+
+
 async def submit(clients: Clients, request: Any, meta: RunMeta) -> str:
+    """Store the run and publish its first commands: its id, or nothing stored at all.
+
+    A run is accepted once its state is in KV: a first publish that fails then is retried in the
+    background (`OutboxPending`). A failure before that (NATS unreachable) is a 503 with
+    Retry-After, and the client may submit again: nothing was accepted.
+    """
+    require_nats(clients)
     run_id = uuid.uuid4().hex
     transition = protocol_for(request.mode).start(run_id, request, utcnow(), meta)
     try:
         await clients.store.create(run_id, request.mode, transition)
+    except DEPENDENCY_ERRORS as exc:
+        # The texts may be stored (harmless: content-addressed, they expire), the state is not,
+        # unless the write reached KV and only its answer was lost: remove it, or the sweeper
+        # ends it, since nothing of it was published.
+        log.warning("run %s refused: NATS unavailable (%r)", run_id, exc)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(clients.store.kv.purge(run_id), timeout=2.0)
+        raise unavailable("nats") from exc
     except PayloadTooLarge as exc:
         # Nothing was stored. Texts travel by reference, so only the run's shape (its calls) can
         # do this; refused like a body over the cap, never a 500.
@@ -158,6 +183,7 @@ async def _flush_until_done(clients: Clients, run_id: str) -> None:
 
 
 async def cancel(clients: Clients, run_id: str, principal: Principal) -> ConsortiumView | DebateView:
+    require_nats(clients)
     view = await view_of(clients, run_id, principal)
     if view is None:
         raise not_found(f"run {run_id!r}")

@@ -251,6 +251,9 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    status: Literal["ready", "not ready"]
+    """`degraded`: Postgres is down, keys seen lately still work and runs go on (still 200)."""
+
+    status: Literal["ready", "degraded", "not ready"]
     nats: Literal["ok", "down"]
+    kv: Literal["ok", "down"] = Field(description="The run-state and text buckets (JetStream).")
     postgres: Literal["ok", "down"]

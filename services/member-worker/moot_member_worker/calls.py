@@ -7,6 +7,8 @@ messages (`moot.texts.render`) just before the call.
 
 from __future__ import annotations
 
+import contextlib
+import email.utils
 import json
 import os
 import random
@@ -14,6 +16,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -64,19 +67,33 @@ def _status_of(exc: BaseException) -> int | None:
     return status if isinstance(status, int) else None
 
 
-def _retry_after(exc: BaseException) -> float | None:
-    """Seconds from a Retry-After header, if the provider sent one."""
+def _retry_after(exc: BaseException, now: float | None = None) -> float | None:
+    """Seconds the provider asked us to wait, if it said: `retry-after-ms` (OpenAI's, precise), else
+    `Retry-After` in seconds or as an HTTP-date (RFC 9110)."""
     headers: Any = getattr(exc, "litellm_response_headers", None)
     response = getattr(exc, "response", None)
     if headers is None and response is not None:
         headers = getattr(response, "headers", None)
     if not headers:
         return None
+    millis = headers.get("retry-after-ms")
+    if millis is not None:
+        with contextlib.suppress(TypeError, ValueError):
+            return max(0.0, float(millis) / 1000)
     value = headers.get("retry-after") or headers.get("Retry-After")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except (TypeError, ValueError):
+    if value is None:
         return None
+    try:
+        return max(0.0, float(value))
+    except (TypeError, ValueError):
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(str(value))
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # an HTTP-date is GMT; a date without a zone is read as such
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def _error_text(exc: BaseException) -> str:

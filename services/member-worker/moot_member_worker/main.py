@@ -1,4 +1,4 @@
-"""member-worker wiring: settings, model list, broker, text store, the call subscriber, health endpoints."""
+"""member-worker wiring: settings, model list, broker, text store, run states, the job consumer, health endpoints."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ from fastapi import FastAPI
 
 from moot.observability import telemetry
 from moot.runtime.models import ModelList
-from moot.runtime.nats import ensure_topology, make_broker, open_texts
+from moot.runtime.nats import ensure_topology, make_broker, open_texts, publish_all
+from moot.runtime.runstore import RunStore
 from moot.runtime.service import serve, service_app, setup_logging
 from moot.runtime.settings import get_settings
 from moot.runtime.subjects import Names
 from moot_member_worker.calls import ModelCaller
-from moot_member_worker.handlers import register
+from moot_member_worker.handlers import CallJobs
 from moot_member_worker.settings import WorkerSettings
 
 
@@ -28,16 +29,35 @@ def create_app() -> FastAPI:
         backoff_base=worker.backoff_base_seconds,
         backoff_max=worker.backoff_max_seconds,
     )
-    register(broker, names, settings, caller, worker.concurrency)
+    jobs = CallJobs(
+        broker,
+        names,
+        settings,
+        caller,
+        worker.concurrency,
+        run_check_seconds=worker.run_check_seconds,
+        drain_seconds=worker.drain_seconds,
+    )
+
+    async def publish(items: list[tuple[str, str, bytes]]) -> None:
+        await publish_all(broker, names, items)
 
     async def on_start() -> None:
         js = broker.connection.jetstream()
-        await ensure_topology(js, names, settings)
-        # Before the subscriber consumes: every job's long texts are read from it.
+        kv = await ensure_topology(js, names, settings)
+        # Before the first job: every job's long texts are read from it.
         caller.texts = await open_texts(js, names, settings)
+        # Read only (is a job's run still running?); the worker never writes run state.
+        jobs.runs = RunStore(kv=kv, names=names, publish=publish, texts=caller.texts)
+        await jobs.start(js)
 
     return service_app(
-        "member-worker", broker, on_start=on_start, consumers=[(names.jobs_stream, names.worker_consumer)]
+        "member-worker",
+        broker,
+        on_start=on_start,
+        before_stop=jobs.stop,
+        ready=lambda: jobs.consuming,
+        consumers=[(names.jobs_stream, names.worker_consumer)],
     )
 
 

@@ -30,6 +30,7 @@ from pydantic import ValidationError
 
 from moot.messages import DebateStart, RunCancelled, RunCompleted, RunCreated, RunFailed
 from moot.observability import metrics, telemetry
+from moot.runtime import deadletters
 from moot.runtime.subjects import Names
 from moot.runtime.textstore import MissingText, TextStore, hydrated
 from moot.views import DebateView
@@ -73,12 +74,16 @@ class BatchRecorder:
         self.stats = stats or RecorderStats()
         self.writer: Writer | None = None  # set once the database pool is up
         self.texts: TextStore | None = None  # set once connected
+        self.js: JetStreamContext | None = None  # set once connected: where dead letters go
 
-    async def _parse(self, msgs: list[Msg]) -> list[Envelope]:
-        """The run events of a batch, hydrated; everything else is logged and left to be acked with it.
+    async def _parse(self, msgs: list[Msg], isolate_missing: bool = False) -> list[Envelope]:
+        """The run events of a batch, hydrated. What cannot be decoded becomes a dead letter (and is
+        acked now, so that a retried batch does not write it again); run control requests are
+        logged and left to be acked with the batch.
 
         MissingText (or a text store error) when a referenced text cannot be read: the caller
-        retries the batch rather than record events without their texts.
+        retries the batch rather than record events without their texts. With `isolate_missing`
+        each event is hydrated alone, and those whose texts are missing become dead letters.
         """
         decoded: list[tuple[Msg, Any]] = []
         undecodable: list[tuple[Msg, str]] = []
@@ -91,26 +96,49 @@ class BatchRecorder:
             raise RuntimeError("the text store is not open yet")
         # One read for every reference of the batch (none for most batches); before anything is
         # counted, since an error here has the whole batch come again.
-        payloads = await hydrated(self.texts, [data for _, data in decoded])
+        if isolate_missing:
+            payloads, kept = [], []
+            for msg, data in decoded:
+                try:
+                    payloads += await hydrated(self.texts, [data])
+                except MissingText as exc:
+                    await self._dead(
+                        msg, "missing_text", f"missing text: {exc.args[0]} is not in the text store"
+                    )
+                    continue
+                kept.append((msg, data))
+            decoded = kept
+        else:
+            payloads = await hydrated(self.texts, [data for _, data in decoded])
         for msg, why in undecodable:
-            self._skip(msg, msg.metadata.sequence.stream, why)
+            await self._skip(msg, msg.metadata.sequence.stream, why)
         envelopes: list[Envelope] = []
         for (msg, _), data in zip(decoded, payloads, strict=True):
             seq = msg.metadata.sequence.stream
             try:
                 envelopes.append(envelope_of(data, seq, msg.headers))
             except ValidationError as exc:
-                self._skip(msg, seq, [(".".join(map(str, e["loc"])), e["type"]) for e in exc.errors()[:5]])
+                where = [(".".join(map(str, e["loc"])), e["type"]) for e in exc.errors()[:5]]
+                await self._skip(msg, seq, where, "ValidationError")
             except Exception as exc:
-                self._skip(msg, seq, type(exc).__name__)
+                await self._skip(msg, seq, type(exc).__name__)
         return envelopes
 
-    def _skip(self, msg: Msg, seq: int, why: Any) -> None:
+    async def _skip(self, msg: Msg, seq: int, why: Any, error_type: str | None = None) -> None:
         self.stats.events_skipped += 1
         if self.names.event_type_of(msg.subject).startswith("control."):
             return  # run control requests share the stream; they are not events to record
         # Error locations and types only: pydantic's error inputs could hold prompts or answers.
-        log.warning("skipping a message that is no run event: %s (stream seq %d): %s", msg.subject, seq, why)
+        log.warning("a message that is no run event: %s (stream seq %d): %s", msg.subject, seq, why)
+        await self._dead(msg, "undecodable", f"undecodable: {error_type or why}")
+
+    async def _dead(self, msg: Msg, kind: deadletters.Kind, reason: str) -> None:
+        """Copy one message of the batch to the dead-letter stream and ack it alone (the batch's
+        ack and nack skip it); raises when the copy cannot be written, so the batch comes again."""
+        if self.js is None:
+            raise RuntimeError("not connected to JetStream yet")
+        await deadletters.write_delivered(self.js, self.names, msg, kind, reason)
+        await msg.ack()
 
     async def handle(self, batch: NatsBatchMessage) -> None:
         msgs: list[Msg] = batch.raw_message
@@ -123,11 +151,15 @@ class BatchRecorder:
         if self.writer is None:
             await self._retry_later(batch, msgs, "the database is not connected yet")
             return
+        deliveries = max((m.metadata.num_delivered or 1) for m in msgs)
         try:
-            envelopes = await self._parse(msgs)
+            envelopes = await self._parse(
+                msgs, isolate_missing=deliveries >= self.settings.missing_text_deliveries
+            )
         except MissingText as exc:
-            # Expired or never stored: like a database error, the batch waits and comes again
-            # (until max_deliver) rather than being recorded without its texts.
+            # Not stored yet, or expired: like a database error, the batch waits and comes again
+            # rather than being recorded without its texts; after `missing_text_deliveries` the
+            # events whose texts are still missing are taken out as dead letters (`_parse`).
             await self._retry_later(batch, msgs, f"text {exc.args[0]} is not in the text store")
             return
         except Exception as exc:  # the text store not reachable right now
@@ -139,13 +171,14 @@ class BatchRecorder:
                 result = await self.writer.write(envelopes, run_scope)
             except ROW_ERRORS as exc:
                 # One bad row fails the whole batch, and would again on every redelivery: write the
-                # events one by one, drop the ones the database refuses (logged), keep the rest.
+                # events one by one; the ones the database refuses become dead letters.
                 sqlstate = getattr(exc, "sqlstate", "")
                 log.warning(
                     "batch of %d rejected (%s); writing its events one by one", len(envelopes), sqlstate
                 )
                 result, rejected = await self.writer.write_each(envelopes, run_scope)
                 self.stats.events_skipped += len(rejected)
+                await self._dead_rejected(msgs, rejected)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             # Database down, deadlock, failover...: nothing was committed (or what was is
             # idempotent to write again); have JetStream redeliver the whole batch later.
@@ -166,6 +199,12 @@ class BatchRecorder:
             "batch of %d: %d new events, %d duplicates, in %.3fs",
             len(msgs), result.new_events, result.duplicates, elapsed,
         )  # fmt: skip
+
+    async def _dead_rejected(self, msgs: list[Msg], rejected: list[tuple[Envelope, Exception]]) -> None:
+        by_seq = {m.metadata.sequence.stream: m for m in msgs}
+        for env, exc in rejected:
+            why = f"rejected by the database: {type(exc).__name__} {getattr(exc, 'sqlstate', '') or ''}".rstrip()
+            await self._dead(by_seq[env.stream_seq], "rejected", why)
 
     def _run_scope(self, batch_size: int) -> RunScope | None:
         """With tracing on: each run's writes go in a span of that run's trace.
@@ -203,10 +242,12 @@ class BatchRecorder:
         self.stats.batches_failed += 1
         deliveries = max((m.metadata.num_delivered or 1) for m in msgs)
         s = self.settings
-        delay = min(s.retry_delay_base_seconds * 2 ** (deliveries - 1), s.retry_delay_max_seconds)
-        level = logging.ERROR if deliveries >= s.max_deliver else logging.WARNING
-        log.log(level, "batch of %d not recorded (delivery %d of %d), retry in %.0fs: %s",
-                len(msgs), deliveries, s.max_deliver, delay, why)  # fmt: skip
+        # Capped before the power: an outage may last thousands of deliveries.
+        delay = min(s.retry_delay_base_seconds * 2 ** min(deliveries - 1, 30), s.retry_delay_max_seconds)
+        last = 0 < s.max_deliver <= deliveries
+        of = f" of {s.max_deliver}" if s.max_deliver > 0 else ""
+        log.log(logging.ERROR if last else logging.WARNING, "batch of %d not recorded (delivery %d%s), retry in %.0fs: %s",
+                len(msgs), deliveries, of, delay, why)  # fmt: skip
         await batch.nack(delay=delay)
 
 

@@ -77,6 +77,7 @@ def create_app(
         await ensure_topology(js, names, settings)
         await ensure_consumer(js, names, rs)
         recorder.texts = await open_texts(js, names, settings)
+        recorder.js = js
         pool = await connect_database(settings, rs)
         # `moot migrate` owns the schema: replicas applying it at once would race on DDL.
         try:

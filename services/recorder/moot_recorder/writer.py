@@ -470,7 +470,9 @@ class RecorderStats:
     events_received: int = 0
     events_written: int = 0  # new events recorded
     events_duplicate: int = 0  # already recorded: redeliveries and republished events
-    events_skipped: int = 0  # not run events, or rows the database rejects: acked and dropped
+    events_skipped: int = (
+        0  # not run events, or rows the database rejects: dead letters (not control requests)
+    )
     rows_written: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TABLES, 0))
     last_batch_size: int = 0
     last_batch_seconds: float = 0.0
@@ -544,14 +546,14 @@ class Writer:
 
     async def write_each(
         self, envelopes: Sequence[Envelope], run_scope: RunScope | None = None
-    ) -> tuple[WriteResult, list[Envelope]]:
+    ) -> tuple[WriteResult, list[tuple[Envelope, Exception]]]:
         """Record events one transaction each, to isolate the ones the database rejects.
 
         Used after a batch failed with a row error. Returns what was written and the rejected
-        envelopes; errors other than row errors (connection lost, ...) propagate.
+        envelopes with their errors; errors other than row errors (connection lost, ...) propagate.
         """
         total = WriteResult(rows=dict.fromkeys(TABLES, 0))
-        rejected: list[Envelope] = []
+        rejected: list[tuple[Envelope, Exception]] = []
         for env in envelopes:
             try:
                 result = await self.write([env], run_scope)
@@ -562,7 +564,7 @@ class Writer:
                     env.event.run_id, env.event.event_id(), env.stream_seq, type(exc).__name__,
                     getattr(exc, "sqlstate", ""),
                 )  # fmt: skip
-                rejected.append(env)
+                rejected.append((env, exc))
                 continue
             total.new_events += result.new_events
             total.duplicates += result.duplicates

@@ -3,7 +3,7 @@
 `moot up` starts the whole stack; `moot demo` starts it and runs a consortium. The other commands
 talk to a running gateway (`MOOT_URL`, `MOOT_API_KEY`): `run`, `debate`, `save`, `list`,
 `remove`, `runs`, `show`; `keys` manages API keys and `migrate` applies the schema's migrations,
-in Postgres directly.
+in Postgres directly; `dead-letters` lists and replays dead letters, in NATS directly.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import httpx
 
 from moot.cli import configs as cli_configs
 from moot.cli import database as cli_database
+from moot.cli import deadletters as cli_deadletters
 from moot.cli import keys as cli_keys
 from moot.cli import runs as cli_runs
 from moot.cli.client import GatewayError, MootClient
@@ -157,6 +158,8 @@ def _run_admin_or_gateway_command(args: argparse.Namespace) -> int:
             return asyncio.run(cli_keys.COMMANDS[args.keys_command](args))
         if args.command == "migrate":
             return asyncio.run(cli_database.migrate_command(args))
+        if args.command == "dead-letters":
+            return asyncio.run(cli_deadletters.COMMANDS[args.dead_letters_command](args))
         action = args.prepare(args.subparser, args)  # usage errors exit here, before connecting
         return asyncio.run(_with_gateway(action))
     except CliError as exc:
@@ -201,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     _add_gateway_commands(sub)
     cli_keys.add_commands(sub)
     cli_database.add_command(sub)
+    cli_deadletters.add_command(sub)
 
     args = parser.parse_args(argv)
     if args.command not in STACK_COMMANDS:

@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import email.utils
 import fnmatch
 import hashlib
 import json
@@ -98,6 +99,12 @@ class ModelBehaviour(BaseModel):
     )
     retry_after: float | None = Field(
         default=None, ge=0, description="Seconds sent as Retry-After on errors."
+    )
+    retry_after_http_date: bool = Field(
+        default=False, description="Send Retry-After as an HTTP-date (and no retry-after-ms)."
+    )
+    stream_break_after: int | None = Field(
+        default=None, ge=0, description="Drop a streamed answer's connection after this many text chunks."
     )
     reply: str | None = None
     reply_template: str | None = Field(
@@ -268,13 +275,21 @@ _ERROR_KINDS: dict[int, tuple[str, str]] = {
 
 
 def _error_response(
-    status: int, message: str, *, retry_after: float | None = None, param: str | None = None
+    status: int,
+    message: str,
+    *,
+    retry_after: float | None = None,
+    param: str | None = None,
+    http_date: bool = False,
 ) -> JSONResponse:
     kind, code = _ERROR_KINDS.get(
         status, ("invalid_request_error" if status < 500 else "server_error", str(status))
     )
     headers: dict[str, str] = {}
-    if retry_after is not None:
+    if retry_after is not None and http_date:
+        # RFC 9110 allows a date instead of seconds; the date has whole seconds only.
+        headers["Retry-After"] = email.utils.formatdate(time.time() + retry_after, usegmt=True)
+    elif retry_after is not None:
         headers["Retry-After"] = (
             str(int(retry_after)) if float(retry_after).is_integer() else str(retry_after)
         )
@@ -404,6 +419,12 @@ def _model_object(name: str) -> dict[str, Any]:
 
 
 _PIECES = re.compile(r"\S*\s*")
+
+
+class _BrokenStream(Exception):
+    """Raised inside a streamed answer: the server drops the connection midway (no final chunk)."""
+
+
 _MALFORMED_BODY = (
     '{"id": "chatcmpl-malformed", "object": "chat.completion", "choices": [{"message": {"content'
 )
@@ -500,7 +521,10 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
                 state.total_errors += 1
                 record["status"] = behaviour.error_status
                 return _error_response(
-                    behaviour.error_status, f"{failure} (model {model})", retry_after=behaviour.retry_after
+                    behaviour.error_status,
+                    f"{failure} (model {model})",
+                    retry_after=behaviour.retry_after,
+                    http_date=behaviour.retry_after_http_date,
                 )
             record["status"] = 200
             if behaviour.malformed_json:
@@ -546,6 +570,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
                     finish_reason,
                     usage if include_usage else None,
                     behaviour.chunk_delay_ms / 1000,
+                    behaviour.stream_break_after,
                 )
                 return StreamingResponse(chunks, media_type="text/event-stream")
             return JSONResponse(
@@ -585,6 +610,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         finish_reason: str,
         usage: dict[str, int] | None,
         chunk_delay: float,
+        break_after: int | None = None,
     ) -> AsyncIterator[bytes]:
         def event(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> bytes:
             chunk: dict[str, Any] = {
@@ -611,6 +637,9 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
             for index, data in enumerate(events):
                 if chunk_delay > 0 and index:
                     await asyncio.sleep(chunk_delay)
+                # events[0] is the role chunk: text chunk n is events[n].
+                if break_after is not None and index > break_after:
+                    raise _BrokenStream(f"stream dropped after {break_after} chunks (model {model})")
                 yield data
             yield b"data: [DONE]\n\n"
         finally:

@@ -15,6 +15,7 @@ bounded: mode, status, model, role, outcome, consumer; never a run id.
 | `gen_ai.client.token.usage` | histogram | gen_ai.request.model, gen_ai.token.type (input, output) | member-worker |
 | `moot.model.cost.usd` | counter | gen_ai.request.model | member-worker, when litellm knows the price |
 | `moot.worker.calls.active` | up-down counter | | member-worker |
+| `moot.worker.jobs.skipped` | counter | moot.reason (run_ended, cut) | member-worker: jobs of a run no longer running, acked without a call (or a streamed call cut) |
 | `moot.queue.wait` (s) | histogram | moot.consumer, moot.redelivered | member-worker (jobs), arbiter (call outcomes), recorder (events): JetStream timestamp to consume |
 | `moot.consumer.pending` / `moot.consumer.ack_pending` | gauges | stream, consumer | member-worker, arbiter, recorder: their durable consumer's info, polled |
 | `moot.arbiter.decisions` | counter | moot.event.type, moot.outcome (applied, unknown_run, error, malformed) | arbiter |
@@ -22,6 +23,7 @@ bounded: mode, status, model, role, outcome, consumer; never a run id.
 | `moot.recorder.batch.size` | histogram | | recorder: messages per fetched batch |
 | `moot.recorder.insert.duration` (s) | histogram | moot.outcome (ok, retry) | recorder: one batch's transaction |
 | `moot.recorder.events` | counter | moot.outcome (new, duplicate, skipped) | recorder |
+| `moot.dead_letters` | counter | consumer, reason (max_deliveries, undecodable, rejected, missing_text) | whoever writes a dead letter (`moot.runtime.deadletters`): arbiter (max deliveries of any consumer, its own undecodable outcomes), member-worker, recorder |
 
 Plus, from the FastAPI instrumentation: `http.server.request.duration` (gateway; by route, method
 and status code).
@@ -81,6 +83,12 @@ calls_active = meter.create_up_down_counter(
     "moot.worker.calls.active", unit="{call}", description="Model calls in flight in this worker."
 )
 
+jobs_skipped = meter.create_counter(
+    "moot.worker.jobs.skipped",
+    unit="{job}",
+    description="Call jobs of runs no longer running: acked without a call, or a streamed call cut.",
+)
+
 queue_wait = meter.create_histogram(
     "moot.queue.wait",
     unit="s",
@@ -112,6 +120,11 @@ recorder_insert_duration = meter.create_histogram(
 )
 recorder_events = meter.create_counter(
     "moot.recorder.events", unit="{event}", description="Events the recorder handled, by outcome."
+)
+dead_letters = meter.create_counter(
+    "moot.dead_letters",
+    unit="{message}",
+    description="Messages copied to the dead-letter stream, by the consumer that gave up and why.",
 )
 
 # (stream, durable consumer) -> (num_pending, num_ack_pending), refreshed by telemetry.watch_consumers.

@@ -391,6 +391,39 @@ def observe_queue_wait(raw: Msg, consumer: str, span_name: str | None = None) ->
             span.end(end_time=now_ns)
 
 
+@contextlib.contextmanager
+def consuming(raw: Msg) -> Iterator[None]:
+    """A consume span for a message taken without faststream (the member worker's fetch loop).
+
+    Like faststream's middleware: a `<subject> process` consumer span continuing the context in
+    the message's headers, current while the message is handled, so what is published under it
+    stays in the run's trace. Nothing at all with tracing off.
+    """
+    if not tracing_enabled():
+        yield
+        return
+    destination = subject_template(raw.subject)
+    attributes: dict[str, Any] = {
+        "messaging.system": "nats",
+        "messaging.operation": "process",
+        "messaging.destination.name": destination,
+        "messaging.message.body.size": len(raw.data),
+    }
+    found = _run_subject(raw.subject)
+    if found:
+        attributes[RUN_ID] = found[1]
+    msg_id = (raw.headers or {}).get("Nats-Msg-Id")
+    if msg_id:
+        attributes["messaging.message.id"] = msg_id
+    with tracer.start_as_current_span(
+        f"{destination} process",
+        context=context_from(raw.headers),
+        kind=SpanKind.CONSUMER,
+        attributes=attributes,
+    ):
+        yield
+
+
 # ------------------------------------------------------------------------------- consumer lag
 
 

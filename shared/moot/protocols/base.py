@@ -9,7 +9,17 @@ from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from pydantic import BaseModel
 
-from moot.messages import AnyRunEvent, CallJob, CancelRequested, JobMessage, RunCancelled
+from moot.messages import (
+    AnyRunEvent,
+    CallJob,
+    CancelRequested,
+    DeadLettered,
+    DeadlinePassed,
+    JobMessage,
+    RunCancelled,
+    RunCompleted,
+    RunFailed,
+)
 from moot.requests import ChatMessage, RunMeta
 from moot.texts import ImagePart, Parts, TextSink, compose, join
 from moot.views import ConsortiumView, DebateView
@@ -60,6 +70,63 @@ def cancel(
         run_id=state.run_id, reason=event.reason, run=sink.document(view(state)), at=event.at
     )
     return Transition(state, [cancelled], sink.texts)
+
+
+def end_at_deadline(
+    state: Any,
+    event: DeadlinePassed,
+    view: Callable[[Any], ConsortiumView | DebateView],
+    where: str,
+    best: tuple[Any, str] | None = None,
+    announce: Callable[[Any, str], list[Command]] | None = None,
+) -> Transition[Any]:
+    """Any protocol's run, ended at its deadline where it stands: no new jobs, `stop_reason: deadline`.
+
+    `where` says how far it got ("during iteration 2"). With `best` (a result, and what it is) the
+    run is `completed` with that result; otherwise it is `failed`. `announce` gives the protocol's
+    own events before the end event (a debate's `error`). Nothing changes before the deadline, nor
+    for a run that has ended: two sweepers deciding the same run end it once (the CAS write).
+    """
+    if state.status != "running" or state.deadline is None or event.at < state.deadline:
+        return Transition(state, [])
+    state = state.model_copy(deep=True)
+    seconds = round((state.deadline - state.created_at).total_seconds())
+    state.stop_reason, state.finished_at = "deadline", event.at
+    sink = TextSink()
+    if best is not None:
+        result, what = best
+        state.status, state.result = "completed", result
+        state.reason = f"deadline of {seconds} s passed {where}; the run ends with {what}"
+    else:
+        state.status = "failed"
+        state.reason = f"deadline of {seconds} s passed {where}, before any result"
+    commands = announce(state, state.reason) if announce else []
+    end = RunCompleted if state.status == "completed" else RunFailed
+    commands.append(
+        end(run_id=state.run_id, reason=state.reason, run=sink.document(view(state)), at=event.at)
+    )
+    return Transition(state, commands, sink.texts)
+
+
+def dead_lettered(
+    state: Any,
+    event: DeadLettered,
+    view: Callable[[Any], ConsortiumView | DebateView],
+    announce: Callable[[Any, str], list[Command]] | None = None,
+) -> Transition[Any]:
+    """Any protocol's run, failed where it stands because one of its messages went to the
+    dead-letter stream: no new jobs, a final `run.failed` with the reason (after the protocol's
+    own events, `announce`: a debate's `error`). A run that has ended stays as it is."""
+    if state.status != "running":
+        return Transition(state, [])
+    state = state.model_copy(deep=True)
+    state.status, state.reason, state.finished_at = "failed", f"dead letter: {event.reason}", event.at
+    sink = TextSink()
+    commands = announce(state, state.reason) if announce else []
+    commands.append(
+        RunFailed(run_id=state.run_id, reason=state.reason, run=sink.document(view(state)), at=event.at)
+    )
+    return Transition(state, commands, sink.texts)
 
 
 def stored_history(history: list[ChatMessage], sink: TextSink) -> list[JobMessage]:

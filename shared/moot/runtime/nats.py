@@ -56,7 +56,8 @@ async def open_texts(js: JetStreamContext, names: Names, settings: MootSettings)
 
 
 async def ensure_topology(js: JetStreamContext, names: Names, settings: MootSettings) -> KeyValue:
-    """Create (idempotently) the two streams and the run-state bucket; return the bucket."""
+    """Create (idempotently) the streams (runs, jobs, dead letters, advisories) and the run-state
+    bucket; return the bucket."""
     await _ensure_stream(
         js,
         StreamConfig(
@@ -77,6 +78,30 @@ async def ensure_topology(js: JetStreamContext, names: Names, settings: MootSett
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
             duplicate_window=120.0,
+        ),
+    )
+    await _ensure_stream(
+        js,
+        StreamConfig(
+            name=names.dead_stream,
+            subjects=[names.dead_wildcard],
+            # Kept until replayed (`moot dead-letters replay` deletes it) or for a month.
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=settings.dead_letter_retention_seconds,
+            duplicate_window=120.0,
+        ),
+    )
+    await _ensure_stream(
+        js,
+        StreamConfig(
+            name=names.advisories_stream,
+            # JetStream's max-deliveries advisories are core NATS messages, lost when no arbiter
+            # listens; captured here, one arbiter (a durable consumer) turns each into a dead letter.
+            subjects=names.max_deliveries_advisories,
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=settings.dead_letter_retention_seconds,
         ),
     )
     try:

@@ -6,21 +6,25 @@ is harmless) and removed from the outbox. A process that dies between the write 
 publish leaves the commands in the outbox, and whoever next touches the run (the redelivered
 event, or any later one) publishes them. Several arbiters may work on one run at once: a
 write that lost the race reloads and decides again.
+
+The envelope line of a value also holds the run's status and deadline, so the sweeper
+(`moot_arbiter.sweeper`) and the workers (`is_running`) read them without parsing the state.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, Field
 
-from moot.messages import CallCompleted, CallJob
+from moot.messages import CallCompleted, CallJob, DeadlinePassed
 from moot.observability import telemetry
 from moot.protocols import protocol_for
 from moot.protocols.base import Command, Transition
@@ -58,7 +62,34 @@ class StoredRun(BaseModel):
     outbox: list[OutboxItem] = Field(default_factory=list)
     # W3C traceparent of the request that created the run: its trace is the run's trace.
     traceparent: str | None = None
+    # The state's status and deadline, copied on every write (None in values written before).
+    status: str | None = None
+    deadline: datetime | None = None
     state: str = Field("{}", exclude=True)
+
+    @classmethod
+    def of(cls, mode: str, state: Any, outbox: list[OutboxItem], traceparent: str | None) -> StoredRun:
+        """The value of a run in `state` (a protocol's state model)."""
+        return cls(
+            mode=mode,
+            outbox=outbox,
+            traceparent=traceparent,
+            status=state.status,
+            deadline=getattr(state, "deadline", None),
+            state=state.model_dump_json(),
+        )
+
+    def with_outbox(self, outbox: list[OutboxItem]) -> StoredRun:
+        return self.model_copy(update={"outbox": outbox})
+
+    @property
+    def running(self) -> bool:
+        """Whether the run is under way (from the state, when decoded, for a value written before
+        `status`; an envelope alone of such a value says no: it has no deadline either)."""
+        status = self.status
+        if status is None:
+            status = json.loads(self.state).get("status") if self.state else None
+        return status == "running"
 
     def encode(self) -> bytes:
         return self.model_dump_json().encode() + b"\n" + self.state.encode()
@@ -75,6 +106,22 @@ class StoredRun(BaseModel):
                 state=json.dumps(data["state"]),
             )
         return cls.model_validate_json(head).model_copy(update={"state": state.decode()})
+
+    @classmethod
+    def decode_head(cls, value: bytes) -> StoredRun:
+        """The envelope only (`state` left out, unless the value predates the envelope line)."""
+        head, newline, _ = value.partition(b"\n")
+        return cls.model_validate_json(head) if newline else cls.decode(value)
+
+
+@dataclass
+class RunHead:
+    """A run as a pass over the bucket sees it: its envelope, revision and when it was written."""
+
+    run_id: str
+    stored: StoredRun
+    revision: int
+    written_at: datetime | None
 
 
 class RunExists(Exception):
@@ -131,12 +178,7 @@ class RunStore:
         outbox, texts = self._encode_all(transition)
         # Texts first: nothing that refers to one is written or published before it is stored.
         await self.texts.put_many(texts)
-        stored = StoredRun(
-            mode=mode,
-            state=transition.state.model_dump_json(),
-            outbox=outbox,
-            traceparent=telemetry.current_traceparent(),
-        )
+        stored = StoredRun.of(mode, transition.state, outbox, telemetry.current_traceparent())
         try:
             revision = await self.kv.create(run_id, self._value(run_id, stored))
         except KeyWrongLastSequenceError as exc:
@@ -162,6 +204,61 @@ class RunStore:
         stored, _ = got
         return stored.mode, protocol_for(stored.mode).State.model_validate_json(stored.state)
 
+    async def is_running(self, run_id: str) -> bool:
+        """Whether the run exists and is under way: False once it ended (or was never stored).
+
+        Reads the envelope only; a worker asks it before calling a model for one of its jobs.
+        """
+        try:
+            entry = await self.kv.get(run_id)
+        except KeyNotFoundError:
+            return False
+        if entry.value is None:
+            return False
+        head = StoredRun.decode_head(entry.value)
+        return (head if head.status is not None else StoredRun.decode(entry.value)).running
+
+    async def heads(self) -> AsyncIterator[RunHead]:
+        """Every run in the bucket, its envelope only: one pass, streamed by one ordered consumer.
+
+        Not `kv.keys()` then a `get` per key (a request and reply each): the bucket's latest
+        values come in one flow-controlled stream (docs/architecture.md, "Deadlines").
+        """
+        watcher = await self.kv.watchall(ignore_deletes=True)
+        try:
+            async for entry in watcher:
+                if entry is None:  # caught up: every key's latest value has been seen
+                    return
+                if entry.value is None or entry.revision is None:
+                    continue
+                # nats-py annotates `created` as an int; it holds the message's datetime.
+                created: Any = entry.created
+                written = created if isinstance(created, datetime) else None
+                yield RunHead(entry.key, StoredRun.decode_head(entry.value), entry.revision, written)
+        finally:
+            await watcher.stop()
+
+    async def sweep_one(self, run_id: str, now: datetime, seen: int | None = None) -> list[str]:
+        """Finish what a crash left of the run, and end it if its deadline has passed.
+
+        Publishes an outbox still pending at revision `seen` (the one the sweeper saw; a run
+        written since has a live writer, which publishes its own outbox), then applies
+        `DeadlinePassed` through the same CAS as every event: of two sweepers racing, one ends
+        the run and the other finds it ended. Returns what this call did: "flushed", "ended".
+        """
+        got = await self._get(run_id)
+        if got is None:
+            return []
+        stored, revision = got
+        done: list[str] = []
+        if stored.outbox and (seen is None or seen == revision):
+            await self._flush(run_id, stored, revision)
+            done.append("flushed")
+        if stored.deadline is not None and now >= stored.deadline and stored.running:
+            if await self._fold(run_id, DeadlinePassed(run_id=run_id, at=now)) == "changed":
+                done.append("ended")
+        return done
+
     async def trace_of(self, run_id: str) -> tuple[bool, str | None]:
         """(whether the bucket holds the run, the id of its trace: None when it was not traced)."""
         got = await self._get(run_id)
@@ -172,12 +269,16 @@ class RunStore:
 
         A call's answer comes by reference when long; `decide()` reads it, so it is fetched first.
         """
+        return await self._fold(run_id, event) != "unknown"
+
+    async def _fold(self, run_id: str, event: Any) -> Literal["unknown", "unchanged", "changed"]:
+        """`apply`, saying whether this call's write changed the run (not another's)."""
         if isinstance(event, CallCompleted) and isinstance(event.text, TextRef):
             event = event.model_copy(update={"text": await self.texts.get(event.text.sha)})
         for attempt in range(self.max_cas_attempts):
             got = await self._get(run_id)
             if got is None:
-                return False
+                return "unknown"
             stored, revision = got
             protocol = protocol_for(stored.mode)
             state = protocol.State.model_validate_json(stored.state)
@@ -186,14 +287,11 @@ class RunStore:
                 # Nothing new (duplicate or late event); still finish any publish a crash cut short.
                 if stored.outbox:
                     await self._flush(run_id, stored, revision)
-                return True
+                return "unchanged"
             outbox, texts = self._encode_all(transition)
             await self.texts.put_many(texts)
-            stored = StoredRun(
-                mode=stored.mode,
-                state=transition.state.model_dump_json(),
-                outbox=[*stored.outbox, *outbox],
-                traceparent=stored.traceparent,
+            stored = StoredRun.of(
+                stored.mode, transition.state, [*stored.outbox, *outbox], stored.traceparent
             )
             try:
                 revision = await self.kv.update(run_id, self._value(run_id, stored), last=revision)
@@ -208,7 +306,7 @@ class RunStore:
                 ],
             )
             await self._flush(run_id, stored, revision)
-            return True
+            return "changed"
         raise RuntimeError(f"run {run_id}: gave up after {self.max_cas_attempts} conflicting writes")
 
     async def _get(self, run_id: str) -> tuple[StoredRun, int] | None:
@@ -238,9 +336,7 @@ class RunStore:
             remaining = [o for o in stored.outbox if o.msg_id not in published]
             if len(remaining) == len(stored.outbox):
                 return  # someone else already cleared them
-            stored = StoredRun(
-                mode=stored.mode, state=stored.state, outbox=remaining, traceparent=stored.traceparent
-            )
+            stored = stored.with_outbox(remaining)
             try:
                 await self.kv.update(run_id, stored.encode(), last=revision)
                 return

@@ -40,12 +40,15 @@ def service_app(
     *,
     on_start: Callable[[], Awaitable[None]] | None = None,
     on_stop: Callable[[], Awaitable[None]] | None = None,
+    before_stop: Callable[[], Awaitable[None]] | None = None,
     ready: Callable[[], bool] | None = None,
     consumers: Sequence[tuple[str, str]] = (),
 ) -> FastAPI:
     """A FastAPI app that runs `broker` for its lifetime and answers health probes.
 
-    `consumers` are the (stream, durable) pairs whose lag `/metrics` reports.
+    `consumers` are the (stream, durable) pairs whose lag `/metrics` reports. `before_stop` runs
+    while the connection is still open (a consumer of its own hands its messages back);
+    `on_stop` after the broker stopped.
     """
     started = asyncio.Event()
 
@@ -69,6 +72,8 @@ def service_app(
                 lag.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await lag
+            if before_stop:
+                await before_stop()
             await broker.stop()
             if on_stop:
                 await on_stop()

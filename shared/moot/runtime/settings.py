@@ -25,11 +25,16 @@ class MootSettings(BaseSettings):
     state_ttl_seconds: float = 7 * 24 * 3600
     # Texts (moot.runtime.textstore) outlive the events and the state that refer to them.
     text_ttl_seconds: float = 8 * 24 * 3600
+    # How long dead letters (`moot.runtime.deadletters`) wait for someone to look at them.
+    dead_letter_retention_seconds: float = 30 * 24 * 3600
     # JetStream redelivery bound for call jobs; after the last attempt the call is reported failed.
     call_max_attempts: int = 4
-    # Above the slowest model call: a job in a worker's hands is not redelivered to another.
-    call_ack_wait_seconds: float = 300.0
+    # A worker signals in_progress() every third of it while a call runs, so a call may take any
+    # time; a killed worker's jobs go to another within it (issue 11: under 30 s).
+    call_ack_wait_seconds: float = 20.0
     call_timeout_seconds: float = 240.0
+    # How often every arbiter replica sweeps the run states: deadlines, outboxes a crash left.
+    sweep_interval_seconds: float = 5.0
     models_file: str | None = None
     log_level: str = "INFO"
     # How long a service waits at start for `moot migrate` (the migration Job may still be

@@ -4,6 +4,12 @@ Two streams:
 - `<NS>_RUNS` holds every run event under `<ns>.runs.<run_id>.<event type>`; it is the
   replayable history of a run (SSE, recorder, arbiter all read it).
 - `<NS>_JOBS` is a work queue of model-call jobs under `<ns>.jobs.calls`.
+
+And two for what could not be processed (`moot.runtime.deadletters`):
+- `<NS>_DEAD` holds dead letters under `<ns>.dead.<consumer>`: copies of messages a consumer
+  could not decode or gave up on, with the reason in their headers.
+- `<NS>_ADVISORIES` captures JetStream's max-deliveries advisories for the two streams above, so
+  that one arbiter handles each even if none was running when it was sent.
 """
 
 from __future__ import annotations
@@ -30,6 +36,14 @@ class Names:
     @property
     def jobs_stream(self) -> str:
         return f"{self.namespace.upper()}_JOBS"
+
+    @property
+    def dead_stream(self) -> str:
+        return f"{self.namespace.upper()}_DEAD"
+
+    @property
+    def advisories_stream(self) -> str:
+        return f"{self.namespace.upper()}_ADVISORIES"
 
     # subjects
     @property
@@ -60,6 +74,20 @@ class Names:
     def jobs_wildcard(self) -> str:
         return f"{self.namespace}.jobs.>"
 
+    @property
+    def dead_wildcard(self) -> str:
+        return f"{self.namespace}.dead.>"
+
+    def dead_letter(self, consumer: str) -> str:
+        """Where the dead letters of one consumer go."""
+        return f"{self.namespace}.dead.{consumer}"
+
+    @property
+    def max_deliveries_advisories(self) -> list[str]:
+        """JetStream's advisories for messages of our streams that reached a consumer's max_deliver."""
+        prefix = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
+        return [f"{prefix}.{self.runs_stream}.*", f"{prefix}.{self.jobs_stream}.*"]
+
     # durable consumers
     @property
     def worker_consumer(self) -> str:
@@ -72,6 +100,16 @@ class Names:
     @property
     def recorder_consumer(self) -> str:
         return f"{self.namespace}-recorder"
+
+    @property
+    def advisory_consumer(self) -> str:
+        """The arbiter's consumer of max-deliveries advisories: it writes their dead letters."""
+        return f"{self.namespace}-dead-letter-writer"
+
+    @property
+    def dead_run_consumer(self) -> str:
+        """The arbiter's consumer of dead letters: it fails the run each one belongs to."""
+        return f"{self.namespace}-dead-letter-runs"
 
     # key-value
     @property

@@ -23,11 +23,11 @@ from moot.views import ConsortiumView, DebateView
 from moot_gateway import configs, runs_service
 from moot_gateway.auth import PrincipalDep
 from moot_gateway.deps import Clients, ClientsDep
-from moot_gateway.errors import ApiError, errors
+from moot_gateway.errors import ApiError, errors, unavailable
 from moot_gateway.routes.runs import replay
 from moot_gateway.schemas import ChatCompletion, ChatCompletionRequest, ChatCompletionSubmission, ModelList
 
-router = APIRouter(prefix="/v1", tags=["openai compatible"], responses=errors(400, 401, 404, 424))
+router = APIRouter(prefix="/v1", tags=["openai compatible"], responses=errors(400, 401, 404, 424, 503))
 
 
 @router.get("/models", response_model=ModelList)
@@ -129,9 +129,15 @@ async def chat_completions(
 
 async def _wait(clients: Clients, principal: Principal, run_id: str) -> ConsortiumView | DebateView:
     async for _ in replay(clients, run_id, 0, hydrate=False):
-        pass  # the replay ends with the run's final event; the answer comes from the hydrated view
+        pass  # the replay ends with the run's final event (from its record if the stream lacks it)
+    return await _final_view(clients, principal, run_id)
+
+
+async def _final_view(clients: Clients, principal: Principal, run_id: str) -> ConsortiumView | DebateView:
+    """The ended run's view, hydrated: from its state, else from its record in Postgres."""
     view = await runs_service.view_of(clients, run_id, principal)
-    assert view is not None
+    if view is None:  # gone from KV and not (yet) readable in Postgres
+        raise unavailable("postgres")
     return view
 
 
@@ -177,8 +183,11 @@ async def _stream(
         if event.event == "final_chunk" and isinstance(event.data, dict):
             streamed = True
             yield chunk({"content": event.data["delta"]})
-    view = await runs_service.view_of(clients, run_id, principal)
-    assert view is not None
+    try:
+        view = await _final_view(clients, principal, run_id)
+    except ApiError as exc:  # the answer has begun: the error goes in the stream, as OpenAI's do
+        yield sse(json.dumps({**exc.body(), "moot": _extra(run_id)}))
+        return
     answer = view.answer
     if view.status != "completed" or answer is None:
         error = {

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Response, status
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from moot.messages import TERMINAL_EVENT_TYPES
+from moot.messages import TERMINAL_EVENT_TYPES, RunCancelled, RunCompleted, RunFailed, utcnow
 from moot.observability import telemetry
-from moot.records.queries import recent_runs
+from moot.protocols import protocol_for
+from moot.records.queries import fetch_run_view, recent_runs
 from moot.runtime.textstore import hydrated
+from moot.views import ConsortiumView, DebateView
 from moot_gateway import runs_service
 from moot_gateway.auth import PrincipalDep
 from moot_gateway.deps import Clients, ClientsDep
-from moot_gateway.errors import ApiError, errors, stream_errors
+from moot_gateway.errors import DEPENDENCY_ERRORS, ApiError, errors, stream_errors
 from moot_gateway.schemas import (
     CancelledConsortium,
     CancelledDebate,
@@ -35,7 +38,9 @@ from moot_gateway.schemas import (
     run_response,
 )
 
-router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=errors(401, 404, 409))
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=errors(401, 404, 409, 503))
 
 EXAMPLES = {
     "consortium": {
@@ -105,6 +110,7 @@ async def cancel_run(
 
 async def _existing_run(run_id: str, clients: ClientsDep, principal: PrincipalDep) -> str:
     # A dependency, not the body: an SSE endpoint's body runs after the 200 has been sent.
+    runs_service.require_nats(clients)
     if await runs_service.view_of(clients, run_id, principal) is None:
         raise runs_service.not_found(f"run {run_id!r}")
     return run_id
@@ -129,7 +135,7 @@ async def _start_after(last_event_id: Annotated[str | None, Header()] = None) ->
             "model": RunEventData,
             "description": "Server-sent events; each `data` is one run event plus `seq`, its stream sequence.",
         },
-        **stream_errors(401, 404),
+        **stream_errors(401, 404, 503),
     },
 )
 async def run_events(
@@ -140,10 +146,27 @@ async def run_events(
     """The run's events as SSE, replayed from JetStream; `id` (and `seq` in the data) is the stream sequence.
 
     A client that reconnects with `Last-Event-ID` gets everything after that event; the stream
-    ends after the run's final event (`run.completed`, `run.failed` or `run.cancelled`).
+    ends after the run's final event (`run.completed`, `run.failed` or `run.cancelled`), also for
+    a run whose events have left JetStream (that event is then built from the run's record).
     """
     async for event in replay(clients, run_id, start_after):
         yield event
+
+
+# An SSE stream with nothing new for this long asks whether its run has ended without the stream
+# saying so: its events aged out of JetStream (only Postgres remembers it), or its terminal event
+# was never published. The first check comes soon (a stream holding nothing answers at once),
+# then one every IDLE_CHECK_SECONDS while the run is quiet.
+FIRST_CHECK_SECONDS = 1.0
+IDLE_CHECK_SECONDS = 10.0
+# Once the run is known to have ended, events still on their way get this long to arrive.
+DRAIN_SECONDS = 0.5
+
+_END_EVENTS: dict[str, type[RunCompleted | RunFailed | RunCancelled]] = {
+    "completed": RunCompleted,
+    "failed": RunFailed,
+    "cancelled": RunCancelled,
+}
 
 
 async def replay(
@@ -151,7 +174,10 @@ async def replay(
 ) -> AsyncIterator[ServerSentEvent]:
     """The run's events from JetStream, each hydrated (its texts inline, as before references).
 
-    `hydrate=False` for callers that read no referenced text (a `final_chunk`'s delta is inline).
+    Ends with the run's terminal event. When the stream does not hold it but the run has ended
+    (its state in KV, else its record in Postgres, says so), that event is built from the run's
+    view and sent last, without an `id` (it has no stream sequence): every stream of an ended run
+    ends. `hydrate=False` for callers that read no referenced text (a `final_chunk`'s delta is inline).
     """
     names = clients.names
     js = clients.broker.connection.jetstream()
@@ -163,12 +189,21 @@ async def replay(
     sub = await js.subscribe(
         names.run_events(run_id), stream=names.runs_stream, ordered_consumer=True, config=config
     )
+    wait = FIRST_CHECK_SECONDS
+    ended: ConsortiumView | DebateView | None = None
     try:
         while True:
             try:
-                msg = await sub.next_msg(timeout=30.0)
+                msg = await sub.next_msg(timeout=DRAIN_SECONDS if ended else wait)
             except NatsTimeout:
-                continue  # the response class sends keep-alive comments meanwhile
+                # The response class sends keep-alive comments meanwhile.
+                if ended is not None:
+                    end = await end_event(clients, ended)
+                    yield ServerSentEvent(data=end, event=end["type"])
+                    return
+                ended = await _ended_view(clients, run_id)
+                wait = IDLE_CHECK_SECONDS
+                continue
             event_type = names.event_type_of(msg.subject)
             seq = msg.metadata.sequence.stream
             # The sequence goes into the payload too, for clients that read data only.
@@ -180,3 +215,35 @@ async def replay(
                 return
     finally:
         await sub.unsubscribe()
+
+
+async def _ended_view(clients: Clients, run_id: str) -> ConsortiumView | DebateView | None:
+    """The run's view if it has ended: from its KV state, else from its record; None otherwise.
+
+    None too when neither can be read now (NATS or Postgres down): the stream waits and asks again.
+    """
+    view: ConsortiumView | DebateView | None
+    try:
+        if await clients.store.is_running(run_id):  # the envelope only: cheap while the run is live
+            return None
+        loaded = await clients.store.load(run_id)
+        if loaded is not None:
+            mode, state = loaded
+            view = protocol_for(mode).view(state)
+        else:
+            view = await fetch_run_view(clients.pool, run_id)
+    except DEPENDENCY_ERRORS as exc:
+        log.warning("run %s: cannot tell whether it has ended (%r); waiting for its events", run_id, exc)
+        return None
+    return view if view is not None and view.status != "running" else None
+
+
+async def end_event(clients: Clients, view: ConsortiumView | DebateView) -> dict[str, Any]:
+    """The terminal event of an ended run, built from its view (hydrated), as the stream would carry it."""
+    event = _END_EVENTS[view.status](
+        run_id=view.id,
+        reason=view.reason or view.status,
+        run=await runs_service.hydrated_view(clients.store.texts, view),
+        at=view.finished_at or utcnow(),
+    )
+    return {**event.model_dump(mode="json"), "seq": None}

@@ -12,7 +12,7 @@ Stages of one iteration, in order:
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -22,6 +22,8 @@ from moot.messages import (
     CallFailed,
     CallJob,
     CancelRequested,
+    DeadLettered,
+    DeadlinePassed,
     IterationCompleted,
     IterationStarted,
     JobMessage,
@@ -29,7 +31,15 @@ from moot.messages import (
     RunCreated,
     RunFailed,
 )
-from moot.protocols.base import Command, Transition, cancel, conversation_parts, stored_history
+from moot.protocols.base import (
+    Command,
+    Transition,
+    cancel,
+    conversation_parts,
+    dead_lettered,
+    end_at_deadline,
+    stored_history,
+)
 from moot.protocols.consortium import prompts
 from moot.protocols.consortium.parsing import extract_member_confidence, parse_arbiter
 from moot.requests import ConsortiumRequest, MemberSpec, RunMeta
@@ -41,6 +51,7 @@ from moot.views import (
     ConsortiumView,
     IterationView,
     RunStatus,
+    StopReason,
     Usage,
     origin,
 )
@@ -117,6 +128,8 @@ class ConsortiumState(BaseModel):
     status: RunStatus = "running"
     created_at: datetime
     finished_at: datetime | None = None
+    deadline: datetime | None = None  # created_at + the budget's seconds (None: a state from before budgets)
+    stop_reason: StopReason | None = Field(None, exclude_if=_is_none)
     # The iteration under way, in full. A finished one moves to `done` (`_archive`): the state,
     # read and rewritten on every outcome, holds one iteration's calls whatever the run's length.
     iterations: list[Iteration] = Field(default_factory=list)
@@ -127,6 +140,8 @@ class ConsortiumState(BaseModel):
     past: Parts = Field(default_factory=list)  # the arbiter's earlier syntheses, as its prompt quotes them
     usage: Usage = Field(default_factory=Usage)
     result: ArbiterVerdict | None = None
+    # The verdict of the last finished iteration: what a run stopped at its deadline ends with.
+    last_verdict: ArbiterVerdict | None = Field(None, exclude_if=_is_none)
     reason: str | None = None
     meta: RunMeta = Field(default_factory=RunMeta)
 
@@ -158,6 +173,7 @@ def start(
         conversation=sink.parts(conversation_parts(history)),
         request=sink.document(request),
         created_at=at,
+        deadline=at + timedelta(seconds=request.budget.seconds),
         meta=meta,
     )
     state.heads = [None] * len(state.plan.instances())
@@ -175,6 +191,10 @@ def decide(state: ConsortiumState, event: Any) -> Transition[ConsortiumState]:
     """
     if isinstance(event, CancelRequested):
         return cancel(state, event, view)
+    if isinstance(event, DeadLettered):
+        return dead_lettered(state, event, view)
+    if isinstance(event, DeadlinePassed):
+        return _stop_at_deadline(state, event)
     if state.status != "running" or not isinstance(event, CallCompleted | CallFailed):
         return Transition(state, [])
     call = _pending_call(state, event.call_id)
@@ -212,6 +232,8 @@ def view(state: ConsortiumState) -> ConsortiumView:
         finished_at=state.finished_at,
         reason=state.reason,
         **origin(state.meta),
+        deadline=state.deadline,
+        stop_reason=state.stop_reason,
         request=state.request,
         result=state.result,
         iterations=[*state.done, *(_iteration_view(state, it, instances) for it in state.iterations)],
@@ -334,9 +356,23 @@ def _judge_iteration(
         state.status, state.result, state.reason, state.finished_at = "completed", verdict, reason, at
         end = RunCompleted(run_id=state.run_id, reason=reason, run=sink.document(view(state)), at=at)
         return Transition(state, [done, end], sink.texts)
+    state.last_verdict = verdict
     _archive(state, sink)
     asked = prompts.refinement_prompt(state.prompt, verdict)
     return Transition(state, [done, *_ask_members(state, asked, at)], sink.texts)
+
+
+def _stop_at_deadline(state: ConsortiumState, event: DeadlinePassed) -> Transition[ConsortiumState]:
+    """Time is up: the run completes with its latest synthesis if it has one, else it fails."""
+    if not state.iterations:
+        return end_at_deadline(state, event, view, "before the first iteration")
+    it = state.current
+    best: tuple[ArbiterVerdict, str] | None = None
+    if it.verdict is not None:
+        best = it.verdict, f"the synthesis of iteration {it.number}"
+    elif state.last_verdict is not None:
+        best = state.last_verdict, f"the synthesis of iteration {len(state.done)}"
+    return end_at_deadline(state, event, view, f"during iteration {it.number}", best)
 
 
 def should_stop(

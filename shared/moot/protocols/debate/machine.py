@@ -72,7 +72,8 @@ work per event does not grow with the answers, and its input is never changed.
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -83,6 +84,8 @@ from moot.messages import (
     CallJob,
     CancelRequested,
     ConvergenceStatus,
+    DeadLettered,
+    DeadlinePassed,
     DebateComplete,
     DebateError,
     DebateStart,
@@ -98,7 +101,14 @@ from moot.messages import (
     RunCompleted,
     RunFailed,
 )
-from moot.protocols.base import Command, Transition, cancel, stored_history
+from moot.protocols.base import (
+    Command,
+    Transition,
+    cancel,
+    dead_lettered,
+    end_at_deadline,
+    stored_history,
+)
 from moot.protocols.debate import prompts
 from moot.protocols.debate.parsing import parse_conviction, parse_judge_answer, shorten
 from moot.protocols.debate.prompts import Placeholder
@@ -114,6 +124,7 @@ from moot.views import (
     DebateView,
     RoundView,
     RunStatus,
+    StopReason,
     Usage,
     origin,
 )
@@ -228,6 +239,8 @@ class DebateState(BaseModel):
     status: RunStatus = "running"
     created_at: datetime
     finished_at: datetime | None = None
+    deadline: datetime | None = None  # created_at + the budget's seconds (None: a state from before budgets)
+    stop_reason: StopReason | None = Field(None, exclude_if=_none)
     debaters: list[Debater]
     rounds: list[Round] = Field(default_factory=list)
     final: Call | None = None
@@ -274,6 +287,7 @@ def start(
         history=sink.document(history) if history else None,
         template=prompts.parse_template(request.custom_prompt, sink) if request.custom_prompt else None,
         created_at=at,
+        deadline=at + timedelta(seconds=request.budget.seconds),
         debaters=_line_up(request),
         meta=meta,
     )
@@ -295,6 +309,13 @@ def decide(state: DebateState, event: Any) -> Transition[DebateState]:
     """Fold one call outcome into the debate. Duplicates and late arrivals change nothing."""
     if isinstance(event, CancelRequested):
         return cancel(state, event, view)
+    if isinstance(event, DeadLettered):
+        return dead_lettered(state, event, view, _announce_error(event.at))
+    if isinstance(event, DeadlinePassed):
+        # A debate has no answer before its final call's, which ends it at once: one still running
+        # at its deadline has none, and fails (after an `error`, like any failed debate).
+        where = f"during round {state.current.number}"
+        return end_at_deadline(state, event, view, where, announce=_announce_error(event.at))
     if state.status != "running" or not isinstance(event, CallCompleted | CallFailed):
         return Transition(state, [])
     if _pending_call(state, event.call_id) is None:
@@ -326,6 +347,8 @@ def view(state: DebateState) -> DebateView:
         finished_at=state.finished_at,
         reason=state.reason,
         **origin(state.meta),
+        deadline=state.deadline,
+        stop_reason=state.stop_reason,
         request=state.request,
         debaters=[
             DebaterView(
@@ -654,6 +677,13 @@ def _finish(state: DebateState, reason: str, at: datetime, sink: TextSink) -> li
     return [
         DebateComplete(run_id=state.run_id, rounds=len(state.rounds), reason=reason, at=at),
         RunCompleted(run_id=state.run_id, reason=reason, run=sink.document(view(state)), at=at),
+    ]
+
+
+def _announce_error(at: datetime) -> Callable[[DebateState, str], list[Command]]:
+    """A debate's `error` event, which precedes its `run.failed` (see `_fail`)."""
+    return lambda state, reason: [
+        DebateError(run_id=state.run_id, message=reason, round=state.current.number, at=at)
     ]
 
 
