@@ -501,14 +501,17 @@ class Chaos:
         assert self.http is not None
         deadline = time.monotonic() + within
         limit = asyncio.Semaphore(8)
+        answers: collections.Counter[str] = collections.Counter()
 
         async def poll(run: Submitted) -> None:
             assert self.http is not None
             async with limit:
                 try:
                     response = await self.http.get(f"/v1/runs/{run.run_id}", timeout=10.0)
-                except httpx.HTTPError:
+                except httpx.HTTPError as exc:
+                    answers[type(exc).__name__] += 1
                     return  # the gateway may be down or restarting: ask again next round
+            answers[f"HTTP {response.status_code}"] += 1
             if response.status_code != 200:
                 return
             body = response.json()
@@ -521,9 +524,11 @@ class Chaos:
         while time.monotonic() < deadline:
             pending = [r for r in self.accepted() if r.status is None]
             if not pending:
-                return
+                break
             await asyncio.gather(*(poll(r) for r in pending))
             await asyncio.sleep(1.0)
+        if set(answers) - {"HTTP 200"}:  # the API failed some polls: say how
+            self.notes.append("API polls: " + ", ".join(f"{k} x{v}" for k, v in answers.most_common()))
 
     async def scenario(
         self,

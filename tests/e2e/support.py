@@ -27,10 +27,12 @@ async def rows(database_url: str, query: str, *args: Any) -> list[asyncpg.Record
         await conn.close()
 
 
-async def wait_for_rows(database_url: str, query: str, run_id: str, expected: int) -> list[asyncpg.Record]:
+async def wait_for_rows(
+    database_url: str, query: str, run_id: str, expected: int, *, seconds: float = 20
+) -> list[asyncpg.Record]:
     """The query's rows once there are `expected` of them (the recorder writes in batches)."""
     found: list[asyncpg.Record] = []
-    for _ in range(100):
+    for _ in range(int(seconds / 0.2)):
         found = await rows(database_url, query, run_id)
         if len(found) >= expected:
             return found

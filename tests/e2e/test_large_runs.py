@@ -14,7 +14,7 @@ import pytest
 
 from moot.cli.client import MootClient, RunEventMessage
 from moot.devstack.model_server import ModelServer
-from support import rows, wait_for_rows
+from support import wait_for_rows
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -50,11 +50,17 @@ async def test_sixteen_members_with_long_answers_over_ten_iterations(
     assert len(run["result"]["synthesis"]) > 3000
 
     calls = await wait_for_rows(
-        database_url, "SELECT role, length(text) AS n FROM calls WHERE run_id = $1", run_id, 170
+        database_url, "SELECT role, length(text) AS n FROM calls WHERE run_id = $1", run_id, 170, seconds=120
     )
     assert len(calls) == 170
     assert all(c["n"] > 3950 for c in calls if c["role"] == "member")
-    (row,) = await rows(database_url, "SELECT status, iterations FROM runs WHERE id = $1", run_id)
+    (row,) = await wait_for_rows(
+        database_url,
+        "SELECT status, iterations FROM runs WHERE id = $1 AND status <> 'running'",
+        run_id,
+        1,
+        seconds=120,
+    )
     assert (row["status"], row["iterations"]) == ("completed", 10)
 
 
@@ -76,7 +82,9 @@ async def test_a_hundred_thousand_character_prompt_to_eight_members(
     member_requests = model_server.requests("m1")
     assert len(member_requests) == 8
     assert all(prompt in r["messages"][-1]["content"] for r in member_requests)
-    recorded = await wait_for_rows(database_url, "SELECT prompt FROM runs WHERE id = $1", run_id, 1)
+    recorded = await wait_for_rows(
+        database_url, "SELECT prompt FROM runs WHERE id = $1", run_id, 1, seconds=120
+    )
     assert recorded[0]["prompt"] == prompt
 
 
@@ -98,6 +106,6 @@ async def test_sixteen_debaters_fifteen_rounds_of_long_turns(client: MootClient,
     assert all(len(r["turns"]) == 16 for r in run["rounds"])
     assert all(len(t["text"]) > 1980 for r in run["rounds"] for t in r["turns"])
     turns = await wait_for_rows(
-        database_url, "SELECT length(text) AS n FROM calls WHERE run_id = $1", run_id, 240
+        database_url, "SELECT length(text) AS n FROM calls WHERE run_id = $1", run_id, 240, seconds=120
     )
     assert len(turns) == 240 and all(t["n"] > 1980 for t in turns)
