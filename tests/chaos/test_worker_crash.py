@@ -25,6 +25,7 @@ import httpx
 import nats
 import pytest
 import yaml
+from nats.aio.msg import Msg
 
 from moot.devstack.model_server import ModelServer
 from moot.devstack.stack import free_ports
@@ -137,7 +138,7 @@ async def test_killed_workers_call_is_completed_by_another_within_30_s(
         run_id = uuid.uuid4().hex
         completed: asyncio.Queue[CallCompleted] = asyncio.Queue()
 
-        async def on_completed(msg: nats.aio.msg.Msg) -> None:
+        async def on_completed(msg: Msg) -> None:
             await completed.put(CallCompleted.model_validate_json(msg.data))
 
         await nc.subscribe(names.run_event(run_id, "call.completed"), cb=on_completed)
