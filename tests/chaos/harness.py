@@ -2,7 +2,8 @@
 
 One `Chaos` per scenario owns everything it breaks: its own nats-server (JetStream on a file
 store, on a fixed loopback port so that a killed server comes back where the services look for
-it), its own database on the shared Postgres (created, migrated, dropped; taken "down" by refusing
+it) or, with `nats_nodes=3`, its own 3-node JetStream cluster (`NatsCluster`: every stream and
+KV bucket with 3 replicas, the services given every node's URL), its own database on the shared Postgres (created, migrated, dropped; taken "down" by refusing
 connections to it), the test model server (in this process, a behaviour per model name) and a
 `Stack` running the services as processes: gateway, 2 member workers, 2 arbiters, recorder. The
 stack's supervisor restarts a killed child, as Kubernetes would.
@@ -53,12 +54,14 @@ import httpx
 import nats
 import report
 import yaml
+from nats.js.api import StreamConfig
 
 from moot.devstack.embedded import find_nats_server, with_database
 from moot.devstack.model_server import ModelServer
 from moot.devstack.stack import ManagedProcess, ServiceSpec, Stack, default_services, free_ports
 from moot.records.accounts import create_key
 from moot.records.migrate import migrate
+from moot.runtime.subjects import Names
 from moot.texts import NATS_MAX_PAYLOAD_BYTES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -147,18 +150,26 @@ def mixed_runs(n: int, seed: int = 11) -> list[dict[str, Any]]:
 
 
 class NatsServer:
-    """nats-server with JetStream on a file store, on a fixed port, that can be killed and restarted."""
+    """nats-server with JetStream on a file store, on a fixed port, that can be killed and restarted.
 
-    def __init__(self, data_dir: Path) -> None:
+    `name` names the server (and its directory under `data_dir`); `cluster` is a config block
+    (`cluster { ... }`) that makes it a node of a cluster (see `NatsCluster`).
+    """
+
+    def __init__(self, data_dir: Path, name: str = "nats", ports: list[int] | None = None) -> None:
         self.binary = find_nats_server()
-        self.dir = data_dir / "nats"
+        self.name = name
+        self.dir = data_dir / name
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.port, self.monitor_port = free_ports(2)
+        self.port, self.monitor_port = ports or free_ports(2)
         self.url = f"nats://127.0.0.1:{self.port}"
         self.log_path = self.dir / "nats-server.log"
         self.config = self.dir / "nats-server.conf"
-        self.config.write_text(f"max_payload: {NATS_MAX_PAYLOAD_BYTES}\n")
+        self.configure()
         self.process: subprocess.Popen[bytes] | None = None
+
+    def configure(self, cluster: str = "") -> None:
+        self.config.write_text(f"server_name: {self.name}\nmax_payload: {NATS_MAX_PAYLOAD_BYTES}\n{cluster}")
 
     def _launch(self) -> subprocess.Popen[bytes]:
         argv = [
@@ -177,14 +188,22 @@ class NatsServer:
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
 
-    async def start(self, ready_seconds: float = 30.0) -> None:
-        """Start the server on its port and store; return once JetStream answers."""
+    async def launch(self) -> None:
         self.process = await asyncio.to_thread(self._launch)
+
+    async def ready(self, ready_seconds: float = 30.0) -> None:
+        """Return once JetStream answers on this server."""
+        assert self.process is not None
         deadline = time.monotonic() + ready_seconds
         while not await self._jetstream_ok():
             if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"nats-server did not start; see {self.log_path}")
+                raise RuntimeError(f"nats-server {self.name} did not start; see {self.log_path}")
             await asyncio.sleep(0.1)
+
+    async def start(self, ready_seconds: float = 30.0) -> None:
+        """Start the server on its port and store; return once JetStream answers."""
+        await self.launch()
+        await self.ready(ready_seconds)
 
     async def _jetstream_ok(self) -> bool:
         async def quiet(_: Exception) -> None:
@@ -209,6 +228,73 @@ class NatsServer:
 
     async def stop(self) -> None:
         await asyncio.to_thread(self.kill, signal.SIGTERM)
+
+
+class NatsCluster:
+    """A JetStream cluster of `size` nats-servers on loopback (the production shape of NATS):
+    each its own server name, client port, cluster port (routes to every other node) and file
+    store. `url` lists every node, comma-separated, as `NATS_URL` takes it."""
+
+    CLUSTER = "moot_chaos"
+
+    def __init__(self, data_dir: Path, size: int = 3) -> None:
+        ports = free_ports(3 * size)
+        self.nodes = [NatsServer(data_dir, f"nats-{i + 1}", ports[3 * i : 3 * i + 2]) for i in range(size)]
+        routes = [ports[3 * i + 2] for i in range(size)]
+        for node, port in zip(self.nodes, routes, strict=True):
+            others = ", ".join(f"nats-route://127.0.0.1:{p}" for p in routes if p != port)
+            node.configure(
+                f"cluster {{\n  name: {self.CLUSTER}\n  listen: 127.0.0.1:{port}\n  routes: [{others}]\n}}\n"
+            )
+        self.url = ",".join(node.url for node in self.nodes)
+
+    def node(self, name: str) -> NatsServer:
+        return next(n for n in self.nodes if n.name == name)
+
+    async def start(self, ready_seconds: float = 90.0) -> None:
+        """Start every node at once (JetStream needs a quorum to elect its meta leader); return
+        once each answers and a stream replicated on every node can be created."""
+        for node in self.nodes:
+            await node.launch()
+        await asyncio.gather(*(node.ready(ready_seconds) for node in self.nodes))
+        await self.replicated(ready_seconds)
+
+    async def replicated(self, within: float) -> None:
+        """Create and delete a stream with a replica on every node, retried until it works (the
+        cluster elects its leaders a few seconds after the nodes answer)."""
+        deadline = time.monotonic() + within
+        nc = await nats.connect(self.url.split(","), connect_timeout=2)
+        try:
+            js = nc.jetstream(timeout=5.0)
+            while True:
+                try:
+                    await js.add_stream(
+                        StreamConfig(
+                            name="CHAOS_READY", subjects=["chaos.ready"], num_replicas=len(self.nodes)
+                        )
+                    )
+                    await js.publish("chaos.ready", b"1", stream="CHAOS_READY")
+                    await js.delete_stream("CHAOS_READY")
+                    return
+                except Exception as exc:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"the NATS cluster did not get ready: {exc!r}") from exc
+                    await asyncio.sleep(0.5)
+        finally:
+            await nc.close()
+
+    async def leader(self, stream: str) -> str:
+        """The name of the node leading `stream` (its Raft group)."""
+        nc = await nats.connect(self.url.split(","), connect_timeout=2)
+        try:
+            info = await nc.jetstream(timeout=5.0).stream_info(stream)
+        finally:
+            await nc.close()
+        assert info.cluster is not None and info.cluster.leader, info
+        return info.cluster.leader
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(node.stop() for node in self.nodes))
 
 
 # --------------------------------------------------------------------------- results
@@ -301,18 +387,23 @@ class Chaos:
         env: Mapping[str, str] | None = None,
         workers: int = 2,
         arbiters: int = 2,
+        nats_nodes: int = 1,
     ) -> None:
         self.name = name
         self.work_dir = work_dir
         self.server_url = server_url
         self.behaviours = {**BASE_BEHAVIOURS, **(behaviours or {})}
         self.env = {**BASE_ENV, **(env or {})}
+        if nats_nodes > 1:  # every stream and KV bucket on every node
+            self.env.setdefault("MOOT_NATS_REPLICAS", str(nats_nodes))
         self.workers = workers
         self.arbiters = arbiters
         self.database = f"moot_chaos_{uuid.uuid4().hex[:10]}"
         self.database_url = with_database(server_url, self.database)
         self.namespace = f"chaos_{secrets.token_hex(3)}"
-        self.nats = NatsServer(work_dir)
+        self.nats: NatsServer | NatsCluster = (
+            NatsCluster(work_dir, nats_nodes) if nats_nodes > 1 else NatsServer(work_dir)
+        )
         self.models: ModelServer | None = None
         self.stack: Stack | None = None
         self.api_key = ""
@@ -419,10 +510,34 @@ class Chaos:
 
     async def restart_nats(self, down_seconds: float = 3.0) -> None:
         """kill -9 the NATS server, leave it down a moment, start it again on the same file store."""
+        assert isinstance(self.nats, NatsServer)
         await asyncio.to_thread(self.nats.kill, signal.SIGKILL)
         await asyncio.sleep(down_seconds)
         await self.nats.start()
         self.notes.append(f"nats-server killed, back after {down_seconds:.0f} s on its file store")
+
+    async def restart_nats_node(self, down_seconds: float = 5.0, stream: str | None = None) -> None:
+        """kill -9 the cluster node leading `stream` (default: the runs stream) mid-load, leave
+        it down `down_seconds`, start it again on its file store (it catches up)."""
+        assert isinstance(self.nats, NatsCluster)
+        stream = stream or Names(self.namespace).runs_stream
+        try:
+            name = await self.nats.leader(stream)
+        except Exception as exc:  # no answer in time: any node will do
+            name = self.nats.nodes[0].name
+            self.notes.append(f"leader of {stream} unknown ({type(exc).__name__}), killed {name}")
+        node = self.nats.node(name)
+        await asyncio.to_thread(node.kill, signal.SIGKILL)
+        await asyncio.sleep(down_seconds)
+        await node.start(ready_seconds=60.0)
+        try:
+            after = await self.nats.leader(stream)
+        except Exception as exc:  # mid-election: the note says so, the scenario goes on
+            after = f"unknown ({type(exc).__name__})"
+        self.notes.append(
+            f"{len(self.nats.nodes)}-node JetStream cluster, R{len(self.nats.nodes)}: kill -9 {name} "
+            f"(leader of {stream}), back after {down_seconds:.0f} s on its file store; leader now {after}"
+        )
 
     async def postgres_down(self, seconds: float) -> None:
         """The database refuses every connection for `seconds`: existing ones are terminated too."""

@@ -1,6 +1,6 @@
 """`moot dead-letters list|replay`: what consumers gave up on, in NATS directly (no gateway).
 
-NATS is `NATS_URL`, else the embedded server `moot up` runs for `--data-dir` (found by its ports
+NATS is `NATS_URL` (one URL or several, comma-separated), else the embedded server `moot up` runs for `--data-dir` (found by its ports
 file); the namespace is `MOOT_NAMESPACE` (default `moot`). See `moot.runtime.deadletters`.
 """
 
@@ -20,6 +20,7 @@ from nats.js.errors import NotFoundError
 
 from moot.cli.common import EXIT_FAILED, EXIT_USAGE, CliError, err, out, short, table
 from moot.runtime import deadletters
+from moot.runtime.nats import nats_servers
 from moot.runtime.settings import MootSettings
 from moot.runtime.subjects import Names
 
@@ -42,7 +43,9 @@ async def _jetstream(data_dir: str) -> AsyncIterator[tuple[JetStreamContext, Nam
     if not url:
         raise CliError(f"NATS_URL is not set and no `moot up` NATS runs for {data_dir}: set NATS_URL")
     try:
-        nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=0, allow_reconnect=False)
+        nc = await nats.connect(
+            nats_servers(url), connect_timeout=5, max_reconnect_attempts=0, allow_reconnect=False
+        )
     except Exception as exc:
         raise CliError(f"cannot connect to NATS at {url}: {type(exc).__name__}: {exc}") from exc
     try:

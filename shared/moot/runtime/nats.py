@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable
 
 from faststream.nats import NatsBroker
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError
+from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from moot.observability.telemetry import broker_middlewares
@@ -23,14 +24,26 @@ log = logging.getLogger(__name__)
 MSG_ID = "Nats-Msg-Id"
 
 
+def nats_servers(url: str) -> list[str]:
+    """The servers of a `NATS_URL`: one URL, or several separated by commas (a cluster's nodes,
+    e.g. `nats://a:4222,nats://b:4222`), as nats-py and faststream take them (a list)."""
+    servers = [part.strip() for part in url.split(",") if part.strip()]
+    if not servers:
+        raise ValueError(f"no NATS server in {url!r}")
+    return servers
+
+
 def make_broker(settings: MootSettings, **kwargs: object) -> NatsBroker:
     """A faststream NATS broker; one connection per process, reused for everything.
+
+    `NATS_URL` may name several servers (comma-separated): the client connects to one of them
+    and fails over to the others (and to any node the cluster announces).
 
     With tracing on, every publish and consume goes through the telemetry middleware: W3C trace
     context travels in the message headers (see `moot.observability.telemetry`).
     """
     return NatsBroker(
-        settings.nats_url,
+        nats_servers(settings.nats_url),
         name=kwargs.pop("name", "moot"),  # type: ignore[arg-type]
         max_reconnect_attempts=-1,
         logger=log,
@@ -43,21 +56,70 @@ def make_broker(settings: MootSettings, **kwargs: object) -> NatsBroker:
 
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    assert config.name is not None
     try:
         await js.add_stream(config)
-    except BadRequestError:
-        # Exists with other settings (e.g. retention changed): update what can be updated.
-        await js.update_stream(config)
+    except BadRequestError as refused:
+        # Exists with other settings (e.g. retention or replicas changed): update what can be
+        # updated. (Refused for another reason, e.g. replicas > 1 on a single server: say why.)
+        try:
+            await js.update_stream(config)
+        except NotFoundError:
+            raise refused from None
+        except BadRequestError:
+            # A server that cannot change a stream's replica count (before NATS 2.10) refuses the
+            # whole update: keep the stream's replicas, update the rest.
+            current = (await js.stream_info(config.name)).config.num_replicas
+            if current == config.num_replicas:
+                raise
+            log.warning(
+                "stream %s: cannot change its replicas from %s to %s on this server; kept %s",
+                config.name, current, config.num_replicas, current,
+            )  # fmt: skip
+            await js.update_stream(dataclasses.replace(config, num_replicas=current))
+
+
+async def _ensure_bucket_replicas(js: JetStreamContext, bucket: str, replicas: int) -> None:
+    """An existing KV bucket (its stream `KV_<bucket>`) brought to `replicas` where the server
+    allows it (NATS 2.10+); otherwise it keeps its own, with a warning."""
+    stream = f"KV_{bucket}"
+    config = (await js.stream_info(stream)).config
+    if config.num_replicas == replicas:
+        return
+    try:
+        await js.update_stream(dataclasses.replace(config, num_replicas=replicas))
+    except Exception as exc:  # best effort: the bucket works with the replicas it has
+        log.warning(
+            "KV bucket %s: cannot change its replicas from %s to %s: %s",
+            bucket,
+            config.num_replicas,
+            replicas,
+            exc,
+        )
+
+
+async def _ensure_key_value(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
+    """The bucket, created with `config` if missing, else with its replicas updated."""
+    try:
+        kv = await js.key_value(config.bucket)
+    except BucketNotFoundError:
+        return await js.create_key_value(config)
+    await _ensure_bucket_replicas(js, config.bucket, config.replicas)
+    return kv
 
 
 async def open_texts(js: JetStreamContext, names: Names, settings: MootSettings) -> TextStore:
     """The text store (created if missing): where every long text of every run is kept."""
-    return await open_text_store(js, names.text_bucket, settings.text_ttl_seconds)
+    store = await open_text_store(
+        js, names.text_bucket, settings.text_ttl_seconds, replicas=settings.nats_replicas
+    )
+    await _ensure_bucket_replicas(js, names.text_bucket, settings.nats_replicas)
+    return store
 
 
 async def ensure_topology(js: JetStreamContext, names: Names, settings: MootSettings) -> KeyValue:
     """Create (idempotently) the streams (runs, jobs, dead letters, advisories) and the run-state
-    bucket; return the bucket."""
+    bucket, each with `MOOT_NATS_REPLICAS` replicas; return the bucket."""
     await _ensure_stream(
         js,
         StreamConfig(
@@ -67,6 +129,7 @@ async def ensure_topology(js: JetStreamContext, names: Names, settings: MootSett
             storage=StorageType.FILE,
             max_age=settings.event_retention_seconds,
             duplicate_window=120.0,
+            num_replicas=settings.nats_replicas,
         ),
     )
     await _ensure_stream(
@@ -78,6 +141,7 @@ async def ensure_topology(js: JetStreamContext, names: Names, settings: MootSett
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
             duplicate_window=120.0,
+            num_replicas=settings.nats_replicas,
         ),
     )
     await _ensure_stream(
@@ -90,6 +154,7 @@ async def ensure_topology(js: JetStreamContext, names: Names, settings: MootSett
             storage=StorageType.FILE,
             max_age=settings.dead_letter_retention_seconds,
             duplicate_window=120.0,
+            num_replicas=settings.nats_replicas,
         ),
     )
     await _ensure_stream(
@@ -102,16 +167,18 @@ async def ensure_topology(js: JetStreamContext, names: Names, settings: MootSett
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
             max_age=settings.dead_letter_retention_seconds,
+            num_replicas=settings.nats_replicas,
         ),
     )
-    try:
-        return await js.key_value(names.state_bucket)
-    except Exception:
-        from nats.js.api import KeyValueConfig
-
-        return await js.create_key_value(
-            KeyValueConfig(bucket=names.state_bucket, history=1, ttl=settings.state_ttl_seconds)
-        )
+    return await _ensure_key_value(
+        js,
+        KeyValueConfig(
+            bucket=names.state_bucket,
+            history=1,
+            ttl=settings.state_ttl_seconds,
+            replicas=settings.nats_replicas,
+        ),
+    )
 
 
 # faststream's default JetStream publish timeout is 0.5 s, which a loaded server exceeds; a publish

@@ -20,6 +20,10 @@ class MootSettings(BaseSettings):
     nats_url: str = Field("nats://127.0.0.1:4222", validation_alias="NATS_URL")
     database_url: str = Field("postgresql://postgres@127.0.0.1:5432/test", validation_alias="DATABASE_URL")
     namespace: str = "moot"
+    # Replicas of every stream and KV bucket the services create (`moot.runtime.nats`): 3 on a
+    # 3-node JetStream cluster (what deploy/k8s assumes), 1 on a single server (docker-compose).
+    # `NATS_URL` may list several servers, comma-separated (`nats_servers`).
+    nats_replicas: int = Field(1, ge=1, le=5)
     # How long events stay replayable in JetStream and run state stays in KV.
     event_retention_seconds: float = 7 * 24 * 3600
     state_ttl_seconds: float = 7 * 24 * 3600

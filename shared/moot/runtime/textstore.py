@@ -18,7 +18,7 @@ from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from moot.texts import documents_in, hydrate, refs_in, sha_of
@@ -135,16 +135,19 @@ async def hydrated(store: TextStore, data: Any) -> Any:
     return hydrate(data, await fetch_all(store, data))
 
 
-async def open_text_store(js: JetStreamContext, bucket: str, ttl_seconds: float) -> TextStore:
-    """The text bucket, created if missing."""
+async def open_text_store(
+    js: JetStreamContext, bucket: str, ttl_seconds: float, *, replicas: int = 1
+) -> TextStore:
+    """The text bucket, created (with `replicas`) if missing."""
     try:
         kv = await js.key_value(bucket)
-    except Exception:
+    except BucketNotFoundError:
         kv = await js.create_key_value(
             KeyValueConfig(
                 bucket=bucket,
                 history=1,
                 ttl=ttl_seconds,
+                replicas=replicas,
                 # The server counts the headers too (`create` sends the expected last sequence).
                 max_value_size=CHUNK_BYTES + 1024,
                 direct=True,
