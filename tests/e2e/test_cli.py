@@ -151,6 +151,16 @@ async def test_a_failed_run_exits_1_with_its_reason(env: dict[str, str]) -> None
     assert result.out == ""
 
 
+async def test_a_run_out_of_time_exits_1_naming_its_deadline(env: dict[str, str]) -> None:
+    result = await moot(
+        env, "run", "p", "-m", "slowpoke:2", "--arbiter", "arb", "--budget-seconds", "1", "--no-stdin"
+    )
+    assert result.code == 1, result
+    assert "deadline of 1 s passed" in result.err.splitlines()[-1]
+    record = await show_json(env, run_id_of(result))
+    assert record["stop_reason"] == "deadline" and record["request"]["budget"] == {"seconds": 1}
+
+
 async def test_ctrl_c_cancels_the_run(env: dict[str, str]) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "moot.cli", "run", "slow", "-m", "slowpoke:2", "--arbiter", "arb",

@@ -51,6 +51,12 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--system", help="system prompt (in a debate: every debater's)")
     p.add_argument("--temperature", type=float, help="sampling temperature of every answer")
     p.add_argument("--max-tokens", type=int, help="at most this many tokens per answer")
+    p.add_argument(
+        "--budget-seconds",
+        type=int,
+        metavar="N",
+        help="the run's deadline: it ends N seconds after it starts (default 900)",
+    )
 
 
 def add_consortium_options(p: argparse.ArgumentParser) -> None:
@@ -112,8 +118,18 @@ def _per_call(args: argparse.Namespace) -> dict[str, Any]:
     return _given(args, ("system", "temperature", "max_tokens"))
 
 
+def _budget(args: argparse.Namespace) -> dict[str, Any]:
+    seconds = getattr(args, "budget_seconds", None)
+    return {"budget": {"seconds": seconds}} if seconds is not None else {}
+
+
 def consortium_fields(args: argparse.Namespace) -> dict[str, Any]:
-    fields: dict[str, Any] = {"mode": "consortium", **_given(args, CONSORTIUM_OPTIONS), **_per_call(args)}
+    fields: dict[str, Any] = {
+        "mode": "consortium",
+        **_given(args, CONSORTIUM_OPTIONS),
+        **_per_call(args),
+        **_budget(args),
+    }
     if args.members:
         fields["members"] = _members(args)
     return fields
@@ -121,7 +137,7 @@ def consortium_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 def debate_fields(args: argparse.Namespace) -> dict[str, Any]:
     """A debate's fields; --system, --temperature and --max-tokens go to every debater."""
-    fields: dict[str, Any] = {"mode": "debate", **_given(args, DEBATE_OPTIONS)}
+    fields: dict[str, Any] = {"mode": "debate", **_given(args, DEBATE_OPTIONS), **_budget(args)}
     if args.judge is not None and args.judge_mode is None:
         fields["judge_mode"] = "external_judge"
     if args.members:
