@@ -56,7 +56,7 @@ import report
 import yaml
 from nats.js.api import StreamConfig
 
-from moot.devstack.embedded import find_nats_server, with_database
+from moot.devstack.embedded import find_nats_server, nats_jetstream_ok, with_database
 from moot.devstack.model_server import ModelServer
 from moot.devstack.stack import ManagedProcess, ServiceSpec, Stack, default_services, free_ports
 from moot.records.accounts import create_key
@@ -195,7 +195,7 @@ class NatsServer:
         """Return once JetStream answers on this server."""
         assert self.process is not None
         deadline = time.monotonic() + ready_seconds
-        while not await self._jetstream_ok():
+        while not await nats_jetstream_ok(self.url):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"nats-server {self.name} did not start; see {self.log_path}")
             await asyncio.sleep(0.1)
@@ -204,22 +204,6 @@ class NatsServer:
         """Start the server on its port and store; return once JetStream answers."""
         await self.launch()
         await self.ready(ready_seconds)
-
-    async def _jetstream_ok(self) -> bool:
-        async def quiet(_: Exception) -> None:
-            return None
-
-        try:
-            nc = await nats.connect(self.url, connect_timeout=1, allow_reconnect=False, error_cb=quiet)
-        except Exception:
-            return False
-        try:
-            await nc.jetstream().account_info()
-            return True
-        except Exception:
-            return False
-        finally:
-            await nc.close()
 
     def kill(self, sig: signal.Signals = signal.SIGKILL) -> None:
         if self.process is not None and self.process.poll() is None:

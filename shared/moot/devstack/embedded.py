@@ -46,6 +46,7 @@ __all__ = [
     "Infrastructure",
     "docker_available",
     "find_nats_server",
+    "nats_jetstream_ok",
     "resolve_infrastructure",
     "start_nats",
     "start_postgres",
@@ -174,7 +175,7 @@ class EmbeddedProcess:
         return f"EmbeddedProcess({self.name!r}, pid={self.pid}, url={self.url!r})"
 
 
-async def _nats_jetstream_ok(url: str) -> bool:
+async def nats_jetstream_ok(url: str) -> bool:
     """True when a client can connect and JetStream answers (the server is really usable)."""
     import nats
 
@@ -266,7 +267,7 @@ async def start_nats(data_dir: Path, *, ready_seconds: float = 20.0) -> Embedded
                 )
             if not server.url:
                 _read_ports(server)
-            if server.url and await _nats_jetstream_ok(server.url):
+            if server.url and await nats_jetstream_ok(server.url):
                 break
             await asyncio.sleep(0.05)
     except BaseException:
