@@ -653,7 +653,7 @@ async def create_api_key(database_url: str) -> str | None:
     conn = await asyncpg.connect(database_url)
     try:
         await migrate(conn)  # the stack has applied them already; a no-op then, but never a missing table
-        _, key = await accounts.create_key(conn, "bench")
+        _, key = await accounts.create_key(conn, "bench", limits=accounts.NO_LIMITS)
     finally:
         await conn.close()
     return str(key)

@@ -59,7 +59,7 @@ from nats.js.api import StreamConfig
 from moot.devstack.embedded import find_nats_server, nats_jetstream_ok, with_database
 from moot.devstack.model_server import ModelServer
 from moot.devstack.stack import ManagedProcess, ServiceSpec, Stack, default_services, free_ports
-from moot.records.accounts import create_key
+from moot.records.accounts import NO_LIMITS, create_key
 from moot.records.migrate import migrate
 from moot.runtime.subjects import Names
 from moot.texts import NATS_MAX_PAYLOAD_BYTES
@@ -416,7 +416,7 @@ class Chaos:
         conn = await asyncpg.connect(self.database_url)
         try:
             await migrate(conn)
-            _, self.api_key = await create_key(conn, "chaos")
+            _, self.api_key = await create_key(conn, "chaos", limits=NO_LIMITS)
         finally:
             await conn.close()
         await self.nats.start()

@@ -17,7 +17,7 @@ import yaml
 from moot.cli.client import MootClient
 from moot.devstack.model_server import ModelServer
 from moot.devstack.stack import ServiceSpec, Stack, default_services
-from moot.records.accounts import create_key
+from moot.records.accounts import NO_LIMITS, create_key
 
 
 def _filler(chars: int) -> str:
@@ -52,7 +52,11 @@ BEHAVIOURS: dict[str, dict[str, Any]] = {
         "arbiter_synthesis": "Synthesis {n}. " + _filler(3000),
     },
     "turns": {"reply_template": "{model} turn {n}. " + _filler(1980)},
+    # A model with a price (PRICES): its calls cost something (per-key daily spend).
+    "priced": {"latency_ms": 20},
 }
+# USD per token of the models that have a price, passed to litellm in the model list.
+PRICES = {"priced": 0.001}
 
 
 @pytest.fixture(scope="session")
@@ -74,6 +78,11 @@ async def stack(
                 "model": f"openai/{name}",
                 "api_base": model_server.url,
                 "api_key": "sk-test-secret",
+                **(
+                    {"input_cost_per_token": PRICES[name], "output_cost_per_token": PRICES[name]}
+                    if name in PRICES
+                    else {}
+                ),
             },
         }
         for name in BEHAVIOURS
@@ -107,7 +116,7 @@ async def stack(
 async def _new_key(database_url: str, owner: str) -> str:
     conn = await asyncpg.connect(database_url)
     try:
-        _, key = await create_key(conn, owner)
+        _, key = await create_key(conn, owner, limits=NO_LIMITS)
         return key
     finally:
         await conn.close()

@@ -282,7 +282,8 @@ async def test_keys_create_list_revoke(env: dict[str, str]) -> None:
     listed = await moot(env, "keys", "list")
     assert listed.code == 0 and key not in listed.out, listed
     [row] = [line.split() for line in listed.out.splitlines() if " cli-tester " in line]
-    assert row[0].startswith("key_") and row[1:3] == ["carol", "cli-tester"] and row[-1] == "-"
+    assert row[0].startswith("key_") and row[1:3] == ["carol", "cli-tester"] and row[5] == "-"
+    assert " ".join(row[6:]) == "rpm default, concurrent runs default, per day default"
 
     # The new key works; a never-used key (not in the gateway's cache) is refused once revoked.
     works = await moot({**env, "MOOT_API_KEY": key}, "list")

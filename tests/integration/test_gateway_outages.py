@@ -24,7 +24,7 @@ import pytest
 
 from moot.devstack.embedded import Infrastructure, start_nats
 from moot.messages import CancelRequested
-from moot.records.accounts import create_key
+from moot.records.accounts import NO_LIMITS, create_key
 from moot.records.migrate import migrate
 from moot.runtime.runstore import RunStore
 from moot.runtime.settings import MootSettings
@@ -74,7 +74,7 @@ async def _key(database_url: str, owner: str | None = None) -> dict[str, str]:
     owner = owner or f"outage-{uuid.uuid4().hex[:8]}"
     conn = await asyncpg.connect(database_url)
     try:
-        _, key = await create_key(conn, owner, owner)
+        _, key = await create_key(conn, owner, owner, NO_LIMITS)
     finally:
         await conn.close()
     return {"Authorization": f"Bearer {key}"}

@@ -28,7 +28,7 @@ from moot_recorder.settings import RecorderSettings
 OLD_SCHEMAS = Path(__file__).parent / "old_schemas"
 KNOWN = load_migrations()
 LATEST = KNOWN[-1].version
-TABLES = ("runs", "iterations", "calls", "debate_rounds", "events", "api_keys", "saved_configs")
+TABLES = ("runs", "iterations", "calls", "debate_rounds", "events", "api_keys", "saved_configs", "key_rates", "key_runs")
 
 MakeDatabase = Callable[[], Awaitable[str]]
 
@@ -81,7 +81,7 @@ async def catalog(url: str) -> dict[str, Any]:
 
 
 def test_the_package_holds_numbered_migrations() -> None:
-    assert [m.label for m in KNOWN] == ["0001_initial", "0002_accounts"]
+    assert [m.label for m in KNOWN] == ["0001_initial", "0002_accounts", "0003_key_limits"]
     assert all(len(m.checksum) == 64 for m in KNOWN)
 
 
@@ -126,15 +126,15 @@ async def test_an_edited_applied_migration_is_refused(empty_database: MakeDataba
         first.write_text(
             first.read_text() + "\nCREATE INDEX IF NOT EXISTS calls_model_idx ON calls (model);\n"
         )
-        (folder / "0003_more.sql").write_text("CREATE TABLE more (id int);\n")
+        (folder / "0004_more.sql").write_text("CREATE TABLE more (id int);\n")
         edited = load_migrations(folder)
         with pytest.raises(MigrationError, match=r"0001_initial .* must not be edited"):
             await migrate(conn, edited)
         with pytest.raises(MigrationError, match="must not be edited"):
             await require_current(conn, wait_seconds=5, migrations=edited)  # at once, not after 5 s
-        # Refused as a whole: the new 0003 is not applied either.
+        # Refused as a whole: the new 0004 is not applied either.
         assert await conn.fetchval("SELECT to_regclass('more')") is None
-    assert [v for v, _, _ in await history(url)] == [1, 2]
+    assert [v for v, _, _ in await history(url)] == [1, 2, 3]
 
 
 async def test_a_database_migrated_by_a_newer_moot(empty_database: MakeDatabase, caplog: Any) -> None:
@@ -143,7 +143,7 @@ async def test_a_database_migrated_by_a_newer_moot(empty_database: MakeDatabase,
     older = KNOWN[:1]
     async with connection(url) as conn:
         await migrate(conn)
-        with pytest.raises(MigrationError, match=r"does not know \(0002_accounts\).*newer moot"):
+        with pytest.raises(MigrationError, match=r"does not know \(0002_accounts, 0003_key_limits\).*newer moot"):
             await migrate(conn, older)
         with caplog.at_level(logging.WARNING, logger="moot.records.migrate"):
             assert await require_current(conn, wait_seconds=0, migrations=older) == LATEST
@@ -192,13 +192,18 @@ async def test_a_database_made_before_migrations_is_adopted(
 
 
 async def test_old_gateway_tables_keep_their_keys(empty_database: MakeDatabase) -> None:
-    from moot.records.accounts import authenticate, create_key
+    from moot.records.accounts import KEY_PREFIX, Limits, authenticate, hash_key
 
     url = await empty_database()
+    key = KEY_PREFIX + "made-by-an-old-gateway"
     async with connection(url) as conn:
         for name in ("recorder_schema.sql", "gateway_schema.sql"):
             await conn.execute((OLD_SCHEMAS / name).read_text())
-        _, key = await create_key(conn, "before")
+        # As the gateway of then wrote it (no limit columns yet).
+        await conn.execute(
+            "INSERT INTO api_keys (id, owner, name, key_hash) VALUES ('key_old', 'before', 'before', $1)",
+            hash_key(key),
+        )
         await migrate(conn)
     pool = await asyncpg.create_pool(url, min_size=1, max_size=1)
     try:
@@ -206,6 +211,7 @@ async def test_old_gateway_tables_keep_their_keys(empty_database: MakeDatabase) 
     finally:
         await pool.close()
     assert principal is not None and principal.owner == "before"
+    assert principal.limits == Limits()  # the deployment's defaults apply to it
 
 
 # --------------------------------------------------------------------------------------------- services
@@ -258,7 +264,7 @@ async def test_a_service_on_an_unmigrated_database_names_moot_migrate(
     log = err.decode()
     assert proc.returncode != 0, log
     assert "waiting for `moot migrate`" in log
-    assert "this moot needs 0002" in log and "run `moot migrate`" in log
+    assert "this moot needs 0003" in log and "run `moot migrate`" in log
     assert await existing_tables(url) == set(), "a service must not apply the schema"
 
 
@@ -316,16 +322,16 @@ async def test_moot_migrate_and_python_m_migrate(empty_database: MakeDatabase) -
     env = {**os.environ, "DATABASE_URL": url}
     code, out, err = await _command(env, "-m", "moot.cli", "migrate")
     assert code == 0, err
-    assert out.splitlines() == [*(f"applied {m.label}" for m in KNOWN), "schema is current: version 0002"]
+    assert out.splitlines() == [*(f"applied {m.label}" for m in KNOWN), "schema is current: version 0003"]
     code, out, err = await _command(env, "-m", "moot.cli", "migrate")
-    assert (code, out) == (0, "schema is current: version 0002 (nothing to apply)\n"), err
+    assert (code, out) == (0, "schema is current: version 0003 (nothing to apply)\n"), err
     assert await history(url) == [(m.version, m.name, m.checksum) for m in KNOWN]
 
     # What the Kubernetes Job and the compose service run; the URL may also come as an option.
     code, out, err = await _command(
         {**os.environ, "DATABASE_URL": ""}, "-m", "moot.records.migrate", "--database-url", url
     )
-    assert (code, out) == (0, "schema is current: version 0002\n"), err
+    assert (code, out) == (0, "schema is current: version 0003\n"), err
 
     async with connection(url) as conn:
         await conn.execute(

@@ -76,7 +76,16 @@ class Pool:
         if self.down is not None:
             raise self.down
         p = self.keys.get(digest)
-        return {"id": p.key_id, "owner": p.owner} if p else None
+        if p is None:
+            return None
+        limits = p.limits
+        return {
+            "id": p.key_id,
+            "owner": p.owner,
+            "rpm": limits.rpm,
+            "max_concurrent_runs": limits.max_concurrent_runs,
+            "usd_per_day": limits.usd_per_day,
+        }
 
 
 @pytest.fixture
@@ -88,7 +97,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 
 async def _principal(pool: Pool, key: str) -> Principal:
     clients: Any = SimpleNamespace(pool=pool)
-    return await auth.current_principal(clients, f"Bearer {key}")
+    return await auth.principal_for(clients, f"Bearer {key}")
 
 
 @pytest.mark.parametrize(

@@ -51,7 +51,7 @@ async def test_a_body_announced_larger_is_refused_unread() -> None:
     assert response.status_code == 413
     assert response.json() == {
         "error": {
-            "message": f"request body larger than {CAP} bytes",
+            "message": f"request body larger than {CAP} bytes (MOOT_MAX_BODY_BYTES)",
             "type": "invalid_request_error",
             "param": None,
             "code": "request_too_large",

@@ -16,11 +16,11 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import Depends, Header, Security
+from fastapi import Depends, Header, Request, Security
 from fastapi.security import HTTPBearer
 
 from moot.records.accounts import KEY_PREFIX, Principal, authenticate, hash_key
-from moot_gateway.deps import ClientsDep
+from moot_gateway.deps import Clients, ClientsDep
 from moot_gateway.errors import dependency_of, unauthorized, unavailable
 
 log = logging.getLogger(__name__)
@@ -98,11 +98,8 @@ _cache = KeyCache()
 _bearer = HTTPBearer(auto_error=False, description="An API key: `moot keys create`.")
 
 
-async def current_principal(
-    clients: ClientsDep,
-    authorization: Annotated[str | None, Header()] = None,
-    _declared: Annotated[object, Security(_bearer)] = None,
-) -> Principal:
+async def principal_for(clients: Clients, authorization: str | None) -> Principal:
+    """Who the `Authorization` header's key belongs to; 401 (or 503 when it cannot be told) otherwise."""
     if not authorization:
         raise unauthorized(
             "Missing API key: send 'Authorization: Bearer <key>' (create one with `moot keys create`)."
@@ -133,6 +130,23 @@ async def current_principal(
     if principal is None:
         raise unauthorized("Invalid API key.")
     return principal
+
+
+# Where the body guard (`moot_gateway.limits`) leaves the principal it authenticated before it
+# read a request's body, so that the route's dependency does not look the key up again.
+PRINCIPAL_STATE = "moot_principal"
+
+
+async def current_principal(
+    request: Request,
+    clients: ClientsDep,
+    authorization: Annotated[str | None, Header()] = None,
+    _declared: Annotated[object, Security(_bearer)] = None,
+) -> Principal:
+    known = request.scope.get("state", {}).get(PRINCIPAL_STATE)
+    if isinstance(known, Principal):
+        return known
+    return await principal_for(clients, authorization)
 
 
 _warned_at = float("-inf")

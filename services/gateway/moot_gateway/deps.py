@@ -9,9 +9,11 @@ import asyncpg
 from fastapi import Depends, Request
 from faststream.nats import NatsBroker
 
+from moot.runtime.models import ModelList
 from moot.runtime.runstore import RunStore
 from moot.runtime.settings import MootSettings
 from moot.runtime.subjects import Names
+from moot_gateway.settings import GatewaySettings
 
 
 @dataclass
@@ -21,6 +23,8 @@ class Clients:
     broker: NatsBroker
     store: RunStore
     pool: asyncpg.Pool  # the gateway does not start without Postgres: it could authenticate nobody
+    gateway: GatewaySettings
+    models: ModelList  # which model names a run may use (`moot.runtime.models`)
 
 
 def get_clients(request: Request) -> Clients:

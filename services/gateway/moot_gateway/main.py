@@ -12,9 +12,11 @@ import asyncpg
 import nats.errors
 import uvicorn
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from moot.observability import telemetry
 from moot.records.migrate import require_current
+from moot.runtime.models import ModelList
 from moot.runtime.nats import ensure_topology, make_broker, open_texts, publish_all
 from moot.runtime.runstore import RunStore
 from moot.runtime.service import setup_logging
@@ -61,7 +63,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await broker.stop()
         raise
     store = RunStore(kv=kv, names=names, publish=publish, texts=texts)
-    app.state.clients = Clients(settings, names, broker, store, pool)
+    models = ModelList.load(settings.models_file)
+    app.state.clients = Clients(settings, names, broker, store, pool, gw, models)
     try:
         yield
     finally:
@@ -87,6 +90,15 @@ def create_app(settings: MootSettings | None = None, gateway: GatewaySettings | 
     app.state.settings, app.state.gateway_settings = settings, gateway
     # Added before the instrumentation, so a refused body still gets its server span.
     app.add_middleware(BodyLimit, max_bytes=gateway.max_body_bytes)
+    # Browsers may call the API from other origins only where the operator says so (off by default).
+    if origins := gateway.cors_origin_list():
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+            expose_headers=["Location", "Retry-After"],
+        )
     # A server span per request (the root of a run's trace for POST /v1/runs), HTTP metrics.
     telemetry.instrument_fastapi(app)
     app.add_api_route("/metrics", telemetry.metrics_response, methods=["GET"], include_in_schema=False)

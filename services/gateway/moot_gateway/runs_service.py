@@ -26,7 +26,7 @@ from moot.runtime.runstore import OutboxPending
 from moot.runtime.textstore import TextStore, hydrated
 from moot.texts import TextRef, refs_in
 from moot.views import ConsortiumView, DebateView, run_view_adapter
-from moot_gateway import configs
+from moot_gateway import admission, configs
 from moot_gateway.deps import Clients
 from moot_gateway.errors import DEPENDENCY_ERRORS, ApiError, unavailable
 
@@ -119,7 +119,42 @@ async def resolve(clients: Clients, principal: Principal, body: dict[str, Any]) 
         raise RequestValidationError(
             [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
         ) from exc
+    require_callable_models(clients, request)
     return request, meta
+
+
+def models_named(request: Any) -> list[tuple[tuple[str | int, ...], str]]:
+    """Every model a run request names, with where it names it (`("members", 0, "model")`)."""
+    named: list[tuple[tuple[str | int, ...], str]] = [
+        (("members", i, "model"), m.model) for i, m in enumerate(request.members)
+    ]
+    for field in ("arbiter", "judge"):
+        model = getattr(request, field, None)
+        if isinstance(model, str):
+            named.append(((field,), model))
+    return named
+
+
+def require_callable_models(clients: Clients, request: Any) -> None:
+    """422 naming each model the deployment does not offer (`moot.runtime.models`, the allow-list)."""
+    allow_unlisted = clients.settings.allow_unlisted_models
+    wrong = [
+        (loc, m) for loc, m in models_named(request) if not clients.models.is_callable(m, allow_unlisted)
+    ]
+    if not wrong:
+        return
+    offered = ", ".join(clients.models.callable_names())
+    raise RequestValidationError(
+        [
+            {
+                "type": "value_error",
+                "loc": ("body", *loc),
+                "msg": f"model {model!r} is not offered here; the models are: {offered}",
+                "input": model,
+            }
+            for loc, model in wrong
+        ]
+    )
 
 
 def require_nats(clients: Clients) -> None:
@@ -128,15 +163,26 @@ def require_nats(clients: Clients) -> None:
         raise unavailable("nats")
 
 
-async def submit(clients: Clients, request: Any, meta: RunMeta) -> str:
-    """Store the run and publish its first commands: its id, or nothing stored at all.
+async def submit(clients: Clients, principal: Principal, request: Any, meta: RunMeta) -> str:
+    """Admit the run under its key's limits, store it and publish its first commands: its id, or
+    nothing stored at all.
 
     A run is accepted once its state is in KV: a first publish that fails then is retried in the
     background (`OutboxPending`). A failure before that (NATS unreachable) is a 503 with
-    Retry-After, and the client may submit again: nothing was accepted.
+    Retry-After, and the client may submit again: nothing was accepted, nothing counted.
     """
     require_nats(clients)
     run_id = uuid.uuid4().hex
+    await admission.admit(clients, principal, run_id, request.budget.seconds)
+    try:
+        await _create(clients, run_id, request, meta)
+    except BaseException:
+        await admission.forget(clients, run_id)
+        raise
+    return run_id
+
+
+async def _create(clients: Clients, run_id: str, request: Any, meta: RunMeta) -> None:
     transition = protocol_for(request.mode).start(run_id, request, utcnow(), meta)
     try:
         await clients.store.create(run_id, request.mode, transition)
@@ -164,7 +210,6 @@ async def submit(clients: Clients, request: Any, meta: RunMeta) -> str:
         task = asyncio.create_task(_flush_until_done(clients, run_id))
         _background.add(task)
         task.add_done_callback(_background.discard)
-    return run_id
 
 
 _background: set[asyncio.Task[None]] = set()

@@ -8,8 +8,10 @@ model_list:
     litellm_params: {model: openai/gpt-4o-mini, api_key: os.environ/OPENAI_API_KEY}
 ```
 
-A name that is not in the list goes to litellm as is (e.g. `openai/gpt-4o-mini`, with the
-provider's key taken from its usual environment variable).
+Only the list's names are callable (`callable`): the gateway refuses any other at submission,
+a worker fails a job that names one. Without a list only the embedded model, `local`, is. With
+`MOOT_ALLOW_UNLISTED_MODELS=true` a name that is not in the list goes to litellm as is (e.g.
+`openai/gpt-4o-mini`, with the provider's key taken from its usual environment variable).
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+# The embedded local model's name (`moot.devstack.localmodel`): callable when no list is configured.
+EMBEDDED_MODEL = "local"
 
 
 class LitellmParams(BaseModel):
@@ -47,6 +52,13 @@ class ModelList(BaseModel):
 
     def names(self) -> list[str]:
         return [e.model_name for e in self.model_list]
+
+    def callable_names(self) -> list[str]:
+        """The names a run may use (unless unlisted models are allowed): the list's, or `local`."""
+        return self.names() or [EMBEDDED_MODEL]
+
+    def is_callable(self, name: str, allow_unlisted: bool) -> bool:
+        return allow_unlisted or name in self.callable_names()
 
     def resolve(self, name: str) -> dict[str, Any]:
         """Keyword arguments for `litellm.acompletion` for the model called `name`."""

@@ -209,12 +209,17 @@ class RunStore:
 
         Reads the envelope only; a worker asks it before calling a model for one of its jobs.
         """
+        return await self.stored_running(run_id) is True
+
+    async def stored_running(self, run_id: str) -> bool | None:
+        """True while the run is under way, False once it ended, None when no state is stored
+        (not yet, or no longer: states expire). Reads the envelope only."""
         try:
             entry = await self.kv.get(run_id)
         except KeyNotFoundError:
-            return False
+            return None
         if entry.value is None:
-            return False
+            return None
         head = StoredRun.decode_head(entry.value)
         return (head if head.status is not None else StoredRun.decode(entry.value)).running
 

@@ -40,6 +40,11 @@ class MootSettings(BaseSettings):
     # How often every arbiter replica sweeps the run states: deadlines, outboxes a crash left.
     sweep_interval_seconds: float = 5.0
     models_file: str | None = None
+    # Off: only the model list's names are callable (without a list, only the embedded `local`);
+    # the gateway refuses any other at submission (422) and workers fail a job naming one.
+    # On: any other name goes to litellm as is (a provider id such as `openai/gpt-4o-mini`, with
+    # the provider's key from the workers' environment).
+    allow_unlisted_models: bool = False
     log_level: str = "INFO"
     # How long a service waits at start for `moot migrate` (the migration Job may still be
     # running) before it exits and its supervisor restarts it.

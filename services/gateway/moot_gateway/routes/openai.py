@@ -96,7 +96,7 @@ async def chat_completions(
         raise ApiError(
             status.HTTP_400_BAD_REQUEST, f"cannot run {chat.model!r} with these messages: {exc}"
         ) from exc
-    run_id = await runs_service.submit(clients, request, meta)
+    run_id = await runs_service.submit(clients, principal, request, meta)
     created = int(time.time())
     if chat.stream:
         include_usage = bool(chat.stream_options and chat.stream_options.include_usage)

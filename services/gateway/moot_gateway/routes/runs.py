@@ -19,6 +19,7 @@ from moot.records.queries import fetch_run_view, recent_runs
 from moot.runtime.textstore import hydrated
 from moot.views import ConsortiumView, DebateView
 from moot_gateway import runs_service
+from moot_gateway.admission import StreamSlotDep
 from moot_gateway.auth import PrincipalDep
 from moot_gateway.deps import Clients, ClientsDep
 from moot_gateway.errors import DEPENDENCY_ERRORS, ApiError, errors, stream_errors
@@ -76,7 +77,7 @@ async def create_run(
     `continue_from` (a finished run's id) makes the run continue that run's conversation.
     """
     request, meta = await runs_service.resolve(clients, principal, body)
-    run_id = await runs_service.submit(clients, request, meta)
+    run_id = await runs_service.submit(clients, principal, request, meta)
     response.headers["Location"] = f"/v1/runs/{run_id}"
     trace_id = telemetry.current_trace_id()  # this request's trace is the run's trace
     return RunAccepted(id=run_id, mode=request.mode, trace_id=trace_id, links=links(run_id))
@@ -142,6 +143,7 @@ async def run_events(
     run_id: Annotated[str, Depends(_existing_run)],
     start_after: Annotated[int, Depends(_start_after)],
     clients: ClientsDep,
+    _slot: StreamSlotDep,
 ) -> AsyncIterator[ServerSentEvent]:
     """The run's events as SSE, replayed from JetStream; `id` (and `seq` in the data) is the stream sequence.
 
