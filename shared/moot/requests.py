@@ -69,9 +69,13 @@ class MemberSpec(_Strict):
 
 
 class Budget(_Strict):
-    """What a run may spend before it is ended: for now its wall-clock time from acceptance.
+    """What a run may spend before it is ended: wall-clock time, and optionally tokens and US dollars.
 
-    An object, not a number, so that limits on tokens and cost can join `seconds` later.
+    `seconds` is a deadline the sweeper enforces (`stop_reason: deadline`). `tokens` and `usd` are
+    checked by the protocol before it issues calls: a run that could exceed one with its next
+    calls ends instead (`stop_reason: budget`; how a call's spend is reserved:
+    `moot.protocols.base.over_budget`). They are left out of the stored request when not set, so a
+    request without them reads as it always did.
     """
 
     seconds: int = Field(
@@ -79,6 +83,19 @@ class Budget(_Strict):
         ge=1,
         le=86_400,
         description="Wall-clock seconds from acceptance; then the run ends (`stop_reason: deadline`).",
+    )
+    tokens: int | None = Field(
+        None,
+        ge=1,
+        exclude_if=lambda v: v is None,
+        description="Input plus output tokens of all the run's calls, at most (`stop_reason: budget`); none: no limit.",
+    )
+    usd: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        exclude_if=lambda v: v is None,
+        description="Cost of all the run's calls in US dollars, at most (`stop_reason: budget`); none: no limit.",
     )
 
 

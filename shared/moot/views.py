@@ -19,8 +19,9 @@ from moot.texts import Text, TextRef
 
 RunStatus = Literal["running", "completed", "failed", "cancelled"]
 CallStatus = Literal["pending", "completed", "failed"]
-# Why a run was stopped short of its protocol's own end (None: it ended on its own terms).
-StopReason = Literal["deadline"]
+# Why a run was stopped short of its protocol's own end (None: it ended on its own terms):
+# `deadline` when its time ran out, `budget` when its next calls could exceed its token or USD limit.
+StopReason = Literal["deadline", "budget"]
 
 # ---------------------------------------------------------------------------------------------
 # Parts a view shares with the run's events
@@ -89,7 +90,9 @@ class _RunView(BaseModel):
     continued_from: str | None = Field(None, description="The run whose conversation this one continues.")
     deadline: Timestamp | None = Field(None, description="When the run is ended if still running (`budget`).")
     stop_reason: StopReason | None = Field(
-        None, description="Why the run was stopped short: `deadline` when its time ran out."
+        None,
+        description="Why the run was stopped short: `deadline` when its time ran out, `budget` when"
+        " its next calls could have exceeded its token or USD limit.",
     )
 
 

@@ -146,6 +146,7 @@ async def test_every_service_exposes_its_metrics(metered_stack: tuple[Stack, str
     assert _value(recorder, "moot_runs_finished_total", mode="consortium", status="completed") == 1
     assert _value(recorder, "moot_runs_finished_total", mode="consortium", status="failed") == 1
     assert _value(recorder, "moot_runs_finished_total", mode="debate", status="completed") == 1
+    assert _value(recorder, "moot_runs_finished_total", status="completed", stop_reason="none") == 2
     assert _value(recorder, "moot_run_duration_seconds_count", mode="debate", status="completed") == 1
     assert _value(recorder, "moot_run_duration_seconds_sum", mode="debate", status="completed") > 0
     # The judge stops the debate after round 2.

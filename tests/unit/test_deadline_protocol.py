@@ -71,7 +71,7 @@ def test_budget_defaults_to_900_seconds_and_is_bounded() -> None:
         assert err.value.errors()[0]["loc"][:2] == ("consortium", "budget")
     with pytest.raises(ValidationError):  # a limit it does not know is refused, not ignored
         DebateRequest.model_validate(
-            {"prompt": "p", "members": [{"model": "a", "count": 2}], "budget": {"tokens": 5}}
+            {"prompt": "p", "members": [{"model": "a", "count": 2}], "budget": {"minutes": 5}}
         )
 
 

@@ -268,7 +268,10 @@ def _observe_recorded(result: WriteResult, skipped: int) -> None:
             view = inline_view(e.run)
             status = {RunCompleted: "completed", RunFailed: "failed"}.get(type(e), "cancelled")
             labels = {"mode": view.mode, "status": status}
-            metrics.runs_finished.add(1, labels)
+            # Why it stopped short, if it did: `deadline` or `budget` (a run's time or spend limit).
+            metrics.runs_finished.add(1, {**labels, "stop_reason": view.stop_reason or "none"})
+            if view.usage.cost_usd is not None:
+                metrics.run_cost.record(view.usage.cost_usd, labels)
             if view.created_at is not None:
                 finished = view.finished_at or e.at
                 seconds = (_aware(finished) - _aware(view.created_at)).total_seconds()

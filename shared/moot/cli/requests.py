@@ -57,6 +57,18 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="the run's deadline: it ends N seconds after it starts (default 900)",
     )
+    p.add_argument(
+        "--budget-tokens",
+        type=int,
+        metavar="N",
+        help="at most N tokens (input + output) over all calls: the run ends before calls that could exceed it",
+    )
+    p.add_argument(
+        "--budget-usd",
+        type=float,
+        metavar="X",
+        help="at most X US dollars over all calls (priced models only): the run ends before exceeding it",
+    )
 
 
 def add_consortium_options(p: argparse.ArgumentParser) -> None:
@@ -119,8 +131,14 @@ def _per_call(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _budget(args: argparse.Namespace) -> dict[str, Any]:
-    seconds = getattr(args, "budget_seconds", None)
-    return {"budget": {"seconds": seconds}} if seconds is not None else {}
+    """The limits given (`--budget-seconds`, `--budget-tokens`, `--budget-usd`) as `budget`; the
+    gateway fills in the others (from a saved configuration, limit by limit, or the defaults)."""
+    limits = {
+        limit: getattr(args, f"budget_{limit}")
+        for limit in ("seconds", "tokens", "usd")
+        if getattr(args, f"budget_{limit}", None) is not None
+    }
+    return {"budget": limits} if limits else {}
 
 
 def consortium_fields(args: argparse.Namespace) -> dict[str, Any]:

@@ -8,7 +8,7 @@ bounded: mode, status, model, role, outcome, consumer; never a run id.
 | instrument | kind | attributes | recorded by |
 | --- | --- | --- | --- |
 | `moot.runs.started` | counter | mode | recorder, once per run (first time its start event is recorded) |
-| `moot.runs.finished` | counter | mode, status (completed, failed, cancelled) | recorder, once per run |
+| `moot.runs.finished` | counter | mode, status (completed, failed, cancelled), stop_reason (budget, deadline, none) | recorder, once per run |
 | `moot.run.duration` (s) | histogram | mode, status | recorder: created to finished |
 | `moot.run.rounds` | histogram | mode, status | recorder: iterations (consortium) / rounds (debate) |
 | `gen_ai.client.operation.duration` (s) | histogram | gen_ai.request.model, gen_ai.provider.name, gen_ai.operation.name, moot.role, moot.outcome, error.type | member-worker, per model call attempt |
@@ -49,7 +49,15 @@ _BATCH = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
 runs_started = meter.create_counter("moot.runs.started", unit="{run}", description="Runs started, by mode.")
 runs_finished = meter.create_counter(
-    "moot.runs.finished", unit="{run}", description="Runs that ended, by mode and status."
+    "moot.runs.finished",
+    unit="{run}",
+    description="Runs that ended, by mode, status and stop_reason (deadline, budget or none).",
+)
+run_cost = meter.create_histogram(
+    "moot.run.cost",
+    unit="USD",
+    description="What a run spent, when its provider reported costs, by mode and status.",
+    explicit_bucket_boundaries_advisory=(0.0001, 0.001, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 50),
 )
 run_duration = meter.create_histogram(
     "moot.run.duration",

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from moot.messages import (
     AnyRunEvent,
@@ -20,11 +21,16 @@ from moot.messages import (
     RunCompleted,
     RunFailed,
 )
-from moot.requests import ChatMessage, RunMeta
-from moot.texts import ImagePart, Parts, TextSink, compose, join
-from moot.views import ConsortiumView, DebateView
+from moot.requests import Budget, ChatMessage, RunMeta
+from moot.texts import ImagePart, Parts, TextRef, TextSink, compose, join
+from moot.views import ConsortiumView, DebateView, StopReason, Usage
 
 S = TypeVar("S", bound=BaseModel)
+
+
+def _is_none(value: object) -> bool:
+    return value is None
+
 
 # A command is a message to publish: a call job for the workers, or a run event.
 Command = CallJob | AnyRunEvent
@@ -72,6 +78,38 @@ def cancel(
     return Transition(state, [cancelled], sink.texts)
 
 
+def end_early(
+    state: Any,
+    at: datetime,
+    stop_reason: StopReason,
+    cause: str,
+    view: Callable[[Any], ConsortiumView | DebateView],
+    sink: TextSink,
+    best: tuple[Any, str] | None = None,
+    announce: Callable[[Any, str], list[Command]] | None = None,
+) -> list[Command]:
+    """Any protocol's run, ended short of its own end where it stands: its deadline passed, or its
+    next calls could exceed its budget (`stop_reason`). Changes `state` (a copy the caller made) in
+    place and returns the commands that end it; no job is among them.
+
+    `cause` says why ("deadline of 60 s passed during iteration 2"). With `best` (a result, and
+    what it is) the run is `completed` with that result; otherwise it is `failed`. `announce`
+    gives the protocol's own events before the end event (a debate's `error`).
+    """
+    state.stop_reason, state.finished_at = stop_reason, at
+    if best is not None:
+        result, what = best
+        state.status, state.result = "completed", result
+        state.reason = f"{cause}; the run ends with {what}"
+    else:
+        state.status = "failed"
+        state.reason = f"{cause}, before any result"
+    commands = announce(state, state.reason) if announce else []
+    end = RunCompleted if state.status == "completed" else RunFailed
+    commands.append(end(run_id=state.run_id, reason=state.reason, run=sink.document(view(state)), at=at))
+    return commands
+
+
 def end_at_deadline(
     state: Any,
     event: DeadlinePassed,
@@ -80,32 +118,114 @@ def end_at_deadline(
     best: tuple[Any, str] | None = None,
     announce: Callable[[Any, str], list[Command]] | None = None,
 ) -> Transition[Any]:
-    """Any protocol's run, ended at its deadline where it stands: no new jobs, `stop_reason: deadline`.
+    """Any protocol's run, ended at its deadline where it stands (`end_early`, `stop_reason: deadline`).
 
-    `where` says how far it got ("during iteration 2"). With `best` (a result, and what it is) the
-    run is `completed` with that result; otherwise it is `failed`. `announce` gives the protocol's
-    own events before the end event (a debate's `error`). Nothing changes before the deadline, nor
+    `where` says how far it got ("during iteration 2"). Nothing changes before the deadline, nor
     for a run that has ended: two sweepers deciding the same run end it once (the CAS write).
     """
     if state.status != "running" or state.deadline is None or event.at < state.deadline:
         return Transition(state, [])
     state = state.model_copy(deep=True)
     seconds = round((state.deadline - state.created_at).total_seconds())
-    state.stop_reason, state.finished_at = "deadline", event.at
     sink = TextSink()
-    if best is not None:
-        result, what = best
-        state.status, state.result = "completed", result
-        state.reason = f"deadline of {seconds} s passed {where}; the run ends with {what}"
-    else:
-        state.status = "failed"
-        state.reason = f"deadline of {seconds} s passed {where}, before any result"
-    commands = announce(state, state.reason) if announce else []
-    end = RunCompleted if state.status == "completed" else RunFailed
-    commands.append(
-        end(run_id=state.run_id, reason=state.reason, run=sink.document(view(state)), at=event.at)
-    )
+    cause = f"deadline of {seconds} s passed {where}"
+    commands = end_early(state, event.at, "deadline", cause, view, sink, best, announce)
     return Transition(state, commands, sink.texts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Run budgets: tokens and US dollars
+
+
+class Limits(BaseModel):
+    """A run's limits on tokens and US dollars (`moot.requests.Budget`), kept in its state, and the
+    costliest call the run has made so far: what `over_budget` reserves per call in dollars.
+
+    A state holds one only when the request set a limit (`of`), so a run without one is as before.
+    """
+
+    tokens: int | None = Field(None, exclude_if=_is_none)
+    usd: float | None = Field(None, exclude_if=_is_none)
+    costliest_usd: float = 0.0
+
+    @classmethod
+    def of(cls, budget: Budget) -> Limits | None:
+        if budget.tokens is None and budget.usd is None:
+            return None
+        return cls(tokens=budget.tokens, usd=budget.usd)
+
+    def after(self, usage: Usage) -> Limits:
+        """These limits once a call that spent `usage` is in: a new object when it cost the most
+        so far (the caller's state may share this one with the state `decide()` was given)."""
+        if usage.cost_usd is None or usage.cost_usd <= self.costliest_usd:
+            return self
+        return self.model_copy(update={"costliest_usd": usage.cost_usd})
+
+
+def prompt_tokens(job: CallJob) -> int:
+    """What a call's prompt is estimated to cost: ceil(characters / 4) over its messages' texts.
+
+    An inline string counts its length, a reference its `chars`. A stored document in the
+    messages (the conversation a run continues, a member's earlier turns, a closed round of a
+    debate's transcript quoted as one part) counts the characters of its JSON, where the long texts
+    it quotes are references of their own: the estimate stays low for such prompts, and what the
+    calls then report (their usage) is what counts as spent. Tool definitions count like a text;
+    images count nothing (a data URL's length says nothing about its tokens).
+    """
+    chars = job.tools.chars if job.tools is not None else 0
+    for message in job.messages:
+        if isinstance(message, TextRef):
+            chars += message.chars
+            continue
+        for part in message.content:
+            if isinstance(part, str):
+                chars += len(part)
+            elif isinstance(part, TextRef):
+                chars += part.chars
+    return math.ceil(chars / 4)
+
+
+def over_budget(limits: Limits | None, spent: Usage, jobs: Sequence[CallJob]) -> str | None:
+    """Why the run must not issue `jobs`, or None when it may: asked by a protocol before every
+    call it issues, with what the run has spent (`usage`, every call's reported usage summed).
+
+    Tokens: what is spent (input + output tokens) plus what the jobs may take must not exceed
+    `limits.tokens`. A job may take its prompt's estimated tokens (`prompt_tokens`) plus its
+    `max_tokens`; a job without `max_tokens` reserves its prompt only, so the answers of the calls
+    issued may take the run past its limit (then no further call is issued).
+
+    US dollars: the protocol knows no prices, so every job is reserved at the highest cost of one
+    call of the run so far (`Limits.costliest_usd`; 0 before any cost is known, so the first
+    calls always go ahead) and what is spent (`cost_usd`) plus that must not exceed `limits.usd`.
+    A call whose cost is not known (litellm has no price for its model) counts as free.
+    """
+    if limits is None or not jobs:
+        return None
+    calls = "the next call" if len(jobs) == 1 else f"the next {len(jobs)} calls"
+    if limits.tokens is not None:
+        tokens = spent.input_tokens + spent.output_tokens
+        reserved = sum(prompt_tokens(job) + (job.max_tokens or 0) for job in jobs)
+        if tokens + reserved > limits.tokens:
+            return (
+                f"token budget of {limits.tokens} would be exceeded: "
+                f"{tokens} spent, {calls} may take up to {reserved}"
+            )
+    if limits.usd is not None:
+        usd = spent.cost_usd or 0.0
+        reserved_usd = len(jobs) * limits.costliest_usd
+        total = usd + reserved_usd
+        # Sums of float prices: a total equal to the limit but for rounding does not exceed it.
+        if total > limits.usd and not math.isclose(total, limits.usd, rel_tol=1e-9):
+            return (
+                f"USD budget of {_usd(limits.usd)} would be exceeded: "
+                f"{_usd(usd)} spent, {calls} may cost up to {_usd(reserved_usd)}"
+            )
+    return None
+
+
+def _usd(amount: float) -> str:
+    """$0.0125: enough digits for the cost of a few calls, no trailing zeros."""
+    return "$" + (f"{amount:.6f}".rstrip("0").rstrip(".") or "0")
 
 
 def dead_lettered(

@@ -8,6 +8,10 @@ Stages of one iteration, in order:
 2. `_ask_arbiter`    once all members are in (answered or failed), the arbiter synthesizes;
 3. `_judge_iteration` the arbiter's verdict and the stop rule decide: stop, or ask the
                       members again with a refinement prompt (`prompts.refinement_prompt`).
+
+A budget of tokens or US dollars is checked before each of those calls is issued
+(`moot.protocols.base.over_budget`): when the members of an iteration, or its arbiter, could take
+the run past it, the run ends instead, before them (`_stop_for_budget`, `stop_reason: budget`).
 """
 
 from __future__ import annotations
@@ -33,11 +37,14 @@ from moot.messages import (
 )
 from moot.protocols.base import (
     Command,
+    Limits,
     Transition,
     cancel,
     conversation_parts,
     dead_lettered,
     end_at_deadline,
+    end_early,
+    over_budget,
     stored_history,
 )
 from moot.protocols.consortium import prompts
@@ -129,6 +136,7 @@ class ConsortiumState(BaseModel):
     created_at: datetime
     finished_at: datetime | None = None
     deadline: datetime | None = None  # created_at + the budget's seconds (None: a state from before budgets)
+    limits: Limits | None = Field(None, exclude_if=_is_none)  # the budget's tokens and USD, when it sets any
     stop_reason: StopReason | None = Field(None, exclude_if=_is_none)
     # The iteration under way, in full. A finished one moves to `done` (`_archive`): the state,
     # read and rewritten on every outcome, holds one iteration's calls whatever the run's length.
@@ -140,7 +148,8 @@ class ConsortiumState(BaseModel):
     past: Parts = Field(default_factory=list)  # the arbiter's earlier syntheses, as its prompt quotes them
     usage: Usage = Field(default_factory=Usage)
     result: ArbiterVerdict | None = None
-    # The verdict of the last finished iteration: what a run stopped at its deadline ends with.
+    # The verdict of the last finished iteration: what a run stopped at its deadline or by its
+    # budget ends with.
     last_verdict: ArbiterVerdict | None = Field(None, exclude_if=_is_none)
     reason: str | None = None
     meta: RunMeta = Field(default_factory=RunMeta)
@@ -174,11 +183,13 @@ def start(
         request=sink.document(request),
         created_at=at,
         deadline=at + timedelta(seconds=request.budget.seconds),
+        limits=Limits.of(request.budget),
         meta=meta,
     )
     state.heads = [None] * len(state.plan.instances())
     commands: list[Command] = [RunCreated(run_id=run_id, request=state.request, at=at, meta=meta)]
-    commands += _ask_members(state, prompts.member_prompt(state.prompt), at)
+    # A budget too small for the first calls fails the run here: `run.created`, then `run.failed`.
+    commands += _ask_members(state, prompts.member_prompt(state.prompt), at, sink)
     return Transition(state, commands, sink.texts)
 
 
@@ -215,7 +226,7 @@ def decide(state: ConsortiumState, event: Any) -> Transition[ConsortiumState]:
             )
             reason = f"every member call failed in iteration {it.number}: {errors}"
             return _fail(state, reason, event.at, sink)
-        return Transition(state, _ask_arbiter(state), sink.texts)
+        return Transition(state, _ask_arbiter(state, event.at, sink), sink.texts)
 
     if isinstance(event, CallFailed):
         return _fail(state, f"arbiter call failed in iteration {it.number}: {event.error}", event.at, sink)
@@ -261,7 +272,8 @@ def _iteration_view(state: ConsortiumState, it: Iteration, instances: list[tuple
 # changes (the iteration list, the current iteration, the run's status) is that copy's own.
 
 
-def _ask_members(state: ConsortiumState, prompt: Parts, at: datetime) -> list[Command]:
+def _ask_members(state: ConsortiumState, prompt: Parts, at: datetime, sink: TextSink) -> list[Command]:
+    """Open the next iteration: a job per member instance, unless the budget cannot take them."""
     number = len(state.done) + 1
     plan = state.plan
     jobs = [
@@ -278,6 +290,8 @@ def _ask_members(state: ConsortiumState, prompt: Parts, at: datetime) -> list[Co
         )
         for index, (model, instance) in enumerate(plan.instances())
     ]
+    if why := over_budget(state.limits, state.usage, jobs):
+        return _stop_for_budget(state, why, at, sink)
     members = [Call() for _ in jobs]
     state.iterations = [Iteration(number=number, prompt=prompt, members=members)]
     started = IterationStarted(
@@ -306,7 +320,8 @@ def _conversation(state: ConsortiumState, index: int, prompt: Parts) -> list[Job
 
 def _archive(state: ConsortiumState, sink: TextSink) -> None:
     """Move the finished iteration out of the state: into `done` (its view, stored), each member
-    instance's answer into its `heads` document, the verdict into the arbiter's `past`."""
+    instance's answer into its `heads` document, the verdict into the arbiter's `past`. No
+    iteration is under way until `_ask_members` opens the next one (if the budget allows)."""
     it = state.current
     heads = list(state.heads)
     for index, call in enumerate(it.members):
@@ -321,24 +336,27 @@ def _archive(state: ConsortiumState, sink: TextSink) -> None:
     item = prompts.history_item(it.number, it.verdict)
     state.past = sink.parts([*state.past, "\n", *item] if state.past else item)
     state.done = [*state.done, sink.document(_iteration_view(state, it, state.plan.instances()))]
+    state.iterations = []
 
 
-def _ask_arbiter(state: ConsortiumState) -> list[Command]:
+def _ask_arbiter(state: ConsortiumState, at: datetime, sink: TextSink) -> list[Command]:
+    """Every member is in: the arbiter's job, unless the budget cannot take it."""
     it = state.current
     plan = state.plan
+    job = CallJob(
+        call_id=CallJob.make_id(state.run_id, it.number, "arbiter", plan.arbiter, 1),
+        run_id=state.run_id,
+        iteration=it.number,
+        role="arbiter",
+        model=plan.arbiter,
+        instance=1,
+        messages=[JobMessage(role="user", content=prompts.arbiter_prompt(state))],
+        max_tokens=plan.max_tokens,
+    )
+    if why := over_budget(state.limits, state.usage, [job]):
+        return _stop_for_budget(state, why, at, sink)
     it.arbiter = Call()
-    return [
-        CallJob(
-            call_id=CallJob.make_id(state.run_id, it.number, "arbiter", plan.arbiter, 1),
-            run_id=state.run_id,
-            iteration=it.number,
-            role="arbiter",
-            model=plan.arbiter,
-            instance=1,
-            messages=[JobMessage(role="user", content=prompts.arbiter_prompt(state))],
-            max_tokens=plan.max_tokens,
-        )
-    ]
+    return [job]
 
 
 def _judge_iteration(
@@ -359,7 +377,7 @@ def _judge_iteration(
     state.last_verdict = verdict
     _archive(state, sink)
     asked = prompts.refinement_prompt(state.prompt, verdict)
-    return Transition(state, [done, *_ask_members(state, asked, at)], sink.texts)
+    return Transition(state, [done, *_ask_members(state, asked, at, sink)], sink.texts)
 
 
 def _stop_at_deadline(state: ConsortiumState, event: DeadlinePassed) -> Transition[ConsortiumState]:
@@ -373,6 +391,15 @@ def _stop_at_deadline(state: ConsortiumState, event: DeadlinePassed) -> Transiti
     elif state.last_verdict is not None:
         best = state.last_verdict, f"the synthesis of iteration {len(state.done)}"
     return end_at_deadline(state, event, view, f"during iteration {it.number}", best)
+
+
+def _stop_for_budget(state: ConsortiumState, why: str, at: datetime, sink: TextSink) -> list[Command]:
+    """The next calls could exceed the budget: the run ends before them, `completed` with the
+    synthesis of its last finished iteration if it has one (as at its deadline), else `failed`."""
+    best: tuple[ArbiterVerdict, str] | None = None
+    if state.last_verdict is not None:
+        best = state.last_verdict, f"the synthesis of iteration {len(state.done)}"
+    return end_early(state, at, "budget", why, view, sink, best)
 
 
 def should_stop(
@@ -441,7 +468,7 @@ def _record_outcome(
         "latency_ms": event.latency_ms,
         "worker": event.worker,
     }
-    usage = state.usage
+    usage, limits = state.usage, state.limits
     it = state.current
     if isinstance(event, CallCompleted):
         text = _answer(event)
@@ -449,6 +476,7 @@ def _record_outcome(
         if call is not it.arbiter:
             outcome["confidence"] = extract_member_confidence(text)
         usage = usage.plus(event.usage)
+        limits = limits.after(event.usage) if limits is not None else None
     else:
         outcome.update(status="failed", error=event.error)
 
@@ -457,7 +485,8 @@ def _record_outcome(
     else:
         members = [m.model_copy(update=outcome) if m is call else m for m in it.members]
         it = it.model_copy(update={"members": members})
-    return state.model_copy(update={"iterations": [*state.iterations[:-1], it], "usage": usage})
+    update = {"iterations": [*state.iterations[:-1], it], "usage": usage, "limits": limits}
+    return state.model_copy(update=update)
 
 
 def _stored_verdict(verdict: ArbiterVerdict, sink: TextSink) -> ArbiterVerdict:

@@ -50,6 +50,12 @@ Decisions where the behaviour had room:
   named most often stays in (ties: the earliest in order) and `convergence_status.kept` says so.
 - A failed debater turn is recorded and the turn order goes on; the run fails only when every
   turn of a round failed. A failed final call fails the run.
+- A budget of tokens or US dollars is checked before every call is issued (round 1's turns
+  together, each later turn, the judge, a round's conviction checks together, the final verdict
+  or summary; `moot.protocols.base.over_budget`). When those calls could take the run past it,
+  the debate ends before them (`_within_budget`): it has no answer yet, so it fails as at its
+  deadline (`error`, then `run.failed`, `stop_reason: budget`), rather than skip to a final call
+  that would spend more.
 - `{model_name}` in a custom template is the model's name; `{debater_number}` tells instances
   of one model apart. The system prompt, temperature and max_tokens of a debater apply to all of
   its calls; tools and attachments to its debate turns; images to its round-1 turn only.
@@ -103,10 +109,13 @@ from moot.messages import (
 )
 from moot.protocols.base import (
     Command,
+    Limits,
     Transition,
     cancel,
     dead_lettered,
     end_at_deadline,
+    end_early,
+    over_budget,
     stored_history,
 )
 from moot.protocols.debate import prompts
@@ -240,6 +249,7 @@ class DebateState(BaseModel):
     created_at: datetime
     finished_at: datetime | None = None
     deadline: datetime | None = None  # created_at + the budget's seconds (None: a state from before budgets)
+    limits: Limits | None = Field(None, exclude_if=_none)  # the budget's tokens and USD, when it sets any
     stop_reason: StopReason | None = Field(None, exclude_if=_none)
     debaters: list[Debater]
     rounds: list[Round] = Field(default_factory=list)
@@ -288,6 +298,7 @@ def start(
         template=prompts.parse_template(request.custom_prompt, sink) if request.custom_prompt else None,
         created_at=at,
         deadline=at + timedelta(seconds=request.budget.seconds),
+        limits=Limits.of(request.budget),
         debaters=_line_up(request),
         meta=meta,
     )
@@ -302,7 +313,8 @@ def start(
         meta=meta,
         at=at,
     )
-    return Transition(state, [announce, *_open_round(state, at)], sink.texts)
+    # A budget too small for round 1 fails the debate here: `debate_start`, `error`, `run.failed`.
+    return Transition(state, [announce, *_open_round(state, at, sink)], sink.texts)
 
 
 def decide(state: DebateState, event: Any) -> Transition[DebateState]:
@@ -314,7 +326,7 @@ def decide(state: DebateState, event: Any) -> Transition[DebateState]:
     if isinstance(event, DeadlinePassed):
         # A debate has no answer before its final call's, which ends it at once: one still running
         # at its deadline has none, and fails (after an `error`, like any failed debate).
-        where = f"during round {state.current.number}"
+        where = f"during round {len(state.rounds)}"
         return end_at_deadline(state, event, view, where, announce=_announce_error(event.at))
     if state.status != "running" or not isinstance(event, CallCompleted | CallFailed):
         return Transition(state, [])
@@ -416,21 +428,22 @@ def _line_up(request: DebateRequest) -> list[Debater]:
     return debaters
 
 
-def _open_round(state: DebateState, at: datetime) -> list[Command]:
+def _open_round(state: DebateState, at: datetime, sink: TextSink) -> list[Command]:
     number = len(state.rounds) + 1
     speakers = state.active()
     state.rounds.append(Round(number=number, speakers=[d.number for d in speakers]))
     opened = RoundStart(run_id=state.run_id, round=number, debaters=[d.ref() for d in speakers], at=at)
-    if number == 1:
-        # Independent first positions: nobody sees anybody, so everyone is asked at once.
-        return [opened, *(_ask_debater(state, d) for d in speakers)]
-    return [opened, *_next_turn(state)]
+    # Round 1: independent first positions, nobody sees anybody, so everyone is asked at once.
+    # Later rounds: the first speaker (`_next_turn` asks the others).
+    jobs = [_ask_debater(state, d) for d in (speakers if number == 1 else speakers[:1])]
+    # A round the budget cannot open is taken back: the view shows no round that never began.
+    return _within_budget(state, jobs, at, sink, take_back=state.rounds.pop, before=[opened])
 
 
-def _next_turn(state: DebateState) -> list[Command]:
+def _next_turn(state: DebateState, at: datetime, sink: TextSink) -> list[Command]:
     rnd = state.current
     speaker = state.debater(rnd.speakers[len(rnd.turns)])
-    return [_ask_debater(state, speaker)]
+    return _within_budget(state, [_ask_debater(state, speaker)], at, sink, take_back=rnd.turns.pop)
 
 
 def _ask_debater(state: DebateState, debater: Debater) -> CallJob:
@@ -454,7 +467,7 @@ def _turn_taken(state: DebateState, call: Call, at: datetime, sink: TextSink) ->
     if any(t.status == "pending" for t in rnd.turns):
         return done  # round 1: others still answering
     if len(rnd.turns) < len(rnd.speakers):
-        return [*done, *_next_turn(state)]
+        return [*done, *_next_turn(state, at, sink)]
     return [*done, *_close_round(state, at, sink)]
 
 
@@ -506,10 +519,10 @@ def _after_round(state: DebateState, at: datetime, sink: TextSink) -> list[Comma
         return _end(state, reason, at, sink)
     checkpoint = state.current.number >= 2 and state.current.judge is None and not state.current.convictions
     if checkpoint and state.judge_mode == "external_judge":
-        return [_ask_judge(state)]
+        return _ask_judge(state, at, sink)
     if checkpoint and state.judge_mode == "self_convergence":
-        return _ask_convictions(state)
-    return _open_round(state, at)
+        return _ask_convictions(state, at, sink)
+    return _open_round(state, at, sink)
 
 
 def _end(state: DebateState, reason: str, at: datetime, sink: TextSink) -> list[Command]:
@@ -517,17 +530,18 @@ def _end(state: DebateState, reason: str, at: datetime, sink: TextSink) -> list[
     state.reason = reason
     if state.judge_mode == "display_only":
         return _finish(state, reason, at, sink)
-    return _ask_final(state, at)
+    return _ask_final(state, at, sink)
 
 
 # External judge ------------------------------------------------------------------------------
 
 
-def _ask_judge(state: DebateState) -> CallJob:
+def _ask_judge(state: DebateState, at: datetime, sink: TextSink) -> list[Command]:
     rnd = state.current
     assert state.judge is not None
     rnd.judge = _new_call(state, "judge", state.judge, 1, None)
-    return _job(state, rnd.judge, None, prompts.judge_decision_prompt(state))
+    job = _job(state, rnd.judge, None, prompts.judge_decision_prompt(state))
+    return _within_budget(state, [job], at, sink, take_back=lambda: setattr(rnd, "judge", None))
 
 
 def _judge_answered(
@@ -565,15 +579,15 @@ def _judge_answered(
 # Self-convergence ----------------------------------------------------------------------------
 
 
-def _ask_convictions(state: DebateState) -> list[Command]:
+def _ask_convictions(state: DebateState, at: datetime, sink: TextSink) -> list[Command]:
     rnd = state.current
-    jobs: list[Command] = []
+    jobs: list[CallJob] = []
     for debater in state.active():
         prompt = prompts.conviction_prompt(state, debater)
         call = _new_call(state, "conviction", debater.model, debater.instance, debater.number)
         rnd.convictions.append(call)
         jobs.append(_job(state, call, state.members[debater.spec], prompt))
-    return jobs
+    return _within_budget(state, jobs, at, sink, take_back=rnd.convictions.clear)
 
 
 def _conviction_answered(state: DebateState, at: datetime, sink: TextSink) -> list[Command]:
@@ -638,7 +652,7 @@ def _most_persuasive(convinced: list[Call], active: list[Debater]) -> int:
 # The end ---------------------------------------------------------------------------------------
 
 
-def _ask_final(state: DebateState, at: datetime) -> list[Command]:
+def _ask_final(state: DebateState, at: datetime, sink: TextSink) -> list[Command]:
     """The judge's verdict (external judge) or the first remaining debater's summary, streamed."""
     member: Member | None
     if state.judge_mode == "external_judge":
@@ -653,7 +667,10 @@ def _ask_final(state: DebateState, at: datetime) -> list[Command]:
         member = state.members[winner.spec]
     state.final = call
     started = FinalStart(run_id=state.run_id, call_id=_call_id(state, call), at=at, **_final_who(state, call))
-    return [started, _job(state, call, member, prompt, stream=True)]
+    job = _job(state, call, member, prompt, stream=True)
+    return _within_budget(
+        state, [job], at, sink, take_back=lambda: setattr(state, "final", None), before=[started]
+    )
 
 
 def _final_answered(state: DebateState, call: Call, at: datetime, sink: TextSink) -> list[Command]:
@@ -681,10 +698,33 @@ def _finish(state: DebateState, reason: str, at: datetime, sink: TextSink) -> li
 
 
 def _announce_error(at: datetime) -> Callable[[DebateState, str], list[Command]]:
-    """A debate's `error` event, which precedes its `run.failed` (see `_fail`)."""
+    """A debate's `error` event, which precedes its `run.failed` (see `_fail`); with no round when
+    the debate ends before round 1 (a budget too small for its first calls)."""
     return lambda state, reason: [
-        DebateError(run_id=state.run_id, message=reason, round=state.current.number, at=at)
+        DebateError(run_id=state.run_id, message=reason, round=len(state.rounds) or None, at=at)
     ]
+
+
+def _within_budget(
+    state: DebateState,
+    jobs: list[CallJob],
+    at: datetime,
+    sink: TextSink,
+    *,
+    take_back: Callable[[], object],
+    before: list[Command] | None = None,
+) -> list[Command]:
+    """`before` (the events announcing the calls) and the jobs, when the budget can take them
+    (`moot.protocols.base.over_budget`). Otherwise the debate ends before them: `take_back` first
+    removes the calls (or the round) just added to the state, so that the view shows no call that
+    was never issued, then it fails like at its deadline (a debate has no answer before its final
+    call's): `error`, then `run.failed`, `stop_reason: budget`.
+    """
+    why = over_budget(state.limits, state.usage, jobs)
+    if why is None:
+        return [*(before or []), *jobs]
+    take_back()
+    return end_early(state, at, "budget", why, view, sink, announce=_announce_error(at))
 
 
 def _fail(state: DebateState, reason: str, at: datetime, sink: TextSink) -> list[Command]:
@@ -772,6 +812,8 @@ def _record_outcome(
         text = _answer(event)
         call.status, call.text, call.usage = "completed", sink.text(text), event.usage
         state.usage = state.usage.plus(event.usage)
+        if state.limits is not None:
+            state.limits = state.limits.after(event.usage)
         if call.role == "conviction":
             others = [d for d in state.active() if d.number != call.debater_number]
             call.convinced, call.convinced_by = parse_conviction(text, others)
