@@ -319,6 +319,7 @@ def arbiter_messages(prompt: str, answers: list[tuple[str, str]]) -> list[dict[s
     # The same arbiter prompt moot builds (moot.protocols.consortium.arbiter_prompt), iteration 1.
     responses = "\n".join(
         prompts.ARBITER_RESPONSE.format(
+            fence=prompts.fence(text),
             model=model,
             instance=1,
             confidence=extract_member_confidence(text) or "not stated",

@@ -39,6 +39,19 @@ def _litellm_offline() -> Iterator[None]:
         os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = previous
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_moot_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tests (and the CLI processes they start) never see a developer's local stack: the stack's
+    home (`moot.devstack.home`) is a directory of this session's own."""
+    previous = os.environ.get("MOOT_DATA_DIR")
+    os.environ["MOOT_DATA_DIR"] = str(tmp_path_factory.mktemp("moot-home"))
+    yield
+    if previous is None:
+        os.environ.pop("MOOT_DATA_DIR", None)
+    else:
+        os.environ["MOOT_DATA_DIR"] = previous
+
+
 @contextlib.contextmanager
 def _server_dir(factory: pytest.TempPathFactory, name: str) -> Iterator[Path]:
     """A directory for embedded servers' data: a pytest tmp dir, except when running as root.

@@ -220,16 +220,26 @@ class DebaterSpec(MemberSpec):
 class DebateRequest(_Strict):
     """A debate: debaters answer, then argue turn by turn; a judge mode decides how it ends.
 
-    `judge_mode` defaults to `display_only` (every round is played, nobody judges, no final
-    answer): it needs no other field and makes no calls beyond the debaters' own.
+    `judge_mode` defaults to `external_judge` when a `judge` is named (as `moot debate --judge`
+    does), else to `display_only` (every round is played, nobody judges, no final answer: it needs
+    no other field and makes no calls beyond the debaters' own).
     """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _judge_means_external(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("judge") is not None and "judge_mode" not in data:
+            return {**data, "judge_mode": "external_judge"}
+        return data
 
     mode: Literal["debate"] = "debate"
     prompt: str = Field(min_length=1, max_length=200_000)
     members: list[DebaterSpec] = Field(min_length=1, max_length=16)
     format: DebateFormat = "free_discussion"
     custom_prompt: str | None = Field(None, max_length=50_000, validate_default=True)
-    judge_mode: JudgeMode = "display_only"
+    judge_mode: JudgeMode = Field(
+        "display_only", description="`external_judge` when `judge` is given, else `display_only`."
+    )
     judge: str | None = Field(None, max_length=200, validate_default=True)
     max_rounds: int = Field(3, ge=1, le=20)
     history: list[ChatMessage] = _history_field()

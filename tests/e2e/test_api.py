@@ -124,7 +124,7 @@ async def test_bad_configurations_get_422_naming_the_field(
 ) -> None:
     r = await alice.put(f"/v1/consortiums/{name}", json=body)
     assert r.status_code == 422
-    assert any(err["loc"][-1] == field for err in r.json()["detail"]), r.json()
+    assert any(e["param"].split(".")[-1] == field for e in r.json()["error"]["errors"]), r.json()
 
 
 async def test_run_from_a_saved_configuration_with_overrides(
@@ -141,7 +141,7 @@ async def test_run_from_a_saved_configuration_with_overrides(
     old = await client.create_run({"config": "saved-run", "config_version": 1, "prompt": "Hello?"})
     assert (await client.get_run(old["id"]))["config"] == {"name": "saved-run", "version": 1}
     r = await alice.post("/v1/runs", json={"config": "nope", "prompt": "p"})
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "config"]
+    assert r.status_code == 422 and r.json()["error"]["param"] == "config"
 
 
 async def test_continue_from_an_earlier_run(client: MootClient, model_server: ModelServer) -> None:
@@ -175,7 +175,7 @@ async def test_continue_from_needs_a_finished_run_of_ones_own(
     first = await client.create_run({**CONSORTIUM, "prompt": "p"})
     await follow(client, first["id"])
     r = await bob.post("/v1/runs", json={**CONSORTIUM, "prompt": "q", "continue_from": first["id"]})
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "continue_from"]
+    assert r.status_code == 422 and r.json()["error"]["param"] == "continue_from"
     r = await alice.post("/v1/runs", json={**CONSORTIUM, "prompt": "q", "continue_from": "f" * 32})
     assert r.status_code == 422
 

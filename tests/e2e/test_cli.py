@@ -256,7 +256,7 @@ async def test_saved_configurations(env: dict[str, str], model_server: ModelServ
     model_server.reset()  # arb asks for a second iteration, which the override allows
     panel, debate = await asyncio.gather(
         moot(env, "run", "--config", "cli-panel", "--max-iterations", "2", "Say hi."),
-        moot(env, "run", "--config", "cli-debate", "Is water wet?"),
+        moot(env, "debate", "--config", "cli-debate", "Is water wet?"),
     )
     assert panel.code == 0 and "iteration 2: asking 2 member instances" in panel.err, panel
     assert panel.out.startswith(SYNTHESIS)
@@ -264,6 +264,19 @@ async def test_saved_configurations(env: dict[str, str], model_server: ModelServ
     assert record["config"] == {"name": "cli-panel", "version": 1}
     assert debate.code == 0 and debate.err.startswith("debate "), debate
     assert "verdict by the judge judge_stop:" in debate.err and debate.out.strip(), debate
+    # The command's mode and the configuration's must agree: never a consortium run as asked-for debate.
+    wrong = await moot(env, "debate", "--config", "cli-panel", "Is water wet?")
+    assert wrong.code == 2, wrong
+    assert "saved configuration 'cli-panel' is a consortium, not a debate" in wrong.err, wrong
+
+    # `--continue` alone: the continued run's models and settings, the new prompt.
+    more = await moot(env, "run", "--continue", run_id_of(panel), "--max-iterations", "1", "And why?")
+    assert more.code == 0 and more.out.startswith(SYNTHESIS), more
+    continued = await show_json(env, run_id_of(more))
+    assert continued["continued_from"] == run_id_of(panel)
+    assert continued["request"]["members"] == [{"model": "m1", "count": 2}]
+    assert continued["request"]["arbiter"] == "arb" and continued["request"]["max_iterations"] == 1
+    assert continued["request"]["history"][0]["content"] == "Say hi."
 
     removed = await moot(env, "remove", "cli-panel")
     assert removed.code == 0 and removed.out == "removed cli-panel\n", removed
@@ -305,18 +318,25 @@ async def test_keys_create_list_revoke(env: dict[str, str]) -> None:
 
 
 async def test_keys_on_the_embedded_postgres(env: dict[str, str], server_tmp_path: Path) -> None:
-    """Without DATABASE_URL: the data dir's Postgres, stopped after the command only if it started it."""
-    local = {k: v for k, v in env.items() if k != "DATABASE_URL"}
+    """Without DATABASE_URL: the data dir's Postgres, stopped after the command only if it started
+    it; a data dir with no stack and no database is an error saying where it looked (issue 13: no
+    new database that no gateway reads)."""
+    local = {k: v for k, v in env.items() if k not in ("DATABASE_URL", "MOOT_DATA_DIR")}
     data_dir = server_tmp_path / "moot"
     pid_file = data_dir / "postgres" / "postmaster.pid"
-    created = await moot(local, "keys", "create", "--name", "dev", "--data-dir", str(data_dir))
-    assert created.code == 0 and created.out.startswith("moot_"), created
-    assert not pid_file.exists(), "the command started the server, so it stops it"
+    nothing = await moot(local, "keys", "list", "--data-dir", str(data_dir))
+    assert nothing.code == 1 and f"no moot stack found: none is running from {data_dir}" in nothing.err, (
+        nothing
+    )
+    assert not (data_dir / "postgres").exists()
 
     server = await asyncio.to_thread(start_postgres, data_dir)  # as `moot up` would
     try:
-        listed = await moot(local, "keys", "list", "--data-dir", str(data_dir))
-        assert listed.code == 0 and " dev " in listed.out, listed
+        created = await moot({**local, "MOOT_DATA_DIR": str(data_dir)}, "keys", "create", "--name", "dev")
+        assert created.code == 0 and created.out.startswith("moot_"), created
         assert pid_file.exists(), "a server the command did not start keeps running"
     finally:
         await server.stop()
+    listed = await moot(local, "keys", "list", "--data-dir", str(data_dir))
+    assert listed.code == 0 and " dev " in listed.out, listed
+    assert not pid_file.exists(), "the command started the server, so it stops it"

@@ -147,15 +147,15 @@ async def test_bad_requests_get_clear_errors(stack: Stack, api_key: str) -> None
     async with httpx.AsyncClient(base_url=stack.gateway_url, headers=headers) as http:
         r = await http.post("/v1/runs", json={"prompt": "p", "members": [], "arbiter": "a"})
         assert r.status_code == 422
-        assert any(err["loc"][-1] == "members" for err in r.json()["detail"])
+        assert any(e["param"] == "members" for e in r.json()["error"]["errors"])
         r = await http.post(
             "/v1/runs", json={"prompt": "p", "members": [{"model": "a", "count": 0}], "arbiter": "a"}
         )
-        assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "count"
+        assert r.status_code == 422 and r.json()["error"]["param"].endswith(".count")
         r = await http.post(
             "/v1/runs", json={"mode": "poetry", "prompt": "p", "members": [{"model": "a"}], "arbiter": "a"}
         )
-        assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "mode"
+        assert r.status_code == 422 and r.json()["error"]["param"] == "mode"
         r = await http.get("/v1/runs/" + "0" * 32)
         assert r.status_code == 404
         r = await http.get("/v1/runs/not-a-run/events")

@@ -81,9 +81,15 @@ async def test_the_sixth_run_in_a_minute_on_a_key_with_rpm_5_is_refused(
         assert 1 <= int(refused.headers["Retry-After"]) <= 12
         # Reading is not limited; the refused run does not exist.
         assert (await http.get(f"/v1/runs/{answers[0].json()['id']}")).status_code == 200
-    # The refusal made nothing: five runs, and five admissions counted for the key.
-    assert len(await _owned_runs(stack, key)) == 5
+    # The refusal made nothing: five admissions counted for the key, five runs recorded.
     assert len(await rows(database_url, "SELECT 1 FROM key_runs WHERE key_id = $1", key_id)) == 5
+    recorded = await wait_for_rows(
+        database_url,
+        "SELECT r.id FROM runs r JOIN key_runs k ON k.run_id = r.id WHERE k.key_id = $1",
+        key_id,
+        5,
+    )
+    assert len(recorded) == 5 and len(await _owned_runs(stack, key)) == 5
 
     # Changed later, applied within the gateway's auth cache time; `0` lifts the limit.
     out, _ = await _keys(database_url, "limits", key_id, "--rpm", "0")
@@ -145,10 +151,10 @@ async def test_a_model_outside_the_model_list_is_refused_naming_it(stack: Stack,
         before = len(await _owned_runs(stack, api_key))
         response = await http.post("/v1/runs", json=body)
         assert response.status_code == 422, response.text
-        found = {".".join(map(str, e["loc"])): e["msg"] for e in response.json()["detail"]}
-        assert set(found) == {"body.members.1.model", "body.arbiter"}
-        assert "'openai/gpt-4o' is not offered here" in found["body.members.1.model"]
-        assert "'ollama/llama3'" in found["body.arbiter"] and "m1" in found["body.arbiter"]
+        found = {e["param"]: e["message"] for e in response.json()["error"]["errors"]}
+        assert set(found) == {"members.1.model", "arbiter"}
+        assert "'openai/gpt-4o' is not offered here" in found["members.1.model"]
+        assert "'ollama/llama3'" in found["arbiter"] and "m1" in found["arbiter"]
         debate = {
             "mode": "debate",
             "prompt": "?",
@@ -158,7 +164,7 @@ async def test_a_model_outside_the_model_list_is_refused_naming_it(stack: Stack,
         }
         response = await http.post("/v1/runs", json=debate)
         assert response.status_code == 422
-        assert [e["loc"] for e in response.json()["detail"]] == [["body", "judge"]]
+        assert [e["param"] for e in response.json()["error"]["errors"]] == ["judge"]
     assert len(await _owned_runs(stack, api_key)) == before
 
 

@@ -45,8 +45,13 @@ class Gateway:
 
 @asynccontextmanager
 async def running_gateway(nats_url: str, database_url: str, namespace: str) -> AsyncIterator[Gateway]:
+    # No workers here: runs are stored and read, never called, so any model name will do.
     settings = MootSettings(
-        nats_url=nats_url, database_url=database_url, namespace=namespace, schema_wait_seconds=5
+        nats_url=nats_url,
+        database_url=database_url,
+        namespace=namespace,
+        schema_wait_seconds=5,
+        allow_unlisted_models=True,
     )
     app = create_app(settings)
     async with app.router.lifespan_context(app):

@@ -946,7 +946,7 @@ def debate_error_locs(patch: dict[str, Any]) -> list[tuple[Any, ...]]:
     ("patch", "field"),
     [
         ({"judge_mode": "external_judge"}, "judge"),
-        ({"judge": "j"}, "judge"),  # display_only takes no judge
+        ({"judge": "j", "judge_mode": "display_only"}, "judge"),  # display_only takes no judge
         ({"judge_mode": "self_convergence", "judge": "j"}, "judge"),
         ({"judge_mode": "external_judge", "judge": "bad name!"}, "judge"),
         ({"max_rounds": 0}, "max_rounds"),
@@ -975,6 +975,14 @@ def test_request_validation_names_the_field(patch: dict[str, Any], field: str) -
     assert any(loc[0] == "debate" and loc[-1] == field for loc in locs), locs
 
 
+def test_a_judge_alone_means_an_external_judge() -> None:
+    """As `moot debate --judge` does: the API and the CLI agree (issue 13)."""
+    body = {"mode": "debate", "prompt": "p", "members": [{"model": "a", "count": 2}], "judge": "j"}
+    request = DebateRequest.model_validate(body)
+    assert (request.judge_mode, request.judge) == ("external_judge", "j")
+    assert DebateRequest.model_validate({**body, "judge": None}).judge_mode == "display_only"
+
+
 def test_unknown_placeholder_error_says_which_and_what_is_allowed() -> None:
     body = {"mode": "debate", "prompt": "p", "members": [{"model": "a", "count": 2}]}
     with pytest.raises(ValidationError) as info:
@@ -991,7 +999,12 @@ def test_valid_custom_templates() -> None:
 
 
 async def test_gateway_style_422_locations() -> None:
+    from fastapi.exceptions import RequestValidationError
+
+    from moot_gateway.errors import validation_error_handler
+
     app = FastAPI()
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
 
     @app.post("/v1/runs")
     def create(request: RunRequest) -> dict[str, str]:
@@ -1001,10 +1014,10 @@ async def test_gateway_style_422_locations() -> None:
         r = await http.post("/v1/runs", json={"prompt": "p", "members": [{"model": "a"}], "arbiter": "j"})
         assert r.json() == {"mode": "consortium"}
         r = await http.post("/v1/runs", json={"mode": "poetry", "prompt": "p"})
-        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "mode"]
+        assert r.status_code == 422 and r.json()["error"]["param"] == "mode"
         custom = {"format": "custom", "custom_prompt": "{nope}"}
         r = await http.post(
             "/v1/runs",
             json={"mode": "debate", "prompt": "p", "members": [{"model": "a", "count": 2}], **custom},
         )
-        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "debate", "custom_prompt"]
+        assert r.status_code == 422 and r.json()["error"]["param"] == "custom_prompt"

@@ -282,3 +282,67 @@ async def test_stopping_worker_hands_the_job_back(server: ModelServer) -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await handling
     assert msg.acks == ["nak"] and msg.nak_delays == [None]
+
+
+# --------------------------------------------------------------------------- redacted errors
+
+SECRET_PROMPT = "Summarise the confidential memo on Project Falcon's acquisition price for the board."
+CALL_KEY = "team-7f3c9a21e4b8d6"  # no known key shape: only the call's own key can find it
+
+
+def _echoing_error(kind: str, kwargs: dict[str, Any]) -> Exception:
+    """A provider error the way a careless provider words it: the request's body and key echoed."""
+    body = json.dumps({"model": kwargs["model"], "messages": kwargs["messages"]})
+    message = f"OpenAIException - rejected request {body} (api key {kwargs['api_key']})"
+    if kind == "bad-request":
+        return litellm.BadRequestError(message, model="m", llm_provider="openai")
+    response = httpx.Response(429, request=httpx.Request("POST", "http://x"))
+    return litellm.RateLimitError(message, llm_provider="openai", model="m", response=response)
+
+
+@pytest.mark.parametrize("kind", ["bad-request", "rate-limited", "stream-broken"])
+async def test_provider_errors_leave_neither_the_prompt_nor_the_key(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def acompletion(**kwargs: Any) -> Any:
+        error = _echoing_error("rate-limited" if kind == "stream-broken" else kind, kwargs)
+        if not kwargs.get("stream"):
+            raise error
+
+        async def chunks() -> Any:
+            yield SimpleNamespace(
+                usage=None, choices=[SimpleNamespace(finish_reason=None, delta=SimpleNamespace(content="Le "))]
+            )
+            raise error
+
+        return chunks()
+
+    monkeypatch.setattr(litellm, "acompletion", acompletion)
+    models = ModelList.model_validate(
+        {"model_list": [{"model_name": "m", "litellm_params": {"model": "openai/m", "api_key": CALL_KEY}}]}
+    )
+    caller = ModelCaller(models, timeout=10.0, backoff_base=0.5, backoff_max=60.0)
+    job = CallJob(
+        call_id="r1:1:member:m:1", run_id="r1", iteration=1, role="member", model="m", instance=1,
+        messages=[JobMessage(role="user", content=[SECRET_PROMPT])], stream=kind == "stream-broken",
+    )  # fmt: skip
+
+    async def on_chunk(index: int, delta: str) -> None:
+        pass
+
+    outcome = await caller.call(job, 3, on_chunk=on_chunk)
+    if kind == "rate-limited":
+        assert isinstance(outcome, Retry) and outcome.error_type == "RateLimitError"
+        assert outcome.error.startswith("RateLimitError (HTTP 429): OpenAIException - rejected request")
+        outcome = outcome.give_up(job, 3)
+    assert isinstance(outcome, CallFailed), outcome
+    error = outcome.error or ""
+    assert CALL_KEY not in error
+    assert not any(SECRET_PROMPT[i : i + 20] in error for i in range(len(SECRET_PROMPT) - 19))
+    assert "[…quoted request…]" in error and "[redacted]" in error
+    expected = {
+        "bad-request": "BadRequestError (HTTP 400): OpenAIException - rejected request",
+        "rate-limited": "gave up after 3 attempts: RateLimitError (HTTP 429): OpenAIException",
+        "stream-broken": "stream broke after 1 chunks: RateLimitError (HTTP 429): OpenAIException",
+    }[kind]
+    assert error.startswith(expected), error

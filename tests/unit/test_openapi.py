@@ -119,3 +119,15 @@ def test_every_v1_route_declares_the_bearer_key_and_its_refusals(spec: dict[str,
         assert "401" in op["responses"], f"{method} {path}"
         body = resolve(spec, op["responses"]["401"]["content"]["application/json"]["schema"])
         assert fields(spec, body) == {"error"}, f"{method} {path}: 401 is not the error body"
+
+
+def test_saved_configuration_versions_are_bounded_as_postgres_stores_them(spec: dict[str, Any]) -> None:
+    """A version is a Postgres integer: the document says so, and a fuzzer then sends larger ones
+    as invalid (they once reached the query as a 500: `?version=51527855927922392`)."""
+    get = spec["paths"]["/v1/consortiums/{name}"]["get"]
+    version = next(p for p in get["parameters"] if p["name"] == "version")
+    bounds = next(s for s in version["schema"]["anyOf"] if s.get("type") == "integer")
+    assert (bounds["minimum"], bounds["maximum"]) == (1, 2**31 - 1)
+    saved_run = spec["components"]["schemas"]["SavedRunSubmission"]["properties"]["config_version"]
+    bounds = next(s for s in saved_run["anyOf"] if s.get("type") == "integer")
+    assert (bounds["minimum"], bounds["maximum"]) == (1, 2**31 - 1)

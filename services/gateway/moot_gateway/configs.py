@@ -12,16 +12,56 @@ from moot.requests import run_request_adapter
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 NAME_RULE = "1-63 characters: lowercase letters, digits, '.', '_' and '-', starting with a letter or digit"
+# Version numbers are a Postgres `integer` (saved_configs.version): none is ever above this, and
+# a larger number must not reach a query, where it cannot be encoded (asyncpg raises, a 500).
+MAX_VERSION = 2**31 - 1
 # A saved configuration is a run request without its prompt; validation needs one.
 _PLACEHOLDER_PROMPT = "(prompt given per run)"
 
 
+class ConfigError(ValueError):
+    """A configuration refused for a reason of its own, at `loc` (a path in the body)."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
 def check_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Validate a configuration as a run request would be; pydantic's ValidationError if it is not one."""
+    """Validate a configuration as a run request would be; pydantic's ValidationError if it is not one.
+
+    Strictly, as the JSON it came as: the document promises each field's JSON type, so `"2"` is no
+    integer and `false` no number here (pydantic's lax mode would store them as 2 and 0.0).
+    ConfigError for a prompt, or for a text with a NUL character (see `_unstorable`).
+    """
     if "prompt" in config:
-        raise ValueError("a saved configuration has no prompt: give the prompt per run")
-    request = run_request_adapter.validate_python({**config, "prompt": _PLACEHOLDER_PROMPT})
-    return request.model_dump(mode="json", exclude={"prompt"}, exclude_defaults=False)
+        raise ConfigError(("prompt",), "a saved configuration has no prompt: give the prompt per run")
+    request = run_request_adapter.validate_python({**config, "prompt": _PLACEHOLDER_PROMPT}, strict=True)
+    normalized = request.model_dump(mode="json", exclude={"prompt"}, exclude_defaults=False)
+    loc = _unstorable(normalized, ())
+    if loc is not None:
+        raise ConfigError(loc, "text with a NUL character (\\u0000) cannot be saved")
+    return normalized
+
+
+def _unstorable(value: Any, loc: tuple[str | int, ...]) -> tuple[str | int, ...] | None:
+    """Where the first text with a NUL character is, or None: valid JSON, but Postgres text (and so
+    jsonb) has no `\\u0000`, and the INSERT would fail (a 500). Pydantic already refuses unpaired
+    surrogates in text fields and replaces them in free-form content when dumping."""
+    if isinstance(value, str):
+        return loc if "\x00" in value else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _unstorable(key, (*loc, key)) if isinstance(key, str) else None
+        found = found or _unstorable(item, (*loc, key))
+        if found is not None:
+            return found
+    return None
+
+
+def is_name(name: str) -> bool:
+    """Whether `name` can be a saved configuration's name (NAME_RE, no trailing newline)."""
+    return NAME_RE.fullmatch(name) is not None
 
 
 def _row(r: asyncpg.Record) -> dict[str, Any]:
@@ -55,7 +95,15 @@ async def put(pool: asyncpg.Pool, owner: str, name: str, config: dict[str, Any])
 
 
 async def get(pool: asyncpg.Pool, owner: str, name: str, version: int | None = None) -> dict[str, Any] | None:
-    """The latest version, or the one asked for; None when the name is unknown or removed."""
+    """The latest version, or the one asked for; None when the name is unknown or removed.
+
+    A name that breaks NAME_RE or a version outside 1..MAX_VERSION cannot exist: None without a
+    query. The routes of saved configurations refuse both already; a run's `config` and
+    `config_version` and a chat completion's `model` (any text, NUL characters included, which
+    Postgres cannot even take as a parameter) are checked only here.
+    """
+    if not is_name(name) or (version is not None and not 1 <= version <= MAX_VERSION):
+        return None
     row = await pool.fetchrow(
         "SELECT name, version, config::text AS config, created_at FROM saved_configs"
         " WHERE owner = $1 AND name = $2 AND deleted_at IS NULL AND ($3::int IS NULL OR version = $3)"

@@ -8,10 +8,20 @@ from typing import Any
 import asyncpg
 import nats.errors
 from fastapi import Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match
 
 log = logging.getLogger(__name__)
+
+
+class FieldError(BaseModel):
+    """One field that did not validate: where (`members.0.model`) and why."""
+
+    param: str
+    message: str
 
 
 class ErrorDetail(BaseModel):
@@ -19,16 +29,22 @@ class ErrorDetail(BaseModel):
     type: str
     param: str | None = None
     code: str | None = None
+    # A 422's every field error (the first is `param`); absent on other errors.
+    errors: list[FieldError] | None = None
 
 
 class ErrorBody(BaseModel):
-    """Every refusal but FastAPI's own 422 (a body or parameter that does not validate)."""
+    """Every refusal, validation errors included: `{"error": {"message", "type", "param", "code"}}`.
+
+    Nothing the client sent is echoed back beyond a short prefix of a field's message.
+    """
 
     error: ErrorDetail
 
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """`responses=` for a router: these statuses answer an `ErrorBody`."""
+    """`responses=` for a router: these statuses answer an `ErrorBody` (422 included, which
+    replaces FastAPI's own validation error schema in the document)."""
     return {status: {"model": ErrorBody} for status in statuses}
 
 
@@ -56,6 +72,81 @@ class ApiError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+# A field's message is cut here, and a 422's whole message here: an error names what is wrong,
+# it does not send a 5 MB prompt back.
+FIELD_MESSAGE_MAX = 300
+MESSAGE_MAX = 2000
+# Where a validation error was found, left out of `param`; and the union member pydantic tried
+# for a run body (its `mode`), which the client did not write either.
+_LOCATIONS = frozenset({"body", "query", "path", "header", "cookie"})
+_UNION_TAGS = frozenset({"consortium", "debate"})
+
+
+def _param(loc: Any) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in _LOCATIONS:
+        parts = parts[1:]
+    if parts and parts[0] in _UNION_TAGS:
+        parts = parts[1:]
+    return ".".join(parts) or "body"
+
+
+def _cut(text: str, most: int) -> str:
+    return text if len(text) <= most else text[: most - 1] + "…"
+
+
+def field_errors(exc: RequestValidationError) -> list[FieldError]:
+    return [
+        FieldError(
+            param=_param(e.get("loc", ())),
+            message=_cut(str(e.get("msg", "invalid")).removeprefix("Value error, "), FIELD_MESSAGE_MAX),
+        )
+        for e in exc.errors()
+    ]
+
+
+async def validation_error_handler(_: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 in the one error shape: the fields named, the input never sent back."""
+    assert isinstance(exc, RequestValidationError)
+    fields = field_errors(exc) or [FieldError(param="body", message="invalid request")]
+    message = _cut("; ".join(f"{f.param}: {f.message}" for f in fields), MESSAGE_MAX)
+    detail = ErrorDetail(
+        message=message,
+        type="invalid_request_error",
+        param=fields[0].param,
+        code="invalid_value",
+        errors=fields,
+    )
+    return JSONResponse(ErrorBody(error=detail).model_dump(), status_code=422)
+
+
+async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own refusals (an unreadable body, an unknown path, a method not allowed) in
+    the one error shape. A 405 lists every method the path has (`Allow`), not one route's."""
+    assert isinstance(exc, StarletteHTTPException)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = ", ".join(sorted(_methods_of(request)))
+    message = exc.detail if isinstance(exc.detail, str) else "request refused"
+    return JSONResponse(
+        ApiError(exc.status_code, message, code=_CODES.get(exc.status_code)).body(),
+        status_code=exc.status_code,
+        headers=headers,
+    )
+
+
+_CODES = {400: "invalid_body", 404: "not_found", 405: "method_not_allowed"}
+
+
+def _methods_of(request: Request) -> set[str]:
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match != Match.NONE and isinstance(route, BaseRoute):
+            methods |= set(getattr(route, "methods", None) or ())
+    return methods
 
 
 async def api_error_handler(_: Request, exc: Exception) -> JSONResponse:

@@ -12,7 +12,9 @@ import asyncpg
 import nats.errors
 import uvicorn
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from moot.observability import telemetry
 from moot.records.migrate import require_current
@@ -23,7 +25,14 @@ from moot.runtime.service import setup_logging
 from moot.runtime.settings import MootSettings, get_settings
 from moot.runtime.subjects import Names
 from moot_gateway.deps import Clients
-from moot_gateway.errors import DEPENDENCY_ERRORS, ApiError, api_error_handler, dependency_error_handler
+from moot_gateway.errors import (
+    DEPENDENCY_ERRORS,
+    ApiError,
+    api_error_handler,
+    dependency_error_handler,
+    http_error_handler,
+    validation_error_handler,
+)
 from moot_gateway.limits import BodyLimit
 from moot_gateway.routes import configs, health, openai, runs
 from moot_gateway.settings import GatewaySettings
@@ -103,6 +112,9 @@ def create_app(settings: MootSettings | None = None, gateway: GatewaySettings | 
     telemetry.instrument_fastapi(app)
     app.add_api_route("/metrics", telemetry.metrics_response, methods=["GET"], include_in_schema=False)
     app.add_exception_handler(ApiError, api_error_handler)
+    # One error shape everywhere: validation errors and Starlette's own refusals too.
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
     # NATS or Postgres failing under a request is a 503 with Retry-After, never a 500.
     for error in DEPENDENCY_ERRORS:
         app.add_exception_handler(error, dependency_error_handler)

@@ -64,7 +64,12 @@ async def hydrated_view(texts: TextStore, view: ConsortiumView | DebateView) -> 
     return run_view_adapter.validate_python(await hydrated(texts, data))
 
 
-async def _history_of(clients: Clients, run_id: str, principal: Principal) -> list[dict[str, Any]]:
+async def _continued(
+    clients: Clients, run_id: str, principal: Principal
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """What a run continuing `run_id` starts from: that run's request (its prompt and history
+    left out: a configuration the new run takes unless it says otherwise) and the
+    conversation so far (its history, its prompt, its final answer)."""
     earlier = await view_of(clients, run_id, principal)
     if earlier is None:
         raise _invalid(CONTINUE_FIELD, f"run {run_id!r} not found")
@@ -75,11 +80,34 @@ async def _history_of(clients: Clients, run_id: str, principal: Principal) -> li
         )
     request = earlier.request
     assert not isinstance(request, TextRef)  # view_of hydrates
-    return [
+    configuration = request.model_dump(
+        mode="json", exclude={"prompt", "history", "budget"}, exclude_unset=False
+    )
+    history = [
         *(m.model_dump() for m in request.history),
         {"role": "user", "content": request.prompt},
         {"role": "assistant", "content": answer},
     ]
+    return configuration, history
+
+
+def _nul_in(value: Any, path: str = "") -> str | None:
+    """The dotted path of the first string holding a NUL character, if any."""
+    if isinstance(value, str):
+        return path or "body" if "\x00" in value else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if (found := _nul_in(item, f"{path}.{key}" if path else str(key))) is not None:
+            return found
+    return None
+
+
+def _same_mode(body: dict[str, Any], base: dict[str, Any], what: str, field: str) -> None:
+    """A submission that names its mode must name the mode of what it runs on (a saved
+    configuration, the run it continues): a debate is never quietly run as a consortium."""
+    asked, base_mode = body.get("mode"), base.get("mode", "consortium")
+    if asked is not None and asked != base_mode:
+        raise _invalid(field, f"{what} is a {base_mode}, not a {asked}: run it as a {base_mode}")
 
 
 def _invalid(field: str, message: str) -> RequestValidationError:
@@ -95,6 +123,12 @@ async def resolve(clients: Clients, principal: Principal, body: dict[str, Any]) 
     name = body.pop(CONFIG_FIELD, None)
     version = body.pop(VERSION_FIELD, None)
     continue_from = body.pop(CONTINUE_FIELD, None)
+    earlier: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = []
+    if continue_from is not None:
+        if not isinstance(continue_from, str):
+            raise _invalid(CONTINUE_FIELD, "continue_from must be a run id")
+        earlier, history = await _continued(clients, continue_from, principal)
     if name is not None:
         if not isinstance(name, str) or (version is not None and not isinstance(version, int)):
             raise _invalid(CONFIG_FIELD, "config must be a name and config_version an integer")
@@ -103,18 +137,26 @@ async def resolve(clients: Clients, principal: Principal, body: dict[str, Any]) 
             raise _invalid(
                 CONFIG_FIELD, f"no saved configuration {name!r}" + (f" version {version}" if version else "")
             )
+        _same_mode(body, saved["config"], f"saved configuration {name!r}", CONFIG_FIELD)
         body = {**saved["config"], **body}  # per-run overrides win
         if isinstance(saved["config"].get("budget"), dict) and isinstance(body.get("budget"), dict):
             # Limit by limit: `{"budget": {"seconds": 60}}` keeps the saved configuration's others.
             body["budget"] = {**saved["config"]["budget"], **body["budget"]}
         meta.config_name, meta.config_version = saved["name"], saved["version"]
-    if continue_from is not None:
-        if not isinstance(continue_from, str):
-            raise _invalid(CONTINUE_FIELD, "continue_from must be a run id")
-        body["history"] = [*await _history_of(clients, continue_from, principal), *body.get("history", [])]
+    if earlier is not None:
+        if name is None:
+            # Without a configuration of its own, a continuation is run as the run it continues
+            # (same models, same settings), with what the submission overrides.
+            _same_mode(body, earlier, f"run {continue_from!r}", CONTINUE_FIELD)
+            body = {**earlier, **body}
+        body["history"] = [*history, *body.get("history", [])]
         meta.continued_from = continue_from
+    if (where := _nul_in(body)) is not None:
+        # Postgres text cannot hold NUL: a run that would fail in the recorder is refused here.
+        raise _invalid(where, "NUL characters (\\u0000) are not allowed")
     try:
-        request = run_request_adapter.validate_python(body)
+        # Strict: `"temperature": false` or `"max_tokens": "1"` are refused, not coerced.
+        request = run_request_adapter.validate_python(body, strict=True)
     except ValidationError as exc:
         raise RequestValidationError(
             [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]

@@ -19,6 +19,7 @@ from pydantic_core import PydanticCustomError
 from moot.messages import RunEvent
 from moot.requests import ChatMessage, ConsortiumRequest, DebateRequest
 from moot.views import ConsortiumView, DebateView, RunSummary
+from moot_gateway.configs import MAX_VERSION
 
 
 def _json_object(value: Any) -> dict[str, Any]:
@@ -54,7 +55,9 @@ class SavedRunSubmission(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     config: str = Field(description="The name of a saved configuration (`PUT /v1/consortiums/{name}`).")
-    config_version: int | None = Field(None, description="A version of it; the latest by default.")
+    config_version: int | None = Field(
+        None, ge=1, le=MAX_VERSION, description="A version of it; the latest by default."
+    )
     prompt: str = Field(min_length=1, max_length=200_000)
     continue_from: str | None = _CONTINUE_FROM
 

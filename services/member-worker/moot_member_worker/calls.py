@@ -2,7 +2,8 @@
 
 litellm is called with `num_retries=0`: retries belong to JetStream redelivery, one layer only.
 A job's long texts come by reference: they are read from the text store and put back into the
-messages (`moot.texts.render`) just before the call.
+messages (`moot.texts.render`) just before the call. What an outcome says of a failure is redacted
+(`moot_member_worker.redaction`): provider errors can quote the request or carry a key.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import email.utils
 import json
 import os
 import random
+import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -30,6 +32,7 @@ from moot.runtime.models import ModelList
 from moot.runtime.textstore import MissingText, TextStore, fetch_all
 from moot.texts import refs_in, render
 from moot.views import Usage
+from moot_member_worker.redaction import describe_error, status_of
 
 litellm.suppress_debug_info = True
 litellm.telemetry = False
@@ -62,11 +65,6 @@ def _outcome_fields(attempts: int) -> dict[str, Any]:
     return {"worker": WORKER_ID, "attempts": attempts}
 
 
-def _status_of(exc: BaseException) -> int | None:
-    status = getattr(exc, "status_code", None)
-    return status if isinstance(status, int) else None
-
-
 def _retry_after(exc: BaseException, now: float | None = None) -> float | None:
     """Seconds the provider asked us to wait, if it said: `retry-after-ms` (OpenAI's, precise), else
     `Retry-After` in seconds or as an HTTP-date (RFC 9110)."""
@@ -96,10 +94,29 @@ def _retry_after(exc: BaseException, now: float | None = None) -> float | None:
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def _error_text(exc: BaseException) -> str:
-    # litellm messages can be long and repeat the provider body; keep the useful start.
-    text = f"{type(exc).__name__}: {exc}"
-    return text if len(text) <= 500 else text[:497] + "..."
+# Parameters of a model whose values are credentials: masked wherever an error repeats them.
+_SECRET_PARAM = re.compile(r"key|token|secret|password|credential", re.IGNORECASE)
+
+
+def _error_text(
+    exc: BaseException, params: dict[str, Any], messages: list[dict[str, Any]] | None = None
+) -> str:
+    """What an outcome says of a failure: type, HTTP status and the message, redacted
+    (`moot_member_worker.redaction`): no credential of the call, no passage of its messages."""
+    secrets = [str(v) for k, v in params.items() if _SECRET_PARAM.search(k) and isinstance(v, str)]
+    return describe_error(exc, secrets=secrets, request=_texts_of(messages or []))
+
+
+def _texts_of(messages: list[dict[str, Any]]) -> list[str]:
+    """The texts of resolved messages (a string content, or the text parts of a list of parts)."""
+    texts: list[str] = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            texts += [p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
+    return texts
 
 
 class ModelCaller:
@@ -171,7 +188,8 @@ class ModelCaller:
             error = f"a text of the job is not in the text store: {exc.args[0]}"
             return job.failed(error, **common, error_type="missing_text"), provider
         except Exception as exc:  # the text store not reachable right now
-            return Retry(_error_text(exc), type(exc).__name__, self.backoff(attempt, None)), provider
+            error = _error_text(exc, params)
+            return Retry(error, type(exc).__name__, self.backoff(attempt, None)), provider
         span.set_attributes(_content_attributes(messages, tools))
         kwargs: dict[str, Any] = {
             "messages": messages,
@@ -201,19 +219,22 @@ class ModelCaller:
         except (AttributeError, IndexError, TypeError) as exc:
             latency = int((time.perf_counter() - started) * 1000)
             failed = job.failed(
-                f"malformed response: {exc}", **common, error_type="malformed", latency_ms=latency
+                f"malformed response: {_error_text(exc, params, messages)}",
+                **common,
+                error_type="malformed",
+                latency_ms=latency,
             )
             return failed, provider
         except Exception as exc:
             latency = int((time.perf_counter() - started) * 1000)
-            retryable = _status_of(exc) in RETRYABLE_STATUS or isinstance(
+            retryable = status_of(exc) in RETRYABLE_STATUS or isinstance(
                 exc, litellm.Timeout | litellm.APIConnectionError | litellm.RateLimitError
             )
             # Chunks already published cannot be taken back: a stream broken midway is not retried.
             if retryable and not streamed.parts:
                 delay = self.backoff(attempt, _retry_after(exc))
-                return Retry(_error_text(exc), type(exc).__name__, delay), provider
-            error = _error_text(exc)
+                return Retry(_error_text(exc, params, messages), type(exc).__name__, delay), provider
+            error = _error_text(exc, params, messages)
             if streamed.parts:
                 error = f"stream broke after {len(streamed.parts)} chunks: {error}"
             return job.failed(error, **common, error_type=type(exc).__name__, latency_ms=latency), provider

@@ -24,8 +24,8 @@ class RunEventMessage:
 class GatewayError(RuntimeError):
     """A response with an error status.
 
-    `detail` is the body's `detail` (FastAPI's list of field errors on 422) or its `error` object
-    (`{"message", "code", ...}`) or the raw text; `message` and `field_errors` read it for people.
+    `detail` is the body's `error` object (`{"message", "type", "param", "code", "errors"?}`, the
+    gateway's one error shape) or the raw text; `message` and `field_errors` read it for people.
     """
 
     def __init__(self, status: int, detail: Any) -> None:
@@ -35,38 +35,22 @@ class GatewayError(RuntimeError):
 
     @property
     def message(self) -> str:
-        """One line: the error's message, or the field errors joined."""
+        """One line: the error's message."""
         if isinstance(self.detail, dict) and isinstance(self.detail.get("message"), str):
             return self.detail["message"]
-        if isinstance(self.detail, list):
-            return "; ".join(f"{field}: {msg}" for field, msg in self.field_errors)
         return str(self.detail)
 
     @property
     def field_errors(self) -> list[tuple[str, str]]:
-        """(field, message) for each validation error, the field a dotted path (`members.0.count`)."""
-        if not isinstance(self.detail, list):
+        """(field, message) for each validation error (a 422's `error.errors`), the field a dotted
+        path (`members.0.count`)."""
+        if not isinstance(self.detail, dict) or not isinstance(self.detail.get("errors"), list):
             return []
-        found = []
-        for err in self.detail:
-            if not isinstance(err, dict):
-                continue
-            loc = [str(p) for p in err.get("loc", ())]
-            if loc and loc[0] in _LOCATIONS:
-                loc = loc[1:]
-            if loc and loc[0] in _RUN_MODES:  # the union member pydantic tried: the body's mode
-                loc = loc[1:]
-            found.append((".".join(loc) or "request", _plain(str(err.get("msg", "")))))
-        return found
-
-
-_LOCATIONS = ("body", "path", "query", "header")
-_RUN_MODES = ("consortium", "debate")
-
-
-def _plain(msg: str) -> str:
-    """pydantic's message without its 'Value error, ' prefix."""
-    return msg.removeprefix("Value error, ")
+        return [
+            (str(e.get("param") or "request"), str(e.get("message", "")))
+            for e in self.detail["errors"]
+            if isinstance(e, dict)
+        ]
 
 
 def _detail_of(response: httpx.Response) -> Any:
@@ -74,11 +58,8 @@ def _detail_of(response: httpx.Response) -> Any:
         body = response.json()
     except ValueError:
         return response.text
-    if isinstance(body, dict):
-        if "detail" in body:
-            return body["detail"]
-        if isinstance(body.get("error"), dict):
-            return body["error"]
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return body["error"]
     return body
 
 

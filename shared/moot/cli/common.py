@@ -5,15 +5,13 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import httpx
 
 from moot.cli.client import GatewayError, MootClient
+from moot.devstack import home
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-# Where `moot demo` (and a local `moot up`) keep the local stack's ready-made key.
-LOCAL_KEY_FILE = Path(".moot") / "local-api-key"
 
 # Exit codes: a run that failed or was cancelled, or a refusal; a usage error; an interrupt.
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -28,18 +26,18 @@ class CliError(Exception):
 
 
 def gateway_url() -> str:
-    return (os.environ.get("MOOT_URL") or DEFAULT_URL).rstrip("/")
+    """`MOOT_URL`, else the gateway of the running local stack (`moot.devstack.home`), else the default."""
+    url = os.environ.get("MOOT_URL", "").strip()
+    if not url:
+        stack = home.running_stack(home.data_dir())
+        url = stack.gateway_url if stack else DEFAULT_URL
+    return url.rstrip("/")
 
 
 def api_key() -> str | None:
-    """`MOOT_API_KEY`, else the local stack's key file in the current directory, if there is one."""
+    """`MOOT_API_KEY`, else the local stack's ready-made key (in its data dir), if there is one."""
     key = os.environ.get("MOOT_API_KEY", "").strip()
-    if key:
-        return key
-    try:
-        return LOCAL_KEY_FILE.read_text().strip() or None
-    except OSError:
-        return None
+    return key or home.local_key(home.data_dir())
 
 
 def connect() -> MootClient:

@@ -1,7 +1,10 @@
 """The admin commands' database, and `moot migrate`.
 
-The database is `DATABASE_URL`, else the embedded Postgres under `--data-dir` (the one `moot up`
-uses): attached to when it runs, started for the command (and stopped after it) when it does not.
+The database is `DATABASE_URL`, else the running local stack's (`moot.devstack.home`: whatever
+Postgres `moot up` uses), else the embedded Postgres an earlier `moot up` left in the data dir
+(`--data-dir`, `$MOOT_DATA_DIR`, else the user data directory), started for the command and
+stopped after it. With none of these the command says where it looked instead of making a new
+database nobody's gateway reads.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 import asyncpg
 
 from moot.cli.common import CliError, err, out
+from moot.devstack import home
 from moot.records.migrate import MigrationError, load_migrations, migrate, read_state
 
 
@@ -43,23 +47,31 @@ def embedded_postgres(data_dir: Path) -> Any:
 
 
 @asynccontextmanager
-async def admin_connection(data_dir: str) -> AsyncIterator[asyncpg.Connection]:
+async def admin_connection(given_dir: str | None) -> AsyncIterator[asyncpg.Connection]:
     """A connection to the database, its schema not touched."""
     url = os.environ.get("DATABASE_URL")
+    where = "DATABASE_URL"
     server = None
-    if not url:
-        try:
-            server = await asyncio.to_thread(embedded_postgres, Path(data_dir))
-        except Exception as exc:
+    data_dir = home.data_dir(given_dir)
+    stack = None if url else home.running_stack(data_dir)
+    if stack is not None:
+        url, where = stack.database_url, f"the database of the moot stack running from {data_dir}"
+    elif not url:
+        if not home.has_embedded_postgres(data_dir):
             raise CliError(
-                f"DATABASE_URL is not set and the embedded Postgres in {data_dir} failed: {exc}"
-            ) from exc
-        url = server.url
+                f"no moot stack found: none is running from {data_dir} and it holds no database."
+                " Start one with `moot up` (or point at it with --data-dir / MOOT_DATA_DIR), or set"
+                " DATABASE_URL"
+            )
+        try:
+            server = await asyncio.to_thread(embedded_postgres, data_dir)
+        except Exception as exc:
+            raise CliError(f"the embedded Postgres in {data_dir} failed to start: {exc}") from exc
+        url, where = server.url, f"the embedded Postgres in {data_dir}"
     try:
         try:
             conn = await asyncpg.connect(url, timeout=10)
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            where = "DATABASE_URL" if server is None else f"the embedded Postgres in {data_dir}"
             raise CliError(f"cannot connect to {where}: {exc}") from exc
         try:
             yield conn
@@ -79,7 +91,7 @@ async def apply_migrations(conn: asyncpg.Connection) -> list[str]:
 
 
 @asynccontextmanager
-async def migrated_connection(data_dir: str) -> AsyncIterator[asyncpg.Connection]:
+async def migrated_connection(data_dir: str | None) -> AsyncIterator[asyncpg.Connection]:
     """`admin_connection`, migrated first: on a fresh database an admin command just works."""
     async with admin_connection(data_dir) as conn:
         for label in await apply_migrations(conn):
@@ -103,8 +115,9 @@ def data_dir_option() -> argparse.ArgumentParser:
     where = argparse.ArgumentParser(add_help=False)
     where.add_argument(
         "--data-dir",
-        default=".moot",
-        help="without DATABASE_URL: the embedded Postgres of this data dir (default .moot)",
+        default=None,
+        help="without DATABASE_URL: the database of the local stack of this data dir (default:"
+        " $MOOT_DATA_DIR, else the user data directory, where `moot up` keeps it)",
     )
     return where
 

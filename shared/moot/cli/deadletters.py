@@ -19,6 +19,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from moot.cli.common import EXIT_FAILED, EXIT_USAGE, CliError, err, out, short, table
+from moot.devstack import home
 from moot.runtime import deadletters
 from moot.runtime.nats import nats_servers
 from moot.runtime.settings import MootSettings
@@ -38,10 +39,12 @@ def _embedded_url(data_dir: str) -> str | None:
 
 
 @asynccontextmanager
-async def _jetstream(data_dir: str) -> AsyncIterator[tuple[JetStreamContext, Names]]:
-    url = os.environ.get("NATS_URL") or _embedded_url(data_dir)
+async def _jetstream(given_dir: str | None) -> AsyncIterator[tuple[JetStreamContext, Names]]:
+    data_dir = home.data_dir(given_dir)
+    stack = home.running_stack(data_dir)
+    url = os.environ.get("NATS_URL") or (stack.nats_url if stack else _embedded_url(str(data_dir)))
     if not url:
-        raise CliError(f"NATS_URL is not set and no `moot up` NATS runs for {data_dir}: set NATS_URL")
+        raise CliError(f"NATS_URL is not set and no `moot up` runs from {data_dir}: set NATS_URL")
     try:
         nc = await nats.connect(
             nats_servers(url), connect_timeout=5, max_reconnect_attempts=0, allow_reconnect=False
@@ -121,7 +124,10 @@ def add_command(sub: Any) -> None:
     """`moot dead-letters ...` under the CLI's subcommands."""
     where = argparse.ArgumentParser(add_help=False)
     where.add_argument(
-        "--data-dir", default=".moot", help="without NATS_URL: the NATS `moot up` runs for this data dir"
+        "--data-dir",
+        default=None,
+        help="without NATS_URL: the NATS of the `moot up` of this data dir (default: $MOOT_DATA_DIR,"
+        " else the user data directory)",
     )
     dead = sub.add_parser(
         "dead-letters",

@@ -13,7 +13,6 @@ import asyncio
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,6 +31,7 @@ from moot.cli.requests import (
     add_submission_options,
     submission,
 )
+from moot.devstack import home
 from moot.devstack.demo import DEMO_PROMPT, run_demo
 from moot.devstack.options import add_up_arguments
 from moot.records.accounts import local_key
@@ -209,7 +209,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command not in STACK_COMMANDS:
         sys.exit(_run_admin_or_gateway_command(args))
-    Path(args.data_dir).mkdir(parents=True, exist_ok=True)
+    args.data_dir = home.data_dir(args.data_dir)
+    args.data_dir.mkdir(parents=True, exist_ok=True)
     runner = {"up": _up, "demo": lambda a: run_demo(a, _make_stack)}[args.command]
     try:
         sys.exit(asyncio.run(runner(args)))

@@ -164,7 +164,10 @@ def debate_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def check_complete(parser: argparse.ArgumentParser, args: argparse.Namespace, mode: str) -> None:
-    """Without a saved configuration the options must name the models (usage error otherwise)."""
+    """Without a saved configuration or a run to continue (whose models the gateway takes), the
+    options must name the models (usage error otherwise)."""
+    if getattr(args, "continue_from", None) and not getattr(args, "config", None):
+        return
     if getattr(args, "config", None):
         if mode == "debate" and _per_call(args) and not args.members:
             parser.error(
@@ -210,8 +213,7 @@ def submission(parser: argparse.ArgumentParser, args: argparse.Namespace, mode: 
     fields = consortium_fields(args) if mode == "consortium" else debate_fields(args)
     body: dict[str, Any] = {**fields, "prompt": prompt}
     if args.config:
-        body["config"] = args.config
-        body.pop("mode")  # the saved configuration's mode holds: `moot run --config` runs debates too
+        body["config"] = args.config  # `mode` stays: `moot debate --config` of a consortium is refused
         if args.config_version is not None:
             body["config_version"] = args.config_version
     elif args.config_version is not None:

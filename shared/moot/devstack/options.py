@@ -9,16 +9,15 @@ import argparse
 import os
 from pathlib import Path
 
-DEFAULT_DATA_DIR = Path(".moot")
-
 
 def add_up_arguments(parser: argparse.ArgumentParser) -> None:
     """Where the stack keeps its state, what it runs and where its servers are."""
     parser.add_argument(
         "--data-dir",
         type=Path,
-        default=DEFAULT_DATA_DIR,
-        help="where embedded NATS/Postgres keep data and logs (default: ./.moot)",
+        default=None,
+        help="the stack's home: embedded NATS/Postgres data, logs, its API key (default: $MOOT_DATA_DIR,"
+        " else the user data directory, e.g. ~/.local/share/moot); every moot command finds it there",
     )
     parser.add_argument("--port", type=int, default=8000, help="gateway port (default: 8000)")
     parser.add_argument("--host", default="127.0.0.1", help="gateway bind address (default: 127.0.0.1)")

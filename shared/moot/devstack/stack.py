@@ -47,8 +47,9 @@ import yaml
 
 from moot.devstack import localmodel
 from moot.devstack.embedded import Infrastructure, resolve_infrastructure
+from moot.devstack.home import StackInfo, default_data_dir, remove_stack_info, running_stack, write_stack_info
 from moot.devstack.localmodel import LocalModelConfig, LocalModelError
-from moot.devstack.options import DEFAULT_DATA_DIR, add_up_arguments, wants_local_model
+from moot.devstack.options import add_up_arguments, wants_local_model
 from moot.records.migrate import MigrationError, migrate
 from moot.runtime.subjects import Names
 
@@ -231,7 +232,7 @@ class Stack:
 
     def __init__(
         self,
-        data_dir: Path | str = DEFAULT_DATA_DIR,
+        data_dir: Path | str | None = None,
         *,
         port: int = 8000,
         host: str = "127.0.0.1",
@@ -257,9 +258,10 @@ class Stack:
         health_timeout: float = 5.0,
         health_failures: int = 3,
         progress: Callable[[str], None] | None = _stderr,
+        publish_home: bool = True,
     ) -> None:
         Names(namespace)  # fail now, not in four children, on an invalid namespace
-        self.data_dir = Path(data_dir).expanduser().absolute()
+        self.data_dir = Path(data_dir or default_data_dir()).expanduser().absolute()
         self.log_dir = self.data_dir / "logs"
         self.host = host
         self.namespace = namespace
@@ -282,6 +284,8 @@ class Stack:
         self.health_timeout = health_timeout
         self.health_failures = health_failures
         self._progress = progress
+        # Tell the other `moot` commands where this stack is (`moot.devstack.home`) while it runs.
+        self.publish_home = publish_home
         self.service_specs = (
             list(services) if services is not None else default_services(workers=workers, port=port)
         )
@@ -559,7 +563,32 @@ class Stack:
         self.extras.append(child)
         return child
 
+    def _check_ports(self) -> None:
+        """Refuse to start when a fixed port is taken: say which and how to pick another, before
+        anything starts (a gateway that cannot bind would be restarted in vain)."""
+        for spec in self.service_specs:
+            if not spec.port:
+                continue
+            host = self.host if spec.name == "gateway" else "127.0.0.1"
+            with socket.socket(
+                socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM
+            ) as sock:
+                try:
+                    sock.bind((host, spec.port))
+                except OSError as exc:
+                    running = running_stack(self.data_dir)
+                    advice = (
+                        f"`moot up` already runs at {running.gateway_url}; stop it, or choose"
+                        if running
+                        else "choose"
+                    )
+                    raise StackError(
+                        f"port {spec.port} on {host} ({spec.name}) is already in use ({exc.strerror});"
+                        f" {advice} another port with --port N"
+                    ) from exc
+
     async def _start(self) -> None:
+        self._check_ports()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._say(f"data dir {self.data_dir}")
         if self.local_model:
@@ -598,6 +627,15 @@ class Stack:
                     )
                 )
         await self._launch(self.services)
+        if self.publish_home:
+            info = StackInfo(
+                pid=os.getpid(),
+                gateway_url=self.gateway_url,
+                database_url=self.infrastructure.database_url,
+                nats_url=self.infrastructure.nats_url,
+                namespace=self.namespace,
+            )
+            write_stack_info(self.data_dir, info)
         self._say(f"up: {self.gateway_url} (logs in {self.log_dir})")
 
     async def _launch(self, children: list[ManagedProcess]) -> None:
@@ -764,6 +802,8 @@ class Stack:
         # Services before extras (they use them), infrastructure last.
         for group in (self.services, self.extras):
             await asyncio.gather(*(self._terminate(c) for c in group))
+        if self.publish_home and self._started:
+            remove_stack_info(self.data_dir)
         if self.infrastructure is not None:
             await self.infrastructure.close()
         if self._started:

@@ -15,12 +15,13 @@ from moot_gateway.errors import errors
 from moot_gateway.runs_service import not_found
 from moot_gateway.schemas import SavedConfig, SavedConfigList, SavedConfigSubmission, SavedConfigVersions
 
-router = APIRouter(prefix="/v1/consortiums", tags=["saved configurations"], responses=errors(401, 404))
+router = APIRouter(prefix="/v1/consortiums", tags=["saved configurations"], responses=errors(401, 404, 422))
 
 NameParam = Annotated[str, Path(pattern=configs.NAME_RE.pattern, description=configs.NAME_RULE)]
 
 
-@router.put("/{name}", response_model=SavedConfig)
+# 400: a body that is not JSON text (not UTF-8), refused before it is parsed.
+@router.put("/{name}", response_model=SavedConfig, responses=errors(400, 413))
 async def put_config(
     name: NameParam,
     config: Annotated[SavedConfigSubmission, Body()],
@@ -34,9 +35,9 @@ async def put_config(
         raise RequestValidationError(
             [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
         ) from exc
-    except ValueError as exc:
+    except configs.ConfigError as exc:
         raise RequestValidationError(
-            [{"type": "value_error", "loc": ("body", "prompt"), "msg": str(exc), "input": None}]
+            [{"type": "value_error", "loc": ("body", *exc.loc), "msg": str(exc), "input": None}]
         ) from exc
     return await configs.put(clients.pool, principal.owner, name, normalized)
 
@@ -51,7 +52,7 @@ async def get_config(
     name: NameParam,
     clients: ClientsDep,
     principal: PrincipalDep,
-    version: Annotated[int | None, Query(ge=1)] = None,
+    version: Annotated[int | None, Query(ge=1, le=configs.MAX_VERSION)] = None,
 ) -> dict[str, Any]:
     """The latest version, or `?version=N`; `versions` lists every version number kept."""
     pool = clients.pool

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
@@ -23,11 +24,11 @@ from moot.views import ConsortiumView, DebateView
 from moot_gateway import configs, runs_service
 from moot_gateway.auth import PrincipalDep
 from moot_gateway.deps import Clients, ClientsDep
-from moot_gateway.errors import ApiError, errors, unavailable
+from moot_gateway.errors import ApiError, errors, field_errors, unavailable
 from moot_gateway.routes.runs import replay
 from moot_gateway.schemas import ChatCompletion, ChatCompletionRequest, ChatCompletionSubmission, ModelList
 
-router = APIRouter(prefix="/v1", tags=["openai compatible"], responses=errors(400, 401, 404, 424, 503))
+router = APIRouter(prefix="/v1", tags=["openai compatible"], responses=errors(400, 401, 404, 422, 424, 503))
 
 
 @router.get("/models", response_model=ModelList)
@@ -61,14 +62,15 @@ def _model_object(saved: dict[str, Any], principal: Principal) -> dict[str, Any]
                     }
                 }
             }
-        }
+        },
+        **errors(413, 429),
     },
 )
 async def chat_completions(
     body: Annotated[ChatCompletionSubmission, Body()], clients: ClientsDep, principal: PrincipalDep
 ) -> dict[str, Any] | StreamingResponse:
     try:
-        chat = ChatCompletionRequest.model_validate(body)
+        chat = ChatCompletionRequest.model_validate(body, strict=True)
     except ValidationError as exc:
         first = exc.errors()[0]
         param = ".".join(str(p) for p in first["loc"])
@@ -92,9 +94,10 @@ async def chat_completions(
     submission["history"] = [m.model_dump() for m in history]
     try:
         request, meta = await runs_service.resolve(clients, principal, submission)
-    except Exception as exc:  # a saved configuration plus this conversation that is no valid run
+    except RequestValidationError as exc:  # a saved configuration plus this conversation that is no valid run
+        problems = "; ".join(f"{f.param}: {f.message}" for f in field_errors(exc))
         raise ApiError(
-            status.HTTP_400_BAD_REQUEST, f"cannot run {chat.model!r} with these messages: {exc}"
+            status.HTTP_400_BAD_REQUEST, f"cannot run {chat.model!r} with these messages: {problems}"
         ) from exc
     run_id = await runs_service.submit(clients, principal, request, meta)
     created = int(time.time())

@@ -41,7 +41,7 @@ from moot_gateway.schemas import (
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=errors(401, 404, 409, 503))
+router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=errors(400, 401, 404, 409, 422, 503))
 
 EXAMPLES = {
     "consortium": {
@@ -65,7 +65,7 @@ EXAMPLES = {
 }
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED)
+@router.post("", status_code=status.HTTP_202_ACCEPTED, responses=errors(413, 429))
 async def create_run(
     body: Annotated[RunSubmission, Body(openapi_examples=EXAMPLES)],
     clients: ClientsDep,

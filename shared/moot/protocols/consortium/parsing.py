@@ -111,7 +111,13 @@ def _bare_confidence(text: str) -> float | None:
 
 
 def _strip_tags(text: str) -> str:
-    return re.sub(r"\n{3,}", "\n\n", _ANY_TAG_RE.sub("", text)).strip()
+    """`text` without tags. Removing one can join its neighbours into another (`<</b>/iteration>`
+    leaves `</iteration>`); then no angle bracket is kept as one, so none can close a section of
+    a later prompt that quotes the text (a synthesis, an area: `prompts.history_item`)."""
+    text = _ANY_TAG_RE.sub("", text)
+    if _ANY_TAG_RE.search(text):
+        text = text.replace("<", "\u2039").replace(">", "\u203a")
+    return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
 def _template_placeholders(template: str) -> dict[str, str]:
@@ -213,7 +219,8 @@ def parse_arbiter(text: str) -> ArbiterVerdict:
     if raw_areas:
         areas = [_strip_tags(a).strip() for a in _AREA_RE.findall(raw_areas)]
         if not any(areas):
-            areas = [line.strip().lstrip("-*•0123456789.) ").strip() for line in raw_areas.splitlines()]
+            # Without tags, like every other field: later arbiter prompts quote the areas.
+            areas = [_strip_tags(line).lstrip("-*•0123456789.) ").strip() for line in raw_areas.splitlines()]
         areas = [a for a in areas if a]
 
     return ArbiterVerdict(
