@@ -165,6 +165,16 @@ async def test_a_model_outside_the_model_list_is_refused_naming_it(stack: Stack,
         response = await http.post("/v1/runs", json=debate)
         assert response.status_code == 422
         assert [e["param"] for e in response.json()["error"]["errors"]] == ["judge"]
+        # Nor can a saved configuration name one, to be run later.
+        saved = {"members": [{"model": "m1"}], "arbiter": "gemini/gemini-pro"}
+        response = await http.put("/v1/consortiums/sneaky", json=saved)
+        assert response.status_code == 422 and response.json()["error"]["param"] == "arbiter", response.text
+        assert (await http.get("/v1/consortiums/sneaky")).status_code == 404
+        # A text Postgres could not store is refused up front, not lost in the recorder.
+        response = await http.post(
+            "/v1/runs", json={**body, "members": [{"model": "m1"}], "arbiter": "m1", "prompt": "a\u0000b"}
+        )
+        assert response.status_code == 422 and response.json()["error"]["param"] == "prompt", response.text
     assert len(await _owned_runs(stack, api_key)) == before
 
 

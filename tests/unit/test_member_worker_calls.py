@@ -346,3 +346,12 @@ async def test_provider_errors_leave_neither_the_prompt_nor_the_key(
         "stream-broken": "stream broke after 1 chunks: RateLimitError (HTTP 429): OpenAIException",
     }[kind]
     assert error.startswith(expected), error
+
+
+async def test_a_model_outside_the_list_fails_without_a_call(server: ModelServer) -> None:
+    """The gateway refuses such runs; a worker given a job naming one anyway calls nobody."""
+    before = len(server.requests())
+    outcome = await _caller(server).call(_job("openai/gpt-4o"), attempt=1)
+    assert isinstance(outcome, CallFailed) and outcome.error_type == "configuration"
+    assert "'openai/gpt-4o' is not in the model list" in outcome.error
+    assert len(server.requests()) == before

@@ -41,7 +41,7 @@ class FakeStore:
 
 
 def _caller(store: FakeStore | None) -> ModelCaller:
-    caller = ModelCaller(ModelList(), timeout=1.0, backoff_base=0.1, backoff_max=1.0)
+    caller = ModelCaller(ModelList(), timeout=1.0, backoff_base=0.1, backoff_max=1.0, allow_unlisted=True)
     caller.texts = store  # type: ignore[assignment]
     return caller
 

@@ -27,24 +27,25 @@ class ConfigError(ValueError):
         self.loc = loc
 
 
-def check_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Validate a configuration as a run request would be; pydantic's ValidationError if it is not one.
+def check_config(config: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """Validate a configuration as a run request would be: the request (with a placeholder prompt)
+    and the configuration to store; pydantic's ValidationError if it is not one.
 
     Strictly, as the JSON it came as: the document promises each field's JSON type, so `"2"` is no
     integer and `false` no number here (pydantic's lax mode would store them as 2 and 0.0).
-    ConfigError for a prompt, or for a text with a NUL character (see `_unstorable`).
+    ConfigError for a prompt, or for a text with a NUL character (see `nul_location`).
     """
     if "prompt" in config:
         raise ConfigError(("prompt",), "a saved configuration has no prompt: give the prompt per run")
     request = run_request_adapter.validate_python({**config, "prompt": _PLACEHOLDER_PROMPT}, strict=True)
     normalized = request.model_dump(mode="json", exclude={"prompt"}, exclude_defaults=False)
-    loc = _unstorable(normalized, ())
+    loc = nul_location(normalized)
     if loc is not None:
         raise ConfigError(loc, "text with a NUL character (\\u0000) cannot be saved")
-    return normalized
+    return request, normalized
 
 
-def _unstorable(value: Any, loc: tuple[str | int, ...]) -> tuple[str | int, ...] | None:
+def nul_location(value: Any, loc: tuple[str | int, ...] = ()) -> tuple[str | int, ...] | None:
     """Where the first text with a NUL character is, or None: valid JSON, but Postgres text (and so
     jsonb) has no `\\u0000`, and the INSERT would fail (a 500). Pydantic already refuses unpaired
     surrogates in text fields and replaces them in free-form content when dumping."""
@@ -52,8 +53,8 @@ def _unstorable(value: Any, loc: tuple[str | int, ...]) -> tuple[str | int, ...]
         return loc if "\x00" in value else None
     items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
     for key, item in items:
-        found = _unstorable(key, (*loc, key)) if isinstance(key, str) else None
-        found = found or _unstorable(item, (*loc, key))
+        found = nul_location(key, (*loc, key)) if isinstance(key, str) else None
+        found = found or nul_location(item, (*loc, key))
         if found is not None:
             return found
     return None

@@ -91,17 +91,6 @@ async def _continued(
     return configuration, history
 
 
-def _nul_in(value: Any, path: str = "") -> str | None:
-    """The dotted path of the first string holding a NUL character, if any."""
-    if isinstance(value, str):
-        return path or "body" if "\x00" in value else None
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for key, item in items:
-        if (found := _nul_in(item, f"{path}.{key}" if path else str(key))) is not None:
-            return found
-    return None
-
-
 def _same_mode(body: dict[str, Any], base: dict[str, Any], what: str, field: str) -> None:
     """A submission that names its mode must name the mode of what it runs on (a saved
     configuration, the run it continues): a debate is never quietly run as a consortium."""
@@ -151,9 +140,9 @@ async def resolve(clients: Clients, principal: Principal, body: dict[str, Any]) 
             body = {**earlier, **body}
         body["history"] = [*history, *body.get("history", [])]
         meta.continued_from = continue_from
-    if (where := _nul_in(body)) is not None:
+    if (where := configs.nul_location(body)) is not None:
         # Postgres text cannot hold NUL: a run that would fail in the recorder is refused here.
-        raise _invalid(where, "NUL characters (\\u0000) are not allowed")
+        raise _invalid(".".join(map(str, where)), "NUL characters (\\u0000) are not allowed")
     try:
         # Strict: `"temperature": false` or `"max_tokens": "1"` are refused, not coerced.
         request = run_request_adapter.validate_python(body, strict=True)

@@ -120,8 +120,16 @@ def _texts_of(messages: list[dict[str, Any]]) -> list[str]:
 
 
 class ModelCaller:
-    def __init__(self, models: ModelList, timeout: float, backoff_base: float, backoff_max: float) -> None:
+    def __init__(
+        self,
+        models: ModelList,
+        timeout: float,
+        backoff_base: float,
+        backoff_max: float,
+        allow_unlisted: bool = False,
+    ) -> None:
         self.models = models
+        self.allow_unlisted = allow_unlisted  # MOOT_ALLOW_UNLISTED_MODELS
         self.timeout = timeout
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
@@ -175,6 +183,14 @@ class ModelCaller:
     ) -> tuple[CallCompleted | CallFailed | Retry, str]:
         started = time.perf_counter()
         common = _outcome_fields(attempt)
+        if not self.models.is_callable(job.model, self.allow_unlisted):
+            # The gateway refuses such runs; a job naming one anyway (an older gateway, a job
+            # written by hand) must not reach a provider with the workers' keys.
+            offered = ", ".join(self.models.callable_names())
+            error = (
+                f"model {job.model!r} is not in the model list ({offered}); MOOT_ALLOW_UNLISTED_MODELS is off"
+            )
+            return job.failed(error, **common, error_type="configuration"), "unknown"
         try:
             params = self.models.resolve(job.model)
         except KeyError as exc:

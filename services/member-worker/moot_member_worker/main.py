@@ -28,6 +28,7 @@ def create_app() -> FastAPI:
         timeout=settings.call_timeout_seconds,
         backoff_base=worker.backoff_base_seconds,
         backoff_max=worker.backoff_max_seconds,
+        allow_unlisted=settings.allow_unlisted_models,
     )
     jobs = CallJobs(
         broker,

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Path, Query, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from moot_gateway import configs
+from moot_gateway import configs, runs_service
 from moot_gateway.auth import PrincipalDep
 from moot_gateway.deps import ClientsDep
 from moot_gateway.errors import errors
@@ -30,7 +30,7 @@ async def put_config(
 ) -> dict[str, Any]:
     """Save a configuration (a run request without `prompt`); saving again adds a version."""
     try:
-        normalized = configs.check_config(config)
+        request, normalized = configs.check_config(config)
     except ValidationError as exc:
         raise RequestValidationError(
             [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
@@ -39,6 +39,7 @@ async def put_config(
         raise RequestValidationError(
             [{"type": "value_error", "loc": ("body", *exc.loc), "msg": str(exc), "input": None}]
         ) from exc
+    runs_service.require_callable_models(clients, request)  # the allow-list, as for a run
     return await configs.put(clients.pool, principal.owner, name, normalized)
 
 
