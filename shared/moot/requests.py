@@ -11,6 +11,7 @@ import string
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -103,11 +104,24 @@ def _budget_field() -> Any:
     return Field(default_factory=Budget, description="What the run may spend before it is ended.")
 
 
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("the prompt is blank: ask something")
+    return value
+
+
+Prompt = Annotated[
+    str,
+    Field(min_length=1, max_length=200_000, description="The question."),
+    AfterValidator(_not_blank),
+]
+
+
 class ConsortiumRequest(_Strict):
     """A consortium: members answer in parallel, an arbiter synthesizes, repeat until confident."""
 
     mode: Literal["consortium"] = "consortium"
-    prompt: str = Field(min_length=1, max_length=200_000)
+    prompt: Prompt
     members: list[MemberSpec] = Field(min_length=1, max_length=16)
     arbiter: str = Field(min_length=1, max_length=200)
     confidence_threshold: float = Field(0.8, ge=0.0, le=1.0)
@@ -233,7 +247,7 @@ class DebateRequest(_Strict):
         return data
 
     mode: Literal["debate"] = "debate"
-    prompt: str = Field(min_length=1, max_length=200_000)
+    prompt: Prompt
     members: list[DebaterSpec] = Field(min_length=1, max_length=16)
     format: DebateFormat = "free_discussion"
     custom_prompt: str | None = Field(None, max_length=50_000, validate_default=True)

@@ -28,7 +28,17 @@ from moot_recorder.settings import RecorderSettings
 OLD_SCHEMAS = Path(__file__).parent / "old_schemas"
 KNOWN = load_migrations()
 LATEST = KNOWN[-1].version
-TABLES = ("runs", "iterations", "calls", "debate_rounds", "events", "api_keys", "saved_configs", "key_rates", "key_runs")
+TABLES = (
+    "runs",
+    "iterations",
+    "calls",
+    "debate_rounds",
+    "events",
+    "api_keys",
+    "saved_configs",
+    "key_rates",
+    "key_runs",
+)
 
 MakeDatabase = Callable[[], Awaitable[str]]
 
@@ -143,7 +153,9 @@ async def test_a_database_migrated_by_a_newer_moot(empty_database: MakeDatabase,
     older = KNOWN[:1]
     async with connection(url) as conn:
         await migrate(conn)
-        with pytest.raises(MigrationError, match=r"does not know \(0002_accounts, 0003_key_limits\).*newer moot"):
+        with pytest.raises(
+            MigrationError, match=r"does not know \(0002_accounts, 0003_key_limits\).*newer moot"
+        ):
             await migrate(conn, older)
         with caplog.at_level(logging.WARNING, logger="moot.records.migrate"):
             assert await require_current(conn, wait_seconds=0, migrations=older) == LATEST

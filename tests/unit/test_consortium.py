@@ -323,6 +323,7 @@ def old_arbiter_prompt(req: ConsortiumRequest, state: ConsortiumState) -> str:
         return render([t], TEXTS) if t else ""  # type: ignore[return-value]
 
     it = state.current
+
     def response(model: str, instance: int, c: Any) -> str:
         said = text(c.text) if c.status == "completed" else f"(no answer: the call failed: {c.error})"
         confidence = c.confidence if c.confidence is not None else "not stated"

@@ -85,6 +85,7 @@ class Pool:
             "rpm": limits.rpm,
             "max_concurrent_runs": limits.max_concurrent_runs,
             "usd_per_day": limits.usd_per_day,
+            "revoked_at": None,
         }
 
 

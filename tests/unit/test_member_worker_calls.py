@@ -311,7 +311,8 @@ async def test_provider_errors_leave_neither_the_prompt_nor_the_key(
 
         async def chunks() -> Any:
             yield SimpleNamespace(
-                usage=None, choices=[SimpleNamespace(finish_reason=None, delta=SimpleNamespace(content="Le "))]
+                usage=None,
+                choices=[SimpleNamespace(finish_reason=None, delta=SimpleNamespace(content="Le "))],
             )
             raise error
 
@@ -355,3 +356,22 @@ async def test_a_model_outside_the_list_fails_without_a_call(server: ModelServer
     assert isinstance(outcome, CallFailed) and outcome.error_type == "configuration"
     assert "'openai/gpt-4o' is not in the model list" in outcome.error
     assert len(server.requests()) == before
+
+
+async def test_a_missing_provider_key_fails_at_once_not_after_retries(
+    server: ModelServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The OpenAI client refuses to start without a key and litellm reports it as a 500: no later
+    attempt can fix that, so the call fails on its first attempt (issue 13)."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    models = ModelList.model_validate(
+        {
+            "model_list": [
+                {"model_name": "keyless", "litellm_params": {"model": "openai/ok", "api_base": server.url}}
+            ]
+        }
+    )
+    caller = ModelCaller(models, timeout=10.0, backoff_base=0.5, backoff_max=60.0)
+    outcome = await caller.call(_job("keyless"), attempt=1)
+    assert isinstance(outcome, CallFailed), outcome
+    assert "api_key" in outcome.error or "credentials" in outcome.error.lower(), outcome.error

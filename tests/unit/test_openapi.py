@@ -131,3 +131,45 @@ def test_saved_configuration_versions_are_bounded_as_postgres_stores_them(spec: 
     saved_run = spec["components"]["schemas"]["SavedRunSubmission"]["properties"]["config_version"]
     bounds = next(s for s in saved_run["anyOf"] if s.get("type") == "integer")
     assert (bounds["minimum"], bounds["maximum"]) == (1, 2**31 - 1)
+
+
+def test_the_key_is_a_security_scheme_not_a_header_parameter(spec: dict[str, Any]) -> None:
+    for method, path, op in operations(spec):
+        names = [p["name"].lower() for p in op.get("parameters", [])]
+        assert "authorization" not in names, (method, path)
+
+
+def test_every_error_has_the_one_error_shape(spec: dict[str, Any]) -> None:
+    """422 included: FastAPI's own validation error schema is nowhere in the document."""
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    for method, path, op in operations(spec):
+        for status, answer in op["responses"].items():
+            if status.startswith(("4", "5")) and path.startswith("/v1"):
+                schema = answer["content"]["application/json"]["schema"]
+                assert schema == {"$ref": "#/components/schemas/ErrorBody"}, (method, path, status)
+    run_refusals = spec["paths"]["/v1/runs"]["post"]["responses"]
+    assert {"413", "422", "429"} <= set(run_refusals)
+
+
+def test_examples_name_the_models_of_a_local_stack(spec: dict[str, Any]) -> None:
+    """A reader who tries an example on `moot up` must not meet a 422 for a model it lacks."""
+    body = spec["paths"]["/v1/runs"]["post"]["requestBody"]["content"]["application/json"]
+    named = {
+        m["model"] for example in body["examples"].values() for m in example["value"].get("members", [])
+    } | {example["value"].get(role) for example in body["examples"].values() for role in ("arbiter", "judge")}
+    assert named - {None} == {"local"}
+
+
+async def test_swagger_ui_and_redoc_are_served_without_a_cdn() -> None:
+    import httpx
+
+    app = create_app()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http:
+        for page in ("/docs", "/redoc"):
+            html = (await http.get(page)).text
+            assert "cdn" not in html.lower() and "https://" not in html.split("<body")[-1], page
+            scripts = [part.split('"')[0] for part in html.split('src="')[1:]]
+            assert scripts and all(src.startswith("/") for src in scripts), (page, scripts)
+            for src in scripts:
+                asset = await http.get(src)
+                assert asset.status_code == 200 and len(asset.content) > 100_000, src

@@ -14,12 +14,13 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from datetime import UTC
 from typing import Annotated
 
-from fastapi import Depends, Header, Request, Security
+from fastapi import Depends, Request, Security
 from fastapi.security import HTTPBearer
 
-from moot.records.accounts import KEY_PREFIX, Principal, authenticate, hash_key
+from moot.records.accounts import KEY_PREFIX, Principal, RevokedKey, authenticate, hash_key
 from moot_gateway.deps import Clients, ClientsDep
 from moot_gateway.errors import dependency_of, unauthorized, unavailable
 
@@ -54,6 +55,8 @@ class KeyCache:
         self.clock = clock
         self._valid: OrderedDict[str, tuple[Principal, float]] = OrderedDict()  # digest -> (who, checked at)
         self._unknown: OrderedDict[str, float] = OrderedDict()  # digest -> checked at
+        # Why a known-bad key is refused, when there is more to say than "invalid" (revoked).
+        self._reasons: dict[str, str] = {}
 
     def fresh(self, digest: str) -> tuple[bool, Principal | None]:
         """(True, the principal or None for an unknown key) if checked within `fresh_seconds`."""
@@ -75,17 +78,24 @@ class KeyCache:
         self._valid.move_to_end(digest)
         return valid[0]
 
-    def remember(self, digest: str, principal: Principal | None) -> None:
-        """Record what Postgres answered for a key (None: unknown or revoked)."""
+    def reason(self, digest: str) -> str | None:
+        return self._reasons.get(digest)
+
+    def remember(self, digest: str, principal: Principal | None, reason: str | None = None) -> None:
+        """Record what Postgres answered for a key (None: unknown or revoked, `reason` says which)."""
         now = self.clock()
         if principal is None:
             self._valid.pop(digest, None)  # revoked: not even served stale
             self._unknown[digest] = now
             self._unknown.move_to_end(digest)
+            if reason is not None:
+                self._reasons[digest] = reason
             while len(self._unknown) > self.max_unknown:
-                self._unknown.popitem(last=False)
+                gone, _ = self._unknown.popitem(last=False)
+                self._reasons.pop(gone, None)
             return
         self._unknown.pop(digest, None)
+        self._reasons.pop(digest, None)
         self._valid[digest] = (principal, now)
         self._valid.move_to_end(digest)
         while len(self._valid) > self.max_valid:
@@ -115,7 +125,7 @@ async def principal_for(clients: Clients, authorization: str | None) -> Principa
     if not known:
         try:
             async with asyncio.timeout(QUERY_TIMEOUT_SECONDS):  # a new connection's too
-                principal = await authenticate(clients.pool, key)
+                found = await authenticate(clients.pool, key)
         except Exception as exc:
             if dependency_of(exc) is None:
                 raise
@@ -126,9 +136,17 @@ async def principal_for(clients: Clients, authorization: str | None) -> Principa
                 raise unavailable("postgres") from exc
             _warn_stale(exc)
             return principal
-        _cache.remember(digest, principal)
+        if isinstance(found, RevokedKey):
+            when = found.revoked_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+            principal = None
+            _cache.remember(
+                digest, None, f"This API key ({found.key_id}) was revoked on {when}: use another one."
+            )
+        else:
+            principal = found
+            _cache.remember(digest, principal)
     if principal is None:
-        raise unauthorized("Invalid API key.")
+        raise unauthorized(_cache.reason(digest) or "Invalid API key.")
     return principal
 
 
@@ -140,13 +158,14 @@ PRINCIPAL_STATE = "moot_principal"
 async def current_principal(
     request: Request,
     clients: ClientsDep,
-    authorization: Annotated[str | None, Header()] = None,
     _declared: Annotated[object, Security(_bearer)] = None,
 ) -> Principal:
+    """The caller. The header is read from the request, not declared as a parameter: the
+    document shows the key as the bearer security scheme it is, not as an optional header."""
     known = request.scope.get("state", {}).get(PRINCIPAL_STATE)
     if isinstance(known, Principal):
         return known
-    return await principal_for(clients, authorization)
+    return await principal_for(clients, request.headers.get("authorization"))
 
 
 _warned_at = float("-inf")

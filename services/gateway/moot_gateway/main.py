@@ -14,6 +14,7 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from moot.observability import telemetry
@@ -38,6 +39,14 @@ from moot_gateway.routes import configs, health, openai, runs
 from moot_gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
+
+API_DESCRIPTION = """Several language models deliberate on a question: a consortium iterates under an
+arbiter, a debate runs under a judge. Submit a run, follow its events (SSE), read its record.
+
+Every `/v1` request needs `Authorization: Bearer <key>` (`moot keys create`, or the key `moot up`
+prints). Runs and saved configurations belong to the owner of the key that made them: another
+owner's key does not see them. Errors have one shape, `{"error": {"message", "type", "param",
+"code"}}`; a 429 says when to try again (`Retry-After`)."""
 
 
 @asynccontextmanager
@@ -95,7 +104,8 @@ def create_app(settings: MootSettings | None = None, gateway: GatewaySettings | 
     gateway = gateway or GatewaySettings()
     setup_logging(settings, "gateway")
     telemetry.setup("gateway")
-    app = FastAPI(title="moot", version="0.1.0", lifespan=lifespan)
+    # Swagger UI (/docs) and ReDoc (/redoc) from the package's own assets, not a CDN.
+    app = FastAPIOffline(title="moot", version="0.1.0", lifespan=lifespan, description=API_DESCRIPTION)
     app.state.settings, app.state.gateway_settings = settings, gateway
     # Added before the instrumentation, so a refused body still gets its server span.
     app.add_middleware(BodyLimit, max_bytes=gateway.max_body_bytes)

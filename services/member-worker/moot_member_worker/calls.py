@@ -119,6 +119,27 @@ def _texts_of(messages: list[dict[str, Any]]) -> list[str]:
     return texts
 
 
+# What no later attempt can change: a key that is missing or wrong, a model the provider does not
+# have, a request it refuses. Some of these come as a 500 (the OpenAI client refuses to start
+# without a key, and litellm reports that as an internal error), so the message is read too.
+_PERMANENT_ERRORS = (
+    litellm.AuthenticationError,
+    litellm.PermissionDeniedError,
+    litellm.NotFoundError,
+    litellm.BadRequestError,
+)
+_PERMANENT_MESSAGE = re.compile(
+    r"missing credentials|api_key client option must be set|no api key|api key (?:is )?(?:missing|not set|not found)"
+    r"|must provide an api key|invalid api key|incorrect api key",
+    re.IGNORECASE,
+)
+
+
+def _permanent(exc: BaseException) -> bool:
+    """Whether the call can never succeed as it is, whatever its status code says: fail it at once."""
+    return isinstance(exc, _PERMANENT_ERRORS) or bool(_PERMANENT_MESSAGE.search(str(exc)[:2000]))
+
+
 class ModelCaller:
     def __init__(
         self,
@@ -243,8 +264,9 @@ class ModelCaller:
             return failed, provider
         except Exception as exc:
             latency = int((time.perf_counter() - started) * 1000)
-            retryable = status_of(exc) in RETRYABLE_STATUS or isinstance(
-                exc, litellm.Timeout | litellm.APIConnectionError | litellm.RateLimitError
+            retryable = not _permanent(exc) and (
+                status_of(exc) in RETRYABLE_STATUS
+                or isinstance(exc, litellm.Timeout | litellm.APIConnectionError | litellm.RateLimitError)
             )
             # Chunks already published cannot be taken back: a stream broken midway is not retried.
             if retryable and not streamed.parts:

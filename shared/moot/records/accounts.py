@@ -171,16 +171,27 @@ async def revoke_key(conn: asyncpg.Connection, key_id: str) -> bool:
     return status.endswith(" 1")
 
 
-async def authenticate(pool: asyncpg.Pool, key: str) -> Principal | None:
-    """The principal behind a key, or None when it is unknown or revoked."""
+@dataclass(frozen=True)
+class RevokedKey:
+    """A key that existed and was revoked: refused, and told so."""
+
+    key_id: str
+    revoked_at: datetime
+
+
+async def authenticate(pool: asyncpg.Pool, key: str) -> Principal | RevokedKey | None:
+    """The principal behind a key; RevokedKey when it was revoked; None when it is unknown."""
     if not key.startswith(KEY_PREFIX):
         return None
     row = await pool.fetchrow(
-        "SELECT id, owner, rpm, max_concurrent_runs, usd_per_day FROM api_keys"
-        " WHERE key_hash = $1 AND revoked_at IS NULL",
+        "SELECT id, owner, rpm, max_concurrent_runs, usd_per_day, revoked_at FROM api_keys WHERE key_hash = $1",
         hash_key(key),
     )
-    return Principal(owner=row["owner"], key_id=row["id"], limits=_limits(row)) if row else None
+    if row is None:
+        return None
+    if row["revoked_at"] is not None:
+        return RevokedKey(key_id=row["id"], revoked_at=row["revoked_at"])
+    return Principal(owner=row["owner"], key_id=row["id"], limits=_limits(row))
 
 
 def _read_key(path: Path) -> str | None:

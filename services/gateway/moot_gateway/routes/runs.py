@@ -43,25 +43,32 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=errors(400, 401, 404, 409, 422, 503))
 
+# On the models of a local stack: `local` (the embedded model of `moot up`); with
+# `moot up --test-models`, `fast`, `slow` and `arbiter`.
 EXAMPLES = {
     "consortium": {
+        "summary": "A consortium of the local model",
         "value": {
             "mode": "consortium",
-            "prompt": "Is P = NP?",
-            "members": [{"model": "gpt-4o-mini", "count": 2}, {"model": "claude"}],
-            "arbiter": "gpt-4o-mini",
-        }
+            "prompt": "What is the capital of France?",
+            "members": [{"model": "local", "count": 3}],
+            "arbiter": "local",
+            "max_tokens": 300,
+        },
     },
     "debate": {
+        "summary": "A judged debate",
         "value": {
             "mode": "debate",
             "prompt": "Is a hot dog a sandwich?",
-            "members": [{"model": "gpt-4o-mini"}, {"model": "claude"}],
-            "judge_mode": "external_judge",
-            "judge": "gpt-4o-mini",
-        }
+            "members": [{"model": "local", "count": 2}],
+            "judge": "local",
+        },
     },
-    "saved": {"value": {"config": "my-panel", "prompt": "Is P = NP?", "max_iterations": 2}},
+    "saved": {
+        "summary": "A saved configuration, with an override",
+        "value": {"config": "panel", "prompt": "Is P = NP?", "max_iterations": 2},
+    },
 }
 
 
@@ -136,7 +143,8 @@ async def _start_after(last_event_id: Annotated[str | None, Header()] = None) ->
             "model": RunEventData,
             "description": "Server-sent events; each `data` is one run event plus `seq`, its stream sequence.",
         },
-        **stream_errors(401, 404, 503),
+        # Every status of the router too: refusals of a stream are JSON, not events.
+        **stream_errors(400, 401, 404, 409, 422, 429, 503),
     },
 )
 async def run_events(
