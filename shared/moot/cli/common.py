@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -60,9 +61,23 @@ def explain(exc: GatewayError | httpx.HTTPError, url: str) -> CliError:
             f" (the gateway said: {exc.message})"
         )
     if exc.status == 422 and exc.field_errors:
-        lines = "\n".join(f"  {field}: {msg}" for field, msg in exc.field_errors)
+        lines = "\n".join(f"  {field}: {msg}{_count_hint(field, msg)}" for field, msg in exc.field_errors)
         return CliError(f"the gateway refused the request:\n{lines}", EXIT_USAGE)
+    if exc.status == 429:
+        return CliError(f"refused for now: {exc.message}")
     return CliError(f"{exc.message} (HTTP {exc.status})")
+
+
+_NOT_OFFERED = re.compile(r"model '(?P<name>[^']*):(?P<tail>[^':]*)' is not offered")
+
+
+def _count_hint(field: str, message: str) -> str:
+    """`-m fast:abc` reads as a model named `fast:abc` (names may hold colons: `llama3:8b`); when
+    the gateway has no such model, say how a count is written."""
+    found = _NOT_OFFERED.search(message) if field.startswith("members.") else None
+    if found is None or found["tail"].isdigit():
+        return ""
+    return f" (if {found['tail']!r} was meant as a count: -m {found['name']}:2)"
 
 
 def err(line: str) -> None:
