@@ -105,3 +105,17 @@ def _origin(module: str) -> Path | None:
 
     spec = importlib.util.find_spec(module)
     return Path(spec.origin).resolve() if spec and spec.origin else None
+
+
+def test_licenses_are_spdx_expressions_so_installs_print_no_deprecation_warning() -> None:
+    """A `license = {text = ...}` table makes setuptools >= 77 warn on every install (issue 13)."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    for pyproject in [
+        root / "shared" / "pyproject.toml",
+        *sorted((root / "services").glob("*/pyproject.toml")),
+    ]:
+        data = tomllib.loads(pyproject.read_text())
+        assert data["project"]["license"] == "Apache-2.0", pyproject
+        assert "setuptools>=77" in data["build-system"]["requires"], pyproject
