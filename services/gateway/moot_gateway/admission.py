@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -31,7 +30,7 @@ from moot.records import limits
 from moot.records.accounts import Limits, Principal
 from moot_gateway.auth import PrincipalDep
 from moot_gateway.deps import Clients, ClientsDep
-from moot_gateway.errors import DEPENDENCY_ERRORS, ApiError
+from moot_gateway.errors import DEPENDENCY_ERRORS, ApiError, EveryMinute
 from moot_gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -87,7 +86,9 @@ async def admit(clients: Clients, principal: Principal, run_id: str, deadline_se
         async with asyncio.timeout(ADMISSION_TIMEOUT_SECONDS):
             refusal = await _admit(clients, principal.key_id, run_id, deadline_seconds, effective)
     except _UNREACHABLE as exc:
-        _warn_unchecked(exc)
+        _unchecked_warning.warn(
+            "per-key limits not enforced: Postgres unavailable (%r); runs are admitted unchecked", exc
+        )
         return
     if refusal is not None:
         raise refused(refusal)
@@ -150,17 +151,7 @@ async def forget(clients: Clients, run_id: str) -> None:
         )
 
 
-_warned_at = float("-inf")
-
-
-def _warn_unchecked(exc: BaseException) -> None:
-    global _warned_at
-    now = time.monotonic()
-    if now - _warned_at >= 60.0:
-        _warned_at = now
-        log.warning(
-            "per-key limits not enforced: Postgres unavailable (%r); runs are admitted unchecked", exc
-        )
+_unchecked_warning = EveryMinute(log)
 
 
 class StreamSlots:

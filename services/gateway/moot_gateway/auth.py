@@ -22,7 +22,7 @@ from fastapi.security import HTTPBearer
 
 from moot.records.accounts import KEY_PREFIX, Principal, RevokedKey, authenticate, hash_key
 from moot_gateway.deps import Clients, ClientsDep
-from moot_gateway.errors import dependency_of, unauthorized, unavailable
+from moot_gateway.errors import EveryMinute, dependency_of, unauthorized, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,9 @@ async def principal_for(clients: Clients, authorization: str | None) -> Principa
                 # Not a key we saw working lately: it may be valid, so not 401; retry later.
                 log.warning("cannot check an API key: Postgres unavailable (%r)", exc)
                 raise unavailable("postgres") from exc
-            _warn_stale(exc)
+            _stale_warning.warn(
+                "Postgres unavailable (%r): API keys seen lately are served from the cache", exc
+            )
             return principal
         if isinstance(found, RevokedKey):
             when = found.revoked_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -168,16 +170,8 @@ async def current_principal(
     return await principal_for(clients, request.headers.get("authorization"))
 
 
-_warned_at = float("-inf")
-
-
-def _warn_stale(exc: Exception) -> None:
-    """Once a minute, not once a request, while keys are served from the cache."""
-    global _warned_at
-    now = time.monotonic()
-    if now - _warned_at >= 60.0:
-        _warned_at = now
-        log.warning("Postgres unavailable (%r): API keys seen lately are served from the cache", exc)
+# Once a minute, not once a request, while keys are served from the cache.
+_stale_warning = EveryMinute(log)
 
 
 PrincipalDep = Annotated[Principal, Depends(current_principal)]

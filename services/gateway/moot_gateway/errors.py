@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import asyncpg
@@ -209,3 +210,17 @@ async def dependency_error_handler(request: Request, exc: Exception) -> JSONResp
         raise exc
     log.warning("%s %s: %s unavailable: %r", request.method, request.url.path, dependency, exc)
     return await api_error_handler(request, unavailable(dependency))
+
+
+class EveryMinute:
+    """A warning said once a minute at most, not once a request, while its cause lasts."""
+
+    def __init__(self, logger: logging.Logger, seconds: float = 60.0) -> None:
+        self.logger, self.seconds = logger, seconds
+        self._said_at = float("-inf")
+
+    def warn(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._said_at >= self.seconds:
+            self._said_at = now
+            self.logger.warning(message, *args)
