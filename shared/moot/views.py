@@ -10,7 +10,7 @@ verdict) only where the call has one.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal, TypedDict
+from typing import Annotated, ClassVar, Literal, TypedDict
 
 from pydantic import BaseModel, Discriminator, Field, PlainSerializer, TypeAdapter
 
@@ -44,9 +44,19 @@ class Usage(BaseModel):
 
 
 class ArbiterVerdict(BaseModel):
-    """The arbiter's answer, parsed. `malformed` and `problems` say what could not be read."""
+    """The arbiter's answer, parsed. `malformed` and `problems` say what could not be read.
+
+    When the arbiter's synthesis cannot be read (empty, or its own instructions repeated), the
+    synthesis is the answer most members agree on instead (`synthesis_from: members`, how many
+    agree in `problems`); the arbiter's own text stays in its call.
+    """
 
     synthesis: Text = ""
+    synthesis_from: Literal["arbiter", "members"] = Field(
+        "arbiter",
+        description="Who wrote the synthesis: the arbiter, or the members (the answer most of them agree on,"
+        " used when the arbiter's synthesis could not be read).",
+    )
     confidence: float | None = None
     analysis: Text = ""
     dissent: Text = ""
@@ -54,6 +64,16 @@ class ArbiterVerdict(BaseModel):
     refinement_areas: list[Text] = Field(default_factory=list)
     malformed: bool = False
     problems: list[str] = Field(default_factory=list)
+
+    # How the problem that tells of the members' answer standing in begins.
+    UNREADABLE: ClassVar[str] = "the arbiter's synthesis was unreadable"
+
+    @property
+    def fallback(self) -> str | None:
+        """Why the synthesis is the members' and how many of them agree on it; None when it is the arbiter's."""
+        if self.synthesis_from != "members":
+            return None
+        return next((p for p in reversed(self.problems) if p.startswith(self.UNREADABLE)), self.UNREADABLE)
 
 
 class DebaterRef(BaseModel):

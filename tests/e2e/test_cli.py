@@ -86,7 +86,8 @@ async def test_run_shows_progress_and_prints_the_synthesis(
         "arbiter: confidence 0.50 -> iterate",
         "iteration 2: asking 3 member instances",
         "arbiter: confidence 0.90 -> stop",
-        "completed: ",
+        "members' answers (iteration 2):\n  m1#1",
+        "\n── synthesis ──\ncompleted: ",  # on stderr: the heading above the answer on stdout
     ]:
         assert line in result.err, result
     record = json.loads(output.read_text())
@@ -134,7 +135,7 @@ async def test_debate_streams_the_verdict_to_stdout(env: dict[str, str]) -> None
         "d2#1 answered",
         "round 2: d1#1, d2#1",
         "judge judge_stop: stop",
-        "verdict by the judge judge_stop:",
+        "\n── verdict by the judge judge_stop ──\n",
         "completed: ",
     ]:
         assert line in result.err, result
@@ -230,7 +231,7 @@ async def test_the_gateways_validation_errors_name_the_field(env: dict[str, str]
     )
     for result, message in [
         (one_debater, "members: a debate needs at least two debaters"),
-        (bounds, "request: min_iterations must not exceed max_iterations"),
+        (bounds, "body: min_iterations must not exceed max_iterations"),
         (bad_name, "members.0.model: model name may contain"),
         (no_config, "config: no saved configuration 'no-such-config'"),
     ]:
@@ -263,7 +264,7 @@ async def test_saved_configurations(env: dict[str, str], model_server: ModelServ
     record = await show_json(env, run_id_of(panel))
     assert record["config"] == {"name": "cli-panel", "version": 1}
     assert debate.code == 0 and debate.err.startswith("debate "), debate
-    assert "verdict by the judge judge_stop:" in debate.err and debate.out.strip(), debate
+    assert "\n── verdict by the judge judge_stop ──\n" in debate.err and debate.out.strip(), debate
     # The command's mode and the configuration's must agree: never a consortium run as asked-for debate.
     wrong = await moot(env, "debate", "--config", "cli-panel", "Is water wet?")
     assert wrong.code == 2, wrong
@@ -311,6 +312,7 @@ async def test_keys_create_list_revoke(env: dict[str, str]) -> None:
     assert revoked.code == 0 and f"revoked {unused_id}" in revoked.out, revoked
     refused = await moot({**env, "MOOT_API_KEY": unused}, "runs")
     assert refused.code == 1 and "the API key was refused" in refused.err, refused
+    assert f"This API key ({unused_id}) was revoked on " in refused.err, refused
     twice = await moot(env, "keys", "revoke", unused_id)
     assert twice.code == 1 and f"no active key '{unused_id}'" in twice.err, twice
     bad_owner = await moot(env, "keys", "create", "--name", "x", "--owner", "no spaces")
@@ -340,3 +342,16 @@ async def test_keys_on_the_embedded_postgres(env: dict[str, str], server_tmp_pat
     listed = await moot(local, "keys", "list", "--data-dir", str(data_dir))
     assert listed.code == 0 and " dev " in listed.out, listed
     assert not pid_file.exists(), "the command started the server, so it stops it"
+
+
+async def test_models_are_checked_at_submission_and_counts_parsed_strictly(env: dict[str, str]) -> None:
+    """Issue 13: a name the deployment lacks is refused before anything runs, not after retries."""
+    unknown = await moot(env, "run", "Hi?", "-m", "nosuchmodel:2", "--arbiter", "arb")
+    assert unknown.code == 2, unknown
+    assert "members.0.model: model 'nosuchmodel' is not offered here; the models are:" in unknown.err
+    assert "m1" in unknown.err and not unknown.out
+    typo = await moot(env, "run", "Hi?", "-m", "m1:abc", "--arbiter", "arb")
+    assert typo.code == 2, typo
+    assert "(if 'abc' was meant as a count: -m m1:2)" in typo.err, typo
+    zero = await moot(env, "run", "Hi?", "-m", "m1:0", "--arbiter", "arb")
+    assert zero.code == 2 and "the count must be at least 1" in zero.err, zero

@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 
 
-async def test_moot_demo_prints_the_synthesis(nats_url: str, database_url: str, tmp_path: Path) -> None:
+async def test_moot_demo_prints_the_members_answers_and_the_synthesis(
+    nats_url: str, database_url: str, tmp_path: Path
+) -> None:
     env = {
         **os.environ,
         "NATS_URL": nats_url,
@@ -29,4 +31,9 @@ async def test_moot_demo_prints_the_synthesis(nats_url: str, database_url: str, 
     progress = err.decode()
     assert "iteration 1: asking 3 member instances" in progress
     assert "arbiter: confidence 0.90 -> stop" in progress
-    assert out.decode().strip().startswith("Synthesis by arbiter")
+    # The demo's report on stdout: what the members said, then the answer under its heading.
+    report = out.decode()
+    assert report.startswith("members' answers (iteration 1):\n  fast#1")
+    members, _, answer = report.partition("\n\n── synthesis ──\n")
+    assert len(members.splitlines()) == 4  # the title, fast#1, fast#2, slow#1
+    assert answer.startswith("Synthesis by arbiter")

@@ -189,7 +189,12 @@ def main(argv: list[str] | None = None) -> None:
     demo.add_argument("prompt", nargs="?", default=DEMO_PROMPT)
     demo.add_argument("-m", "--member", action="append", help="MODEL[:COUNT], repeatable")
     demo.add_argument("--arbiter")
-    demo.add_argument("--max-iterations", type=int, default=2)
+    demo.add_argument(
+        "--max-iterations",
+        type=int,
+        default=None,
+        help="iterations at most (default: 1 on the local model, else 2)",
+    )
     demo.add_argument("--max-tokens", type=int, help="per answer (default on the local model: 300)")
     demo.add_argument(
         "--debate",

@@ -95,8 +95,11 @@ class Progress:
     def _on_iteration_completed(self, d: dict[str, Any]) -> str:
         verdict = d["verdict"]
         line = f"  arbiter: confidence {_confidence(verdict.get('confidence'))} -> {d['decision']} ({d['reason']})"
-        if verdict.get("malformed"):
-            line += f"\n  the arbiter's answer was malformed: {'; '.join(verdict.get('problems') or [])}"
+        problems = verdict.get("problems") or []
+        if verdict.get("synthesis_from") == "members":
+            line += "\n  the arbiter's synthesis was unreadable: the members' most agreed answer stands in"
+        elif verdict.get("malformed"):
+            line += f"\n  the arbiter's answer was malformed: {short('; '.join(problems), 160)}"
         return line
 
     # debate
@@ -129,8 +132,9 @@ class Progress:
         return f"  still in: {', '.join(d['remaining']) or 'nobody'}{kept}"
 
     def _on_final_start(self, d: dict[str, Any]) -> str:
-        return (
-            f"verdict by the judge {d['model']}:" if d.get("by") == "judge" else f"summary by {d['label']}:"
+        # The verdict streams to stdout next: set apart from the progress above it.
+        return heading(
+            f"verdict by the judge {d['model']}" if d.get("by") == "judge" else f"summary by {d['label']}"
         )
 
     def _on_final_complete(self, d: dict[str, Any]) -> None:
@@ -139,10 +143,44 @@ class Progress:
             self._line_open = False
 
     def _on_debate_complete(self, d: dict[str, Any]) -> str:
-        return f"debate over after {plural(d['rounds'], 'round')}: {d['reason']}"
+        after = "\n" if self.streamed else ""  # a blank line under the verdict that streamed above
+        return f"{after}debate over after {plural(d['rounds'], 'round')}: {d['reason']}"
 
     def _on_error(self, d: dict[str, Any]) -> str:
         return f"  error: {d.get('message') or d.get('reason') or d}"
+
+
+# --------------------------------------------------------------------------- a finished run's answer
+
+
+def heading(title: str) -> str:
+    """What sets an answer apart from the progress lines before it on a terminal: a blank line, a title."""
+    return f"\n── {title} ──"
+
+
+def members_answers(run: RunView) -> str:
+    """The members' answers the run's result was drawn from (its last iteration), one line each."""
+    if run.mode != "consortium" or not run.iterations:
+        return ""
+    from moot.protocols.agreement import answer_text  # late, like the views
+
+    last = run.iteration_views[-1]
+    lines = [f"members' answers (iteration {last.number}):"]
+    for m in last.members:
+        if m.status == "completed":
+            # The stated confidence in parentheses, not again at the end of the answer.
+            stated = f" (confidence {m.confidence:.2f})" if m.confidence is not None else ""
+            lines.append(f"  {_instance(m)}{stated}: {short(answer_text(_inline(m.text)), 160)}")
+        else:
+            lines.append(f"  {_instance(m)}: {m.status}{': ' + short(m.error, 120) if m.error else ''}")
+    return "\n".join(lines) + "\n"
+
+
+def answer_note(run: RunView) -> str | None:
+    """One plain line to read before the answer when the arbiter did not write it, else None."""
+    if run.mode != "consortium" or run.result is None or (why := run.result.fallback) is None:
+        return None
+    return why[0].upper() + why[1:] + "."
 
 
 # --------------------------------------------------------------------------- a finished run
@@ -193,7 +231,8 @@ def _arbiter_line(iteration: IterationView, full: bool) -> str:
     """The arbiter's call, showing its synthesis rather than its tagged answer when it was readable."""
     call, verdict = iteration.arbiter, iteration.verdict
     label = f"arbiter {call.model}" if call else "arbiter"
-    synthesis = _inline(verdict.synthesis) if verdict else None
+    # A synthesis the members' answer stands in for is not the arbiter's: then its own text.
+    synthesis = _inline(verdict.synthesis) if verdict and verdict.synthesis_from == "arbiter" else None
     return _call_line(label, call, full, text=synthesis)
 
 
@@ -239,9 +278,12 @@ def _header(run: RunView) -> list[str]:
     return lines
 
 
-def _answer_title(run: RunView) -> str:
+def answer_title(run: RunView) -> str:
+    """What the run's answer is: the synthesis (the arbiter's or the members'), a verdict, a summary."""
     if run.mode == "consortium":
-        return "synthesis"
+        return (
+            "answer (the members')" if run.result and run.result.synthesis_from == "members" else "synthesis"
+        )
     result = run.result
     if result is not None and result.by == "judge":
         return f"verdict by the judge {result.model}"
@@ -253,7 +295,8 @@ def run_summary(run: RunView, full: bool = False) -> str:
     steps = _debate_steps(run, full) if run.mode == "debate" else _consortium_steps(run, full)
     lines = [*_header(run), "", *steps]
     if run.answer is not None:
-        lines += ["", f"{_answer_title(run)}:", run.answer.strip()]
+        note = answer_note(run)
+        lines += ["", f"{answer_title(run)}:", *([note] if note else []), run.answer.strip()]
     return "\n".join(lines) + "\n"
 
 

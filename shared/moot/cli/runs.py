@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,17 @@ import httpx
 
 from moot.cli.client import GatewayError, MootClient
 from moot.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, CliError, err, out
-from moot.cli.render import Progress, outcome_line, run_summary, runs_table, transcript
+from moot.cli.render import (
+    Progress,
+    answer_note,
+    answer_title,
+    heading,
+    members_answers,
+    outcome_line,
+    run_summary,
+    runs_table,
+    transcript,
+)
 
 if TYPE_CHECKING:
     from moot.views import RunView
@@ -97,13 +108,24 @@ def write_record(record: dict[str, Any], path: str) -> None:
         raise CliError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
-def print_answer(run: RunView, progress: Progress) -> None:
-    """The synthesis or verdict on stdout, unless the verdict has streamed there already."""
+def print_answer(run: RunView, progress: Progress, context: Callable[[str], None] = err) -> None:
+    """The synthesis or verdict on stdout, unless the verdict has streamed there already.
+
+    Before a consortium's answer, what it was drawn from and a heading go to `context` (stderr
+    by default: stdout keeps the answer alone): the members' answers, then, when the arbiter's
+    synthesis could not be read, the plain line saying whose answer it is instead.
+    """
     if progress.streamed:
         return
     if run.answer is not None:
+        if run.mode == "consortium":
+            context(members_answers(run).rstrip("\n"))
+        context(heading(answer_title(run)))
+        if note := answer_note(run):
+            context(note)
         out(run.answer.rstrip() + "\n")
     elif run.mode == "debate":  # display only: the debate itself is what there is to show
+        context(heading("transcript"))
         out(transcript(run))
 
 

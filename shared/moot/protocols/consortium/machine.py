@@ -16,6 +16,8 @@ the run past it, the run ends instead, before them (`_stop_for_budget`, `stop_re
 
 from __future__ import annotations
 
+import functools
+import re
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -35,6 +37,7 @@ from moot.messages import (
     RunCreated,
     RunFailed,
 )
+from moot.protocols import agreement
 from moot.protocols.base import (
     Command,
     Limits,
@@ -351,6 +354,7 @@ def _ask_arbiter(state: ConsortiumState, at: datetime, sink: TextSink) -> list[C
         model=plan.arbiter,
         instance=1,
         messages=[JobMessage(role="user", content=prompts.arbiter_prompt(state))],
+        temperature=plan.temperature,  # the request's, for every answer: the synthesis too
         max_tokens=plan.max_tokens,
     )
     if why := over_budget(state.limits, state.usage, [job]):
@@ -363,7 +367,7 @@ def _judge_iteration(
     state: ConsortiumState, arbiter_text: str, at: datetime, sink: TextSink
 ) -> Transition[ConsortiumState]:
     it = state.current
-    verdict = _stored_verdict(parse_arbiter(arbiter_text), sink)
+    verdict = _stored_verdict(_readable_verdict(state, parse_arbiter(arbiter_text)), sink)
     it.verdict = verdict
     decision, reason = should_stop(it.number, verdict, state.plan)
     it.decision, it.reason = decision, reason
@@ -378,6 +382,106 @@ def _judge_iteration(
     _archive(state, sink)
     asked = prompts.refinement_prompt(state.prompt, verdict)
     return Transition(state, [done, *_ask_members(state, asked, at, sink)], sink.texts)
+
+
+def _readable_verdict(state: ConsortiumState, verdict: ArbiterVerdict) -> ArbiterVerdict:
+    """The verdict, its synthesis the members' most agreed answer when the arbiter's cannot be read.
+
+    An unreadable synthesis (`_unreadable`) is no answer to show, nor to refine in the next
+    iteration; the members' answers are there, and the one most of them gave is the panel's
+    best guess (`moot.protocols.agreement`). The arbiter's confidence goes with its synthesis:
+    it was about a text that says nothing, so it cannot end the run. The arbiter's raw answer
+    stays in its call.
+    """
+    why = _unreadable(verdict.synthesis)
+    if why is None:
+        return verdict
+    instances = state.plan.instances()
+    answered = [
+        (f"{model}#{instance}", call)
+        for (model, instance), call in zip(instances, state.current.members, strict=True)
+        if call.status == "completed"
+    ]
+    agreed = agreement.most_agreed([c.text for _, c in answered], [c.confidence for _, c in answered])
+    unreadable = f"{ArbiterVerdict.UNREADABLE} ({why})"
+    if agreed is None:
+        problems = [*verdict.problems, f"{unreadable}; no member answer could be read either"]
+        return verdict.model_copy(update={"malformed": True, "problems": problems})
+    note = _agreement_note(agreed, [who for who, _ in answered], [c.confidence for _, c in answered])
+    problems = [*verdict.problems, f"{unreadable}; {note}"]
+    if verdict.confidence is not None:
+        problems.append("the arbiter's confidence is not used: it was about that unreadable synthesis")
+    return verdict.model_copy(
+        update={
+            "synthesis": agreed.text,
+            "synthesis_from": "members",
+            "confidence": None,
+            "malformed": True,
+            "problems": problems,
+        }
+    )
+
+
+# Words in a row that, found in both a synthesis and the arbiter's prompt template, are its
+# instructions repeated: long enough that an answer does not write them by chance ("the single
+# best answer to the question is ..." has 7). SmolLM2 starts with the prompt's first sentence
+# word for word, then paraphrases the rest (fixtures/smollm2/arbiter-instructions-paraphrased.txt).
+_ECHO_RUN = 8
+
+
+def _arbiter_templates() -> tuple[str, ...]:
+    """The texts the arbiter's prompt is built from (read each time: a measurement may swap them)."""
+    return (
+        prompts.ARBITER_PROMPT,
+        prompts.ARBITER_INSTRUCTIONS,
+        prompts.ARBITER_RESPONSE,
+        prompts.ARBITER_HISTORY,
+        prompts.ARBITER_HISTORY_ITEM,
+        prompts.ARBITER_CONVERSATION,
+    )
+
+
+@functools.cache
+def _template_runs(templates: tuple[str, ...]) -> frozenset[tuple[str, ...]]:
+    """Every `_ECHO_RUN` words in a row of the templates' own text (not the texts they quote)."""
+    runs: set[tuple[str, ...]] = set()
+    for template in templates:
+        for literal in re.split(r"\{\w+\}", template):
+            words = _words(literal)
+            runs.update(tuple(words[i : i + _ECHO_RUN]) for i in range(len(words) - _ECHO_RUN + 1))
+    return frozenset(runs)
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def _unreadable(synthesis: Text) -> str | None:
+    """Why the arbiter's synthesis is no answer: empty, or mostly the prompt's instructions repeated.
+
+    An echo holds `_ECHO_RUN` words in a row of the templates' own text; a synthesis that
+    repeats the question or a member's answer (texts the prompt quotes) is not one.
+    """
+    if not isinstance(synthesis, str):  # parsed just now: plain text, never a reference
+        return None
+    words = _words(synthesis)
+    if not words:
+        return "it was empty"
+    runs = _template_runs(_arbiter_templates())
+    if any(tuple(words[i : i + _ECHO_RUN]) in runs for i in range(len(words) - _ECHO_RUN + 1)):
+        return "it repeated its instructions"
+    return None
+
+
+def _agreement_note(agreed: agreement.Agreement, who: list[str], confidences: list[float | None]) -> str:
+    """How the members' answer was chosen, in words: who agrees, or why this one without agreement."""
+    if agreed.counted == 1:
+        return f"the answer is {who[agreed.index]}'s, the only member answer"
+    if agreed.count > 1:
+        return f"the answer is the one {agreed.count} of {agreed.counted} members agree on"
+    if confidences[agreed.index] is not None:
+        return f"no two members agree: the answer is {who[agreed.index]}'s, the highest stated confidence"
+    return f"no two members agree: the answer is {who[agreed.index]}'s, the first"
 
 
 def _stop_at_deadline(state: ConsortiumState, event: DeadlinePassed) -> Transition[ConsortiumState]:
