@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
 
 from moot.requests import ConsortiumRequest, DebateFormat, DebateRequest, JudgeMode, RunMeta
 from moot.texts import Parts, Text, TextRef
@@ -66,7 +66,7 @@ class CallJob(BaseModel):
     temperature: float | None = None
     max_tokens: int | None = None
     tools: TextRef | None = None  # OpenAI tool definitions (a JSON document), passed to the model as is
-    stream: bool = False  # stream the answer, publishing `final_chunk` events while it comes in
+    stream: bool = False  # stream the answer, publishing `final.chunk` events while it comes in
 
     def conversation(self, texts: Mapping[str, str]) -> list[JobMessage]:
         """The messages, stored lists of messages (which may refer to earlier ones) put in place."""
@@ -224,10 +224,29 @@ class DeadLettered(BaseModel):
     at: datetime = Field(default_factory=utcnow)
 
 
-# Debate events. Their types are the names the reference debate program streamed (clients know
-# them); they share the `<ns>.runs.<run_id>.<type>` subjects. A debate still ends with
-# `run.completed` / `run.failed` (after `debate_complete` / `error`), so the end of a run is
-# recognised the same way for every protocol; see `TERMINAL_EVENT_TYPES`.
+# Debate events. Their types are named like every other event (`thing.happened`); the reference
+# debate program's names for them are `SEED_NAMES`. They share the `<ns>.runs.<run_id>.<type>`
+# subjects. A debate still ends with `run.completed` / `run.failed` (after `debate.completed` /
+# `debate.failed`), so the end of a run is recognised the same way for every protocol; see
+# `TERMINAL_EVENT_TYPES`.
+
+# Each debate event's name in the reference debate program (and in moot before the names were
+# made consistent): what its clients listen for. Events stored under these names still parse.
+SEED_NAMES = {
+    "debate.started": "debate_start",
+    "round.started": "round_start",
+    "turn.completed": "round_model_complete",
+    "round.completed": "round_complete",
+    "judge.decided": "judge_decision",
+    "debater.eliminated": "model_eliminated",
+    "convergence.checked": "convergence_status",
+    "final.started": "final_start",
+    "final.chunk": "final_chunk",
+    "final.completed": "final_complete",
+    "debate.completed": "debate_complete",
+    "debate.failed": "error",
+}
+_FROM_SEED = {seed: name for name, seed in SEED_NAMES.items()}
 
 
 class DebateTurn(BaseModel):
@@ -244,7 +263,7 @@ class DebateTurn(BaseModel):
 
 
 class DebateStart(_Event):
-    type: Literal["debate_start"] = "debate_start"
+    type: Literal["debate.started"] = "debate.started"
     request: DebateRequest | TextRef
     max_rounds: int
     format: DebateFormat
@@ -258,7 +277,7 @@ class DebateStart(_Event):
 
 
 class RoundStart(_Event):
-    type: Literal["round_start"] = "round_start"
+    type: Literal["round.started"] = "round.started"
     round: int
     debaters: list[DebaterRef]  # the debaters still in, in speaking order
 
@@ -267,7 +286,7 @@ class RoundStart(_Event):
 
 
 class RoundModelComplete(_Event, DebateTurn):
-    type: Literal["round_model_complete"] = "round_model_complete"
+    type: Literal["turn.completed"] = "turn.completed"
     round: int
 
     def event_id(self) -> str:
@@ -275,7 +294,7 @@ class RoundModelComplete(_Event, DebateTurn):
 
 
 class RoundComplete(_Event):
-    type: Literal["round_complete"] = "round_complete"
+    type: Literal["round.completed"] = "round.completed"
     round: int
     responses: list[DebateTurn]
 
@@ -288,7 +307,7 @@ class JudgeDecision(_Event):
 
     model_config = ConfigDict(serialize_by_alias=True, validate_by_name=True, validate_by_alias=True)
 
-    type: Literal["judge_decision"] = "judge_decision"
+    type: Literal["judge.decided"] = "judge.decided"
     round: int
     model: str
     continue_: bool = Field(alias="continue")
@@ -301,7 +320,7 @@ class JudgeDecision(_Event):
 
 
 class ModelEliminated(_Event):
-    type: Literal["model_eliminated"] = "model_eliminated"
+    type: Literal["debater.eliminated"] = "debater.eliminated"
     round: int
     model: str
     instance: int
@@ -315,7 +334,7 @@ class ModelEliminated(_Event):
 
 
 class ConvergenceStatus(_Event):
-    type: Literal["convergence_status"] = "convergence_status"
+    type: Literal["convergence.checked"] = "convergence.checked"
     round: int
     eliminated: list[str]  # labels
     remaining: list[str]
@@ -327,7 +346,7 @@ class ConvergenceStatus(_Event):
 
 
 class FinalStart(_Event):
-    type: Literal["final_start"] = "final_start"
+    type: Literal["final.started"] = "final.started"
     call_id: str
     model: str
     by: Literal["judge", "debater"]
@@ -341,7 +360,7 @@ class FinalStart(_Event):
 class FinalChunk(_Event):
     """Published by the worker while a streamed call runs; `index` counts chunks from 0."""
 
-    type: Literal["final_chunk"] = "final_chunk"
+    type: Literal["final.chunk"] = "final.chunk"
     call_id: str
     index: int
     delta: str
@@ -351,7 +370,7 @@ class FinalChunk(_Event):
 
 
 class FinalComplete(_Event):
-    type: Literal["final_complete"] = "final_complete"
+    type: Literal["final.completed"] = "final.completed"
     call_id: str
     model: str
     by: Literal["judge", "debater"]
@@ -364,7 +383,7 @@ class FinalComplete(_Event):
 
 
 class DebateComplete(_Event):
-    type: Literal["debate_complete"] = "debate_complete"
+    type: Literal["debate.completed"] = "debate.completed"
     rounds: int  # rounds played
     reason: str
 
@@ -375,7 +394,7 @@ class DebateComplete(_Event):
 class DebateError(_Event):
     """A debate that cannot go on; `run.failed` follows with the same reason."""
 
-    type: Literal["error"] = "error"
+    type: Literal["debate.failed"] = "debate.failed"
     message: str
     round: int | None = None
 
@@ -405,12 +424,19 @@ AnyRunEvent = (
     | DebateComplete
     | DebateError
 )
-RunEvent = Annotated[AnyRunEvent, Field(discriminator="type")]
+def _current_name(value: Any) -> Any:
+    """An event stored under its former (seed) name reads as the event it is now."""
+    if isinstance(value, dict) and value.get("type") in _FROM_SEED:
+        return {**value, "type": _FROM_SEED[value["type"]]}
+    return value
+
+
+RunEvent = Annotated[AnyRunEvent, Field(discriminator="type"), BeforeValidator(_current_name)]
 run_event_adapter: TypeAdapter[AnyRunEvent] = TypeAdapter(RunEvent)
 
 CallOutcome = CallCompleted | CallFailed
 # The last event of every run, whatever its protocol: SSE streams end after it. A debate's
-# `debate_complete` / `error` are not in here: `run.completed` / `run.failed` follow them.
+# `debate.completed` / `error` are not in here: `run.completed` / `run.failed` follow them.
 TERMINAL_EVENT_TYPES = frozenset({"run.completed", "run.failed", "run.cancelled"})
 
 

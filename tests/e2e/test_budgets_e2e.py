@@ -89,8 +89,8 @@ async def test_a_debate_out_of_tokens_fails_with_an_error_then_run_failed(client
         }
     )
     events = await follow(client, created["id"])
-    assert [e.type for e in events[-2:]] == ["error", "run.failed"]
-    assert not any(e.type == "final_start" for e in events)
+    assert [e.type for e in events[-2:]] == ["debate.failed", "run.failed"]
+    assert not any(e.type == "final.started" for e in events)
     run = await client.get_run(created["id"])
     assert run["status"] == "failed" and run["stop_reason"] == "budget"
     assert run["reason"].startswith("token budget of 1200 would be exceeded: ")

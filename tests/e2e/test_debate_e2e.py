@@ -11,18 +11,18 @@ from moot.devstack.model_server import ModelServer
 from support import follow, wait_for_rows
 
 SEED_EVENTS = {
-    "debate_start",
-    "round_start",
-    "round_model_complete",
-    "round_complete",
-    "judge_decision",
-    "model_eliminated",
-    "convergence_status",
-    "final_start",
-    "final_chunk",
-    "final_complete",
-    "debate_complete",
-    "error",
+    "debate.started",
+    "round.started",
+    "turn.completed",
+    "round.completed",
+    "judge.decided",
+    "debater.eliminated",
+    "convergence.checked",
+    "final.started",
+    "final.chunk",
+    "final.completed",
+    "debate.completed",
+    "debate.failed",
 }
 
 
@@ -30,7 +30,7 @@ def seed_sequence(events: list[RunEventMessage]) -> list[str]:
     """The events a client of the reference program listens for, chunks collapsed into one."""
     names = [e.type for e in events if e.type in SEED_EVENTS]
     return [
-        n for i, n in enumerate(names) if not (n == "final_chunk" and i and names[i - 1] == "final_chunk")
+        n for i, n in enumerate(names) if not (n == "final.chunk" and i and names[i - 1] == "final.chunk")
     ]
 
 
@@ -38,7 +38,7 @@ def rounds_of(n: int, speakers: int) -> list[str]:
     return [
         seq
         for _ in range(n)
-        for seq in ["round_start", *["round_model_complete"] * speakers, "round_complete"]
+        for seq in ["round.started", *["turn.completed"] * speakers, "round.completed"]
     ]
 
 
@@ -49,7 +49,7 @@ async def debate(client: MootClient, **body: Any) -> tuple[str, list[RunEventMes
 
 
 def streamed_verdict(events: list[RunEventMessage]) -> str:
-    chunks = sorted((e.data["index"], e.data["delta"]) for e in events if e.type == "final_chunk")
+    chunks = sorted((e.data["index"], e.data["delta"]) for e in events if e.type == "final.chunk")
     assert [i for i, _ in chunks] == list(range(len(chunks))), "chunks missing or repeated"
     return "".join(d for _, d in chunks)
 
@@ -65,26 +65,26 @@ async def test_external_judge_stops_early_and_streams_its_verdict(
         max_rounds=4,
     )
     assert seed_sequence(events) == [
-        "debate_start",
+        "debate.started",
         *rounds_of(2, 2),
-        "judge_decision",
-        "final_start",
-        "final_chunk",
-        "final_complete",
-        "debate_complete",
+        "judge.decided",
+        "final.started",
+        "final.chunk",
+        "final.completed",
+        "debate.completed",
     ]
     assert events[-1].type == "run.completed"
     assert all(e.data["run_id"] == run_id for e in events)
-    [decision] = [e.data for e in events if e.type == "judge_decision"]
+    [decision] = [e.data for e in events if e.type == "judge.decided"]
     assert decision["continue"] is False and decision["round"] == 2
     # Round 2 is turn by turn: d1 speaks before d2.
-    round2 = [e.data for e in events if e.type == "round_model_complete" and e.data["round"] == 2]
+    round2 = [e.data for e in events if e.type == "turn.completed" and e.data["round"] == 2]
     assert [t["label"] for t in round2] == ["d1#1", "d2#1"]
 
     verdict = streamed_verdict(events)
-    [complete] = [e.data for e in events if e.type == "final_complete"]
+    [complete] = [e.data for e in events if e.type == "final.completed"]
     assert verdict == complete["text"] == run["result"]["text"]
-    assert len([e for e in events if e.type == "final_chunk"]) > 1, "the verdict should arrive in pieces"
+    assert len([e for e in events if e.type == "final.chunk"]) > 1, "the verdict should arrive in pieces"
     assert run["status"] == "completed" and run["result"]["by"] == "judge"
     assert [r["decision"] for r in run["rounds"]] == [None, "stop"]
 
@@ -106,18 +106,18 @@ async def test_self_convergence_eliminates_down_to_one(client: MootClient) -> No
         max_rounds=3,
     )
     assert seed_sequence(events) == [
-        "debate_start",
+        "debate.started",
         *rounds_of(2, 2),
-        "model_eliminated",
-        "convergence_status",
-        "final_start",
-        "final_chunk",
-        "final_complete",
-        "debate_complete",
+        "debater.eliminated",
+        "convergence.checked",
+        "final.started",
+        "final.chunk",
+        "final.completed",
+        "debate.completed",
     ]
-    [eliminated] = [e.data for e in events if e.type == "model_eliminated"]
+    [eliminated] = [e.data for e in events if e.type == "debater.eliminated"]
     assert eliminated["label"] == "concedes#1" and eliminated["convinced_by"] == "d2#1"
-    [final] = [e.data for e in events if e.type == "final_start"]
+    [final] = [e.data for e in events if e.type == "final.started"]
     assert final["label"] == "d2#1" and final["by"] == "debater"
     assert streamed_verdict(events) == run["result"]["text"]
     assert [d["active"] for d in run["debaters"]] == [False, True]
@@ -143,8 +143,8 @@ async def test_display_only_plays_every_round_with_duplicate_models(
         judge_mode="display_only",
         max_rounds=2,
     )
-    assert seed_sequence(events) == ["debate_start", *rounds_of(2, 3), "debate_complete"]
-    round2 = [e.data["label"] for e in events if e.type == "round_model_complete" and e.data["round"] == 2]
+    assert seed_sequence(events) == ["debate.started", *rounds_of(2, 3), "debate.completed"]
+    round2 = [e.data["label"] for e in events if e.type == "turn.completed" and e.data["round"] == 2]
     assert round2 == ["d1#1", "d1#2", "d2#1"]
     assert run["status"] == "completed" and run["result"] is None and run["final"] is None
     assert [e.data["seq"] for e in events] == [int(e.id) for e in events]
@@ -168,7 +168,7 @@ async def test_a_failing_judge_stops_the_debate_with_a_reason(client: MootClient
         judge="broken",
         max_rounds=3,
     )
-    assert "error" in [e.type for e in events]
+    assert "debate.failed" in [e.type for e in events]
     assert events[-1].type == "run.failed"
     assert run["status"] == "failed" and "judge" in run["reason"].lower()
 

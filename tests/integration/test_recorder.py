@@ -215,7 +215,7 @@ def debate_run(
     """The events of a debate, made by the real protocol, in the order they would be published.
 
     Each call outcome comes one second after the previous one (`at(n)`); `answer` says what a
-    call answers (None: the call fails). The final call is streamed: its `final_chunk` events
+    call answers (None: the call fails). The final call is streamed: its `final.chunk` events
     (`chunk_size` characters each) come before its outcome, as the worker publishes them.
     """
     clock = itertools.count(1)
@@ -668,16 +668,16 @@ async def test_records_a_debate_once_even_when_events_come_again(recorder: Recor
     run_id = new_run_id()
     request = make_debate_request()
     events = debate_run(run_id, request, judged_answer)
-    turn = ["call.completed", "round_model_complete"]
-    failed_turn = ["call.failed", "round_model_complete"]
+    turn = ["call.completed", "turn.completed"]
+    failed_turn = ["call.failed", "turn.completed"]
     chunks = -(-len(FINAL_TEXT) // 20)
     assert chunks == 5
     assert [e.type for e in events] == [
-        "debate_start", "round_start", *turn * 3, "round_complete",
-        "round_start", *turn * 2, *failed_turn, "round_complete",
-        "call.completed", "judge_decision",
-        "round_start", *turn * 3, "round_complete",
-        "final_start", *["final_chunk"] * chunks, "call.completed", "final_complete", "debate_complete",
+        "debate.started", "round.started", *turn * 3, "round.completed",
+        "round.started", *turn * 2, *failed_turn, "round.completed",
+        "call.completed", "judge.decided",
+        "round.started", *turn * 3, "round.completed",
+        "final.started", *["final.chunk"] * chunks, "call.completed", "final.completed", "debate.completed",
         "run.completed",
     ]  # fmt: skip
     start, end = events[0], events[-1]
@@ -749,9 +749,9 @@ async def test_records_a_debate_once_even_when_events_come_again(recorder: Recor
     ]
     assert [json.loads(r["payload"]) for r in recorded] == [full_data(e) for e in events]
     # The streamed verdict: the chunks in order make the final call's answer.
-    deltas = [json.loads(r["payload"])["delta"] for r in recorded if r["type"] == "final_chunk"]
+    deltas = [json.loads(r["payload"])["delta"] for r in recorded if r["type"] == "final.chunk"]
     assert "".join(deltas) == FINAL_TEXT
-    judged = next(json.loads(r["payload"]) for r in recorded if r["type"] == "judge_decision")
+    judged = next(json.loads(r["payload"]) for r in recorded if r["type"] == "judge.decided")
     assert judged["continue"] is True  # published by its alias, as clients know it
 
     assert await fetch_run_view(recorder.pool, run_id) == full(end).run

@@ -97,5 +97,5 @@ async def test_hydrated_puts_every_referenced_text_back(js: JetStreamContext, na
         {"type": "call.completed", "text": answer, "n": 1},
         {"request": request, "short": "short"},
     ]
-    plain = {"type": "final_chunk", "delta": "no reference here"}
+    plain = {"type": "final.chunk", "delta": "no reference here"}
     assert await hydrated(store, plain) is plain  # nothing to fetch: returned as it is

@@ -160,10 +160,10 @@ async def test_a_consortium_and_a_debate_on_the_local_model(local_stack: Stack, 
     # The debate ends with the judge's verdict, streamed.
     assert debate["status"] == "completed", debate["reason"]
     types = [e.type for e in d_events]
-    assert types[-2:] == ["debate_complete", "run.completed"]
-    assert "final_chunk" in types
+    assert types[-2:] == ["debate.completed", "run.completed"]
+    assert "final.chunk" in types
     assert debate["result"]["text"].strip()
-    streamed = "".join(e.data["delta"] for e in d_events if e.type == "final_chunk")
+    streamed = "".join(e.data["delta"] for e in d_events if e.type == "final.chunk")
     assert streamed == debate["result"]["text"]
     for rnd in debate["rounds"]:
         if rnd["judge"] is not None:

@@ -157,7 +157,7 @@ def play_rounds(req: DebateRequest, rounds: int) -> tuple[DebateState, list[Comm
 
 def test_start_announces_and_asks_every_debater_at_once() -> None:
     t = begin("r1", request(), T0)
-    assert events(t.commands) == ["debate_start", "round_start"]
+    assert events(t.commands) == ["debate.started", "round.started"]
     start = t.commands[0]
     assert isinstance(start, DebateStart) and start.judge_mode == "display_only"
     assert [d.label for d in start.debaters] == ["a#1", "a#2", "b#1"]
@@ -181,9 +181,9 @@ def test_round_two_goes_turn_by_turn_with_history_own_position_and_round_so_far(
     r1 = jobs(t.commands)
     for job in r1[:-1]:
         state, commands = decide(state, done(job))
-        assert events(commands) == ["round_model_complete"] and jobs(commands) == []
+        assert events(commands) == ["turn.completed"] and jobs(commands) == []
     state, commands = decide(state, done(r1[-1]))
-    assert events(commands) == ["round_model_complete", "round_complete", "round_start"]
+    assert events(commands) == ["turn.completed", "round.completed", "round.started"]
     complete = commands[1]
     assert isinstance(complete, RoundComplete)
     assert next((r.label, r.text) for r in complete.responses) == ("a#1", "a#1 says round 1")
@@ -198,7 +198,7 @@ def test_round_two_goes_turn_by_turn_with_history_own_position_and_round_so_far(
     assert "nobody has spoken yet this round" in prompt
 
     state, commands = decide(state, done(first, "a#1 insists, round 2"))
-    assert events(commands) == ["round_model_complete"]
+    assert events(commands) == ["turn.completed"]
     second = only_job(commands)
     assert label(second) == "a#2"
     prompt = text_of(second)
@@ -325,9 +325,9 @@ def test_custom_template_placeholders_are_substituted_each_round() -> None:
 def test_display_only_plays_every_round_then_completes_without_judge_or_final() -> None:
     state, commands = play_rounds(request(max_rounds=3), 3)
     assert events(commands)[-4:] == [
-        "round_model_complete",
-        "round_complete",
-        "debate_complete",
+        "turn.completed",
+        "round.completed",
+        "debate.completed",
         "run.completed",
     ]
     assert jobs(commands) == []
@@ -343,7 +343,7 @@ def test_display_only_plays_every_round_then_completes_without_judge_or_final() 
 def test_a_single_round_debate() -> None:
     state, commands = play_rounds(request(max_rounds=1), 1)
     assert state.status == "completed"
-    assert events(commands)[-2:] == ["debate_complete", "run.completed"]
+    assert events(commands)[-2:] == ["debate.completed", "run.completed"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,10 +367,10 @@ def test_judge_decides_after_rounds_two_to_max_minus_one_then_gives_a_streamed_v
     assert isinstance(decision, JudgeDecision)
     assert decision.continue_ and decision.readable and decision.reason == "They still disagree on buns."
     assert '"continue":true' in decision.model_dump_json()
-    assert events(commands) == ["judge_decision", "round_start"]
+    assert events(commands) == ["judge.decided", "round.started"]
 
     state, commands = play_round(state, commands)  # round 3, the last: no decision, the verdict
-    assert events(commands)[-2:] == ["round_complete", "final_start"]
+    assert events(commands)[-2:] == ["round.completed", "final.started"]
     final = only_job(commands)
     assert (final.role, final.model, final.stream, final.call_id) == ("final", "j", True, "r1:3:final:j:1")
     assert "verdict" in text_of(final) and "a#2 says round 3" in text_of(final)
@@ -382,7 +382,7 @@ def test_judge_decides_after_rounds_two_to_max_minus_one_then_gives_a_streamed_v
     assert decide(state, chunk) == (state, [])
 
     state, commands = decide(state, done(final, "The verdict."))
-    assert events(commands) == ["final_complete", "debate_complete", "run.completed"]
+    assert events(commands) == ["final.completed", "debate.completed", "run.completed"]
     complete = commands[0]
     assert isinstance(complete, FinalComplete) and complete.text == "The verdict." and complete.by == "judge"
     assert state.status == "completed" and state.result == "The verdict."
@@ -400,7 +400,7 @@ def test_judge_stop_ends_early_with_the_verdict() -> None:
     decision = commands[0]
     assert isinstance(decision, JudgeDecision) and not decision.continue_
     assert decision.reason == "the positions converged."
-    assert events(commands) == ["judge_decision", "final_start"]
+    assert events(commands) == ["judge.decided", "final.started"]
     final = only_job(commands)
     assert final.role == "final" and final.iteration == 2 and final.stream
     state, commands = decide(state, done(final, "Verdict."))
@@ -417,14 +417,14 @@ def test_unreadable_judge_answer_is_recorded_and_the_debate_continues() -> None:
     assert isinstance(decision, JudgeDecision)
     assert decision.continue_ and not decision.readable and decision.raw == "Both sides have merit."
     assert "neither CONTINUE nor STOP" in decision.reason
-    assert events(commands) == ["judge_decision", "round_start"]
+    assert events(commands) == ["judge.decided", "round.started"]
     assert state.rounds[1].decision_readable is False
 
 
 def test_failed_judge_call_fails_the_run_with_the_reason() -> None:
     state, commands = play_rounds(judged(max_rounds=3), 2)
     state, commands = decide(state, failed(only_job(commands), "503 after 4 attempts"))
-    assert events(commands) == ["error", "run.failed"]
+    assert events(commands) == ["debate.failed", "run.failed"]
     error = commands[0]
     assert isinstance(error, DebateError) and error.round == 2
     assert error.message == "the judge's call after round 2 failed: 503 after 4 attempts"
@@ -435,7 +435,7 @@ def test_failed_judge_call_fails_the_run_with_the_reason() -> None:
 def test_failed_final_call_fails_the_run() -> None:
     state, commands = play_rounds(judged(max_rounds=2), 2)
     state, commands = decide(state, failed(only_job(commands), "context too long"))
-    assert events(commands) == ["error", "run.failed"]
+    assert events(commands) == ["debate.failed", "run.failed"]
     assert state.status == "failed" and "final verdict call (j) failed: context too long" in (
         state.reason or ""
     )
@@ -496,7 +496,7 @@ def test_convinced_debaters_are_eliminated_and_the_last_one_summarizes() -> None
             "b#1": "NOT CONVINCED",
         },
     )
-    assert events(commands) == ["model_eliminated", "model_eliminated", "convergence_status", "final_start"]
+    assert events(commands) == ["debater.eliminated", "debater.eliminated", "convergence.checked", "final.started"]
     gone = commands[0]
     assert isinstance(gone, ModelEliminated)
     assert (gone.label, gone.convinced_by, gone.round, gone.reasoning) == (
@@ -513,7 +513,7 @@ def test_convinced_debaters_are_eliminated_and_the_last_one_summarizes() -> None
     assert "the one left standing" in text_of(final)
 
     state, commands = decide(state, done(final, "Summary."))
-    assert events(commands) == ["final_complete", "debate_complete", "run.completed"]
+    assert events(commands) == ["final.completed", "debate.completed", "run.completed"]
     assert state.reason == "only b#1 remains after round 2" and state.result == "Summary."
     v = debate.view(state)
     assert [(d.label, d.active, d.convinced_by) for d in v.debaters] == [
@@ -533,7 +533,7 @@ def test_eliminated_debaters_no_longer_speak_and_the_first_remaining_sums_up_at_
         commands,
         {"a#1": "CONVINCED: c#1", "a#2": "NOT CONVINCED", "b#1": "NOT CONVINCED", "c#1": "not convinced"},
     )
-    assert events(commands) == ["model_eliminated", "convergence_status", "round_start"]
+    assert events(commands) == ["debater.eliminated", "convergence.checked", "round.started"]
     start = commands[2]
     assert isinstance(start, RoundStart) and [d.label for d in start.debaters] == ["a#2", "b#1", "c#1"]
     assert label(only_job(commands)) == "a#2"
@@ -616,7 +616,7 @@ def test_every_debater_failing_in_a_round_fails_the_run() -> None:
     state, commands = play_rounds(request(), 1)
     for _ in range(3):
         state, commands = decide(state, failed(only_job(commands), "down"))
-    assert events(commands) == ["round_model_complete", "round_complete", "error", "run.failed"]
+    assert events(commands) == ["turn.completed", "round.completed", "debate.failed", "run.failed"]
     assert state.status == "failed"
     assert state.reason == "every debater failed in round 2: a#1: down; a#2: down; b#1: down"
     assert jobs(commands) == []
@@ -627,7 +627,7 @@ def test_every_debater_failing_in_round_one_fails_the_run() -> None:
     state = t.state
     for job in jobs(t.commands):
         state, commands = decide(state, failed(job))
-    assert events(commands)[-2:] == ["error", "run.failed"] and state.status == "failed"
+    assert events(commands)[-2:] == ["debate.failed", "run.failed"] and state.status == "failed"
 
 
 def test_duplicate_and_late_events_change_nothing() -> None:

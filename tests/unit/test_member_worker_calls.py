@@ -257,7 +257,7 @@ async def test_streamed_call_is_cut_when_its_run_is_cancelled(server: ModelServe
     handling = asyncio.create_task(_jobs(server, broker, runs).handle(msg))  # type: ignore[arg-type]
     # Cancel once the verdict has started to come in.
     deadline = time.monotonic() + 10
-    while "final_chunk" not in broker.types():
+    while "final.chunk" not in broker.types():
         assert time.monotonic() < deadline, "no chunk streamed"
         await asyncio.sleep(0.02)
     runs.ended.add("run-to-cancel")
@@ -265,12 +265,12 @@ async def test_streamed_call_is_cut_when_its_run_is_cancelled(server: ModelServe
     await asyncio.wait_for(handling, timeout=5)
     assert time.monotonic() - cancelled_at < 1.0  # within a check interval or so, not the whole answer
     assert msg.acks == ["ack"]
-    chunks = broker.types().count("final_chunk")
+    chunks = broker.types().count("final.chunk")
     assert 0 < chunks < len(SLOW_REPLY.split()) - 5
     assert "call.completed" not in broker.types() and "call.failed" not in broker.types()
     # Nothing more comes after the cut.
     await asyncio.sleep(0.3)
-    assert broker.types().count("final_chunk") == chunks
+    assert broker.types().count("final.chunk") == chunks
 
 
 async def test_stopping_worker_hands_the_job_back(server: ModelServer) -> None:

@@ -182,3 +182,16 @@ def test_a_run_summary_reads_a_runs_row() -> None:
         "finished_at": None, "input_tokens": None, "output_tokens": None, "cost_usd": None,
     }  # fmt: skip
     assert RunSummary.model_validate(row).model_dump(mode="json")["created_at"] == T0.isoformat()
+
+
+def test_event_names_are_consistent_and_former_names_still_parse() -> None:
+    """Every event type is `thing.happened` (issue 13); a debate event stored under the reference
+    program's name (`round_start`, ...) before the names changed reads as the event it is now."""
+    from moot.messages import SEED_NAMES, AnyRunEvent, RoundStart, parse_event
+
+    names = {t.model_fields["type"].default for t in AnyRunEvent.__args__}  # type: ignore[attr-defined]
+    assert all("." in name and "_" not in name for name in names), sorted(names)
+    assert set(SEED_NAMES) <= names
+    old = '{"type": "round_start", "run_id": "r", "round": 2, "debaters": []}'
+    event = parse_event(old)
+    assert isinstance(event, RoundStart) and event.type == "round.started"

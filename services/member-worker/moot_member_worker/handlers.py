@@ -12,7 +12,7 @@ worker died is redelivered to another within it (`tests/chaos/test_worker_crash.
 A job of a run that is no longer running (cancelled, failed, timed out) is acked without a call;
 a streamed call checks its run every `MOOT_WORKER_RUN_CHECK_SECONDS` and is cut when it ended.
 A long answer is stored in the text store before its outcome, which carries the reference, is
-published; short answers and the streamed `final_chunk` deltas travel inline.
+published; short answers and the streamed `final.chunk` deltas travel inline.
 """
 
 from __future__ import annotations

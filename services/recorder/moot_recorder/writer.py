@@ -10,12 +10,12 @@ How a batch is written (`Writer.write`), in one transaction:
    call's outcome is the one earliest in the stream. So even an event applied twice (or
    run.completed before run.created / debate_start, on another replica) leaves the same rows.
 
-Which events make which rows: a run's start (`run.created`, `debate_start`) and end
-(`run.completed`, `run.failed`) make `runs`; `iteration.*` make `iterations`; `round_start`,
-`round_complete`, `judge_decision` and `convergence_status` make `debate_rounds`; call outcomes
-make `calls`, for every protocol and role. Every other event (a debate's `round_model_complete`,
-`model_eliminated`, `final_*`, `debate_complete`, `error`) is only in `events`: what it says is
-also in a row above or in the run's view. The streamed `final_chunk`s are the bulk of a debate's
+Which events make which rows: a run's start (`run.created`, `debate.started`) and end
+(`run.completed`, `run.failed`) make `runs`; `iteration.*` make `iterations`; `round.started`,
+`round.completed`, `judge.decided` and `convergence.checked` make `debate_rounds`; call outcomes
+make `calls`, for every protocol and role. Every other event (a debate's `turn.completed`,
+`debater.eliminated`, `final_*`, `debate.completed`, `error`) is only in `events`: what it says is
+also in a row above or in the run's view. The streamed `final.chunk`s are the bulk of a debate's
 events; they cost one row of `events` each and nothing else.
 """
 

@@ -45,7 +45,7 @@ class Progress:
         self._line_open = False  # the streamed text does not end with a newline yet
 
     def show(self, event: RunEventMessage) -> None:
-        if event.type == "final_chunk":
+        if event.type == "final.chunk":
             self._chunk(event.data.get("delta", ""))
             return
         handler = getattr(self, "_on_" + event.type.replace(".", "_"), None)
@@ -104,49 +104,49 @@ class Progress:
 
     # debate
 
-    def _on_debate_start(self, d: dict[str, Any]) -> str:
+    def _on_debate_started(self, d: dict[str, Any]) -> str:
         judge = f" by {d['judge']}" if d.get("judge") else ""
         labels = ", ".join(x["label"] for x in d["debaters"])
         return f"debate: {labels}; {d['format']}; {d['judge_mode']}{judge}; up to {d['max_rounds']} rounds"
 
-    def _on_round_start(self, d: dict[str, Any]) -> str:
+    def _on_round_started(self, d: dict[str, Any]) -> str:
         self._start(len(d["debaters"]))
         return f"round {d['round']}: " + ", ".join(x["label"] for x in d["debaters"])
 
-    def _on_round_model_complete(self, d: dict[str, Any]) -> str:
+    def _on_turn_completed(self, d: dict[str, Any]) -> str:
         if d.get("failed"):
             return f"  {d['label']} failed {self._tick()}: {short(d.get('error'), 160)}"
         return f"  {d['label']} answered {self._tick()}: {short(d.get('text'), 100)}"
 
-    def _on_judge_decision(self, d: dict[str, Any]) -> str:
+    def _on_judge_decided(self, d: dict[str, Any]) -> str:
         word = "continue" if d["continue"] else "stop"
         unreadable = "" if d.get("readable", True) else " (unreadable answer: the debate goes on)"
         return f"  judge {d['model']}: {word}{unreadable}: {short(d.get('reason'), 120)}"
 
-    def _on_model_eliminated(self, d: dict[str, Any]) -> str:
+    def _on_debater_eliminated(self, d: dict[str, Any]) -> str:
         by = f" (convinced by {d['convinced_by']})" if d.get("convinced_by") else ""
         return f"  {d['label']} is out{by}: {short(d.get('reasoning'), 100)}"
 
-    def _on_convergence_status(self, d: dict[str, Any]) -> str:
+    def _on_convergence_checked(self, d: dict[str, Any]) -> str:
         kept = f" ({d['kept']} kept: everyone was convinced)" if d.get("kept") else ""
         return f"  still in: {', '.join(d['remaining']) or 'nobody'}{kept}"
 
-    def _on_final_start(self, d: dict[str, Any]) -> str:
+    def _on_final_started(self, d: dict[str, Any]) -> str:
         # The verdict streams to stdout next: set apart from the progress above it.
         return heading(
             f"verdict by the judge {d['model']}" if d.get("by") == "judge" else f"summary by {d['label']}"
         )
 
-    def _on_final_complete(self, d: dict[str, Any]) -> None:
+    def _on_final_completed(self, d: dict[str, Any]) -> None:
         if self._line_open:
             self.write("\n")
             self._line_open = False
 
-    def _on_debate_complete(self, d: dict[str, Any]) -> str:
+    def _on_debate_completed(self, d: dict[str, Any]) -> str:
         after = "\n" if self.streamed else ""  # a blank line under the verdict that streamed above
         return f"{after}debate over after {plural(d['rounds'], 'round')}: {d['reason']}"
 
-    def _on_error(self, d: dict[str, Any]) -> str:
+    def _on_debate_failed(self, d: dict[str, Any]) -> str:
         return f"  error: {d.get('message') or d.get('reason') or d}"
 
 

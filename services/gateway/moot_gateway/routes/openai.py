@@ -161,7 +161,7 @@ async def _stream(
 ) -> AsyncIterator[str]:
     """chat.completion.chunk events as the answer is produced, then `[DONE]`.
 
-    A debate's verdict streams as the model writes it (its final_chunk events); a consortium's
+    A debate's verdict streams as the model writes it (its final.chunk events); a consortium's
     synthesis is known only when the arbiter's last answer has been judged, so it comes whole.
     """
 
@@ -183,7 +183,7 @@ async def _stream(
     yield chunk({"role": "assistant", "content": ""})
     streamed = False
     async for event in replay(clients, run_id, 0, hydrate=False):  # deltas are inline
-        if event.event == "final_chunk" and isinstance(event.data, dict):
+        if event.event == "final.chunk" and isinstance(event.data, dict):
             streamed = True
             yield chunk({"content": event.data["delta"]})
     try:

@@ -187,7 +187,7 @@ async def replay(
     Ends with the run's terminal event. When the stream does not hold it but the run has ended
     (its state in KV, else its record in Postgres, says so), that event is built from the run's
     view and sent last, without an `id` (it has no stream sequence): every stream of an ended run
-    ends. `hydrate=False` for callers that read no referenced text (a `final_chunk`'s delta is inline).
+    ends. `hydrate=False` for callers that read no referenced text (a `final.chunk`'s delta is inline).
     """
     names = clients.names
     js = clients.broker.connection.jetstream()

@@ -21,13 +21,13 @@ Stages, in order:
    - `display_only`     no checkpoint: every round is played;
 4. `_end`               the judge's streamed verdict or the first remaining debater's streamed
                         summary (`_ask_final`), or, for `display_only`, no final answer;
-5. `_finish`            `debate_complete`, then `run.completed` with the run's view.
+5. `_finish`            `debate.completed`, then `run.completed` with the run's view.
 
-Events are the reference program's: `debate_start`, `round_start`, `round_model_complete`,
-`round_complete`, `judge_decision`, `model_eliminated`, `convergence_status`, `final_start`,
-(`final_chunk`, published by the worker while it streams), `final_complete`, `debate_complete`
-and `error`. A debate starts with `debate_start`, which carries the request (`run.created` is
-typed for consortium requests) and the line-up of debaters. It ends with `debate_complete` or `error`, always followed by `run.completed`
+Events are the reference program's: `debate.started`, `round.started`, `turn.completed`,
+`round.completed`, `judge.decided`, `debater.eliminated`, `convergence.checked`, `final.started`,
+(`final.chunk`, published by the worker while it streams), `final.completed`, `debate.completed`
+and `error`. A debate starts with `debate.started`, which carries the request (`run.created` is
+typed for consortium requests) and the line-up of debaters. It ends with `debate.completed` or `error`, always followed by `run.completed`
 or `run.failed` carrying the run's view: those two stay the one end-of-run signal for every
 protocol (the recorder, the gateway's `GET` and its SSE, which stops after them, rely on it), so
 `moot.messages.TERMINAL_EVENT_TYPES` is exactly {run.completed, run.failed}.
@@ -313,7 +313,7 @@ def start(
         meta=meta,
         at=at,
     )
-    # A budget too small for round 1 fails the debate here: `debate_start`, `error`, `run.failed`.
+    # A budget too small for round 1 fails the debate here: `debate.started`, `error`, `run.failed`.
     return Transition(state, [announce, *_open_round(state, at, sink)], sink.texts)
 
 
@@ -689,7 +689,7 @@ def _final_answered(state: DebateState, call: Call, at: datetime, sink: TextSink
 
 
 def _finish(state: DebateState, reason: str, at: datetime, sink: TextSink) -> list[Command]:
-    """The debate is over: `debate_complete`, then `run.completed` with the view (a document)."""
+    """The debate is over: `debate.completed`, then `run.completed` with the view (a document)."""
     state.status, state.reason, state.finished_at = "completed", reason, at
     return [
         DebateComplete(run_id=state.run_id, rounds=len(state.rounds), reason=reason, at=at),

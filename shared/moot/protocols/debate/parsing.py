@@ -6,7 +6,7 @@ answer itself (`decide()` is given `event.text` as a string).
 
 A reason that quotes model text goes into fields that are not texts by reference: the round's
 `decision_reason`, the judge decision's `reason`, and the run's `reason` (`run.completed`,
-`debate_complete`, the runs table), which quotes the judge's. So it is shortened (`shorten`: at
+`debate.completed`, the runs table), which quotes the judge's. So it is shortened (`shorten`: at
 most `REASON_MAX` characters, an ellipsis where it was cut); the judge's whole answer stays
 available as a text (`judge_decision.raw`, the judge call's `text`).
 """
