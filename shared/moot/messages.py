@@ -424,6 +424,8 @@ AnyRunEvent = (
     | DebateComplete
     | DebateError
 )
+
+
 def _current_name(value: Any) -> Any:
     """An event stored under its former (seed) name reads as the event it is now."""
     if isinstance(value, dict) and value.get("type") in _FROM_SEED:

@@ -36,9 +36,7 @@ def seed_sequence(events: list[RunEventMessage]) -> list[str]:
 
 def rounds_of(n: int, speakers: int) -> list[str]:
     return [
-        seq
-        for _ in range(n)
-        for seq in ["round.started", *["turn.completed"] * speakers, "round.completed"]
+        seq for _ in range(n) for seq in ["round.started", *["turn.completed"] * speakers, "round.completed"]
     ]
 
 

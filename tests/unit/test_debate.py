@@ -496,7 +496,12 @@ def test_convinced_debaters_are_eliminated_and_the_last_one_summarizes() -> None
             "b#1": "NOT CONVINCED",
         },
     )
-    assert events(commands) == ["debater.eliminated", "debater.eliminated", "convergence.checked", "final.started"]
+    assert events(commands) == [
+        "debater.eliminated",
+        "debater.eliminated",
+        "convergence.checked",
+        "final.started",
+    ]
     gone = commands[0]
     assert isinstance(gone, ModelEliminated)
     assert (gone.label, gone.convinced_by, gone.round, gone.reasoning) == (
