@@ -41,6 +41,7 @@ import pytest
 
 from moot.devstack.home import STACK_FILE
 from moot.devstack.stack import free_ports
+from moot.messages import TERMINAL_EVENT_TYPES
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
@@ -69,6 +70,8 @@ REVOCATION_SECONDS = 35.0
 HTTP_STATUS = "@@http-status"
 CURLRC = f'write-out = "\\n{HTTP_STATUS} %{{http_code}}\\n"\n'
 RUN_ID = r"[0-9a-f]{32}"
+# The change `git diff` shows in the shells' directory (the README pipes "this change" to a run).
+CHANGED_LINE = "indent with spaces"
 PLACEHOLDER = r"<[a-z_]+>"
 
 
@@ -108,8 +111,9 @@ def shell_commands(block: str) -> list[str]:
     return commands
 
 
-def skip_reason(command: str) -> str | None:
-    return next((why for pattern, why in SKIPPED.items() if re.search(pattern, command, re.M)), None)
+def skipped_by(command: str) -> list[str]:
+    """The `SKIPPED` patterns the command matches (none: it runs)."""
+    return [pattern for pattern in SKIPPED if re.search(pattern, command, re.M)]
 
 
 def rewrite(command: str, port: int, ids: Ids) -> str:
@@ -164,7 +168,7 @@ class Result:
 class Shell:
     """One bash process of a README block, fed one command at a time, like a terminal.
 
-    The commands come on a pipe of their own (fd 3 of bash), not on stdin: a command that reads
+    The commands come on a pipe of their own (`bash /dev/fd/N`), not on stdin: a command that reads
     piped stdin (`moot run` does) must not read the next commands; stdin is /dev/null, as an idle
     terminal gives nothing. Aliases are expanded as in an interactive shell. After each command
     the shell prints a marker with its exit status, on stderr (a file) then on stdout (a pipe).
@@ -258,7 +262,9 @@ class UpStack:
 @pytest.fixture
 def moot_up(tmp_path: Path, nats_url: str, database_url: str, namespace: str) -> Iterator[UpStack]:
     """`moot up --test-models` from the README's line, in the background, until SIGINT."""
-    commands = [c for b in readme_blocks(README.read_text()) if b.lang == "sh" for c in shell_commands(b.text)]
+    commands = [
+        c for b in readme_blocks(README.read_text()) if b.lang == "sh" for c in shell_commands(b.text)
+    ]
     lines = [c for c in commands if UP_COMMAND.search(c)]
     assert len(lines) == 1, f"the README should have one `moot up --test-models` line, not {lines}"
     (port,) = free_ports(1)
@@ -290,7 +296,15 @@ def moot_up(tmp_path: Path, nats_url: str, database_url: str, namespace: str) ->
         # "moot up prints its local [key]", and every service the README's comments name is up.
         assert re.fullmatch(rf"export MOOT_URL={gateway} MOOT_API_KEY=moot_\S+", printed), printed
         started = log.read_text()
-        for service in ("gateway", "member-worker-1", "member-worker-2", "arbiter", "recorder", "model-server"):
+        assert f"moot: up: {gateway} " in started, started
+        for service in (
+            "gateway",
+            "member-worker-1",
+            "member-worker-2",
+            "arbiter",
+            "recorder",
+            "model-server",
+        ):
             assert f"ready: {service}" in started, started
         assert (data_dir / STACK_FILE).exists()
         yield UpStack(port, data_dir, home, gateway)
@@ -298,6 +312,8 @@ def moot_up(tmp_path: Path, nats_url: str, database_url: str, namespace: str) ->
         assert process.wait(timeout=STOP_TIMEOUT) == 0, log.read_text()
         assert log.read_text().rstrip().endswith("moot: stopped"), log.read_text()
         assert not (data_dir / STACK_FILE).exists()
+        with pytest.raises(httpx.ConnectError):  # its services stopped with it
+            httpx.get(f"{gateway}/healthz")
     finally:
         _stop(process)
 
@@ -344,7 +360,7 @@ class Ids:
     key: str | None = None
     key_secret: str | None = None
     saved: set[str] = field(default_factory=set)
-    rpm: dict[str, str] = field(default_factory=dict)
+    key_rpm: str = "rpm"  # how `moot keys list` shows the key's rpm once `moot keys limits` changed it
 
     def learn(self, result: Result) -> None:
         """The newest run a command started (a 202's id, or the CLI's `consortium <id>` line)."""
@@ -356,6 +372,8 @@ class Ids:
 
 @dataclass
 class Context:
+    """What the checks look at: the stack, the shells' directory, what earlier commands printed."""
+
     stack: UpStack
     work: Path
     ids: Ids
@@ -363,87 +381,90 @@ class Context:
 
 def _answered(result: Result, ctx: Context) -> None:
     """`moot run`: iterations and who answered (stderr), the synthesis alone on stdout."""
-    assert re.search(r"^iteration 1: asking \d+ member instances", result.err, re.M), result
-    assert re.search(r"^  \S+#\d+ answered", result.err, re.M), result
-    assert result.out.strip() and "iteration" not in result.out, result
+    assert re.search(r"^iteration 1: asking \d+ member instances", result.err, re.M), str(result)
+    assert re.search(r"^  \S+#\d+ answered", result.err, re.M), str(result)
+    assert result.out.strip() and "iteration" not in result.out, str(result)
 
 
 def _review(result: Result, ctx: Context) -> None:
     """`git diff | moot run ... --output run.json`: the diff is part of the prompt; the record is saved."""
     _answered(result, ctx)
     path = re.search(r"--output (\S+)", result.ran)
-    assert path, result
+    assert path, str(result)
     record = json.loads((ctx.work / path[1]).read_text())
-    assert record["status"] == "completed" and record["result"]["text"], record
+    assert record["status"] == "completed", record
+    # stdout is the answer alone: `moot run ... > answer.txt` keeps just the answer.
+    assert result.out.strip() == record["result"]["synthesis"].strip(), str(result)
     prompt = record["request"]["prompt"]
     assert prompt.startswith("Review this change.\n\n") and f"+{CHANGED_LINE}" in prompt, prompt
 
 
 def _debated(result: Result, ctx: Context) -> None:
     """`moot debate`: rounds on stderr, the verdict on stdout."""
-    assert re.search(r"^round 1: ", result.err, re.M) and result.out.strip(), result
+    assert re.search(r"^round 1: ", result.err, re.M) and result.out.strip(), str(result)
 
 
 def _saved(result: Result, ctx: Context) -> None:
     name = result.ran.split()[2]
-    assert re.fullmatch(rf"saved {re.escape(name)} version \d+ \((consortium|debate)\)\n", result.out), result
+    saved = re.fullmatch(rf"saved {re.escape(name)} version \d+ \((consortium|debate)\)\n", result.out)
+    assert saved, str(result)
     ctx.ids.saved.add(name)
 
 
 def _listed(result: Result, ctx: Context) -> None:
     """`moot list`: name, version, mode, members, arbiter/judge of every saved configuration."""
     header, *rows = result.out.splitlines()
-    assert header.split() == ["NAME", "VERSION", "MODE", "MEMBERS", "ARBITER/JUDGE"], result
-    assert {row.split()[0] for row in rows} == ctx.ids.saved, result
+    assert header.split() == ["NAME", "VERSION", "MODE", "MEMBERS", "ARBITER/JUDGE"], str(result)
+    assert {row.split()[0] for row in rows} == ctx.ids.saved, str(result)
 
 
 def _removed(result: Result, ctx: Context) -> None:
     name = result.ran.split()[2]
-    assert result.out == f"removed {name}\n", result
+    assert result.out == f"removed {name}\n", str(result)
     ctx.ids.saved.discard(name)
 
 
 def _runs(result: Result, ctx: Context) -> None:
     """`moot runs --limit N`: id, mode, status, created, prompt; the newest first."""
     header, *rows = result.out.splitlines()
-    assert header.split()[:4] == ["ID", "MODE", "STATUS", "CREATED"] and "PROMPT" in header, result
+    assert header.split()[:4] == ["ID", "MODE", "STATUS", "CREATED"] and "PROMPT" in header, str(result)
     limit = re.search(r"--limit (\d+)", result.ran)
-    assert rows and (limit is None or len(rows) <= int(limit[1])), result
-    assert rows[0].split()[0] == ctx.ids.run, result
+    assert rows and (limit is None or len(rows) <= int(limit[1])), str(result)
+    assert rows[0].split()[0] == ctx.ids.run, str(result)
 
 
 def _shown(result: Result, ctx: Context) -> None:
     """`moot show RUN_ID`: status, every iteration's answers, the answer."""
-    assert result.out.startswith(f"run {ctx.ids.run} "), result
-    assert "completed" in result.out and re.search(r"^iteration 1", result.out, re.M), result
+    assert result.out.startswith(f"run {ctx.ids.run} "), str(result)
+    assert "completed" in result.out and re.search(r"^iteration 1", result.out, re.M), str(result)
 
 
 def _key_created(result: Result, ctx: Context) -> None:
     """`moot keys create`: the key alone on stdout, its id on stderr."""
-    assert re.fullmatch(r"moot_\S+\n", result.out), result
+    assert re.fullmatch(r"moot_\S+\n", result.out), str(result)
     created = re.search(r"created (key_\w+) for owner ", result.err)
-    assert created, result
+    assert created, str(result)
     ctx.ids.key, ctx.ids.key_secret = created[1], result.out.strip()
 
 
 def _limits_changed(result: Result, ctx: Context) -> None:
     rpm = re.search(r"--rpm (\d+)", result.ran)
-    if rpm and ctx.ids.key:
-        ctx.ids.rpm[ctx.ids.key] = "rpm unlimited" if rpm[1] == "0" else f"rpm {rpm[1]}"
+    if rpm:
+        ctx.ids.key_rpm = "rpm unlimited" if rpm[1] == "0" else f"rpm {rpm[1]}"
 
 
 def _keys_listed(result: Result, ctx: Context) -> None:
     """`moot keys list`: id, owner, name, created, revoked, limits; never a key."""
-    assert result.out.split()[:6] == ["ID", "OWNER", "NAME", "CREATED", "(UTC)", "REVOKED"], result
-    assert ctx.ids.key_secret and ctx.ids.key_secret not in result.out, result
+    assert result.out.split()[:6] == ["ID", "OWNER", "NAME", "CREATED", "(UTC)", "REVOKED"], str(result)
+    assert ctx.ids.key and ctx.ids.key_secret and ctx.ids.key_secret not in result.out, str(result)
     row = next((line for line in result.out.splitlines() if line.startswith(f"{ctx.ids.key} ")), None)
-    assert row is not None, result
-    assert ctx.ids.rpm.get(ctx.ids.key, "rpm") in row, result
+    assert row is not None, str(result)
+    assert ctx.ids.key_rpm in row, str(result)
 
 
 def _revoked(result: Result, ctx: Context) -> None:
     """`moot keys revoke KEY_ID`: the gateway refuses the key (within its cache's 30 s)."""
-    assert ctx.ids.key_secret, result
+    assert ctx.ids.key_secret, str(result)
     deadline = time.monotonic() + REVOCATION_SECONDS
     headers = {"Authorization": f"Bearer {ctx.ids.key_secret}"}
     while (status := httpx.get(f"{ctx.stack.gateway_url}/v1/runs", headers=headers).status_code) != 401:
@@ -454,41 +475,41 @@ def _revoked(result: Result, ctx: Context) -> None:
 def _key_exported(result: Result, ctx: Context) -> None:
     """`export MOOT_API_KEY=$(moot keys create ...)`: the key went into the variable, not the screen
     (the commands after it prove the variable holds it)."""
-    assert result.out == "" and re.search(r"created key_\w+ for owner ", result.err), result
+    assert result.out == "" and re.search(r"created key_\w+ for owner ", result.err), str(result)
 
 
 def _accepted(result: Result, ctx: Context) -> None:
     """`mcurl .../v1/runs -d ...`: 202 {"id": ..., "links": {...}}."""
     status, _ = result.http
     answer = result.json()
-    assert status == 202 and re.fullmatch(RUN_ID, answer["id"]), result
-    assert answer["links"]["self"] == f"/v1/runs/{answer['id']}", result
+    assert status == 202 and re.fullmatch(RUN_ID, answer["id"]), str(result)
+    assert answer["links"]["self"] == f"/v1/runs/{answer['id']}", str(result)
 
 
 def _run_view(result: Result, ctx: Context) -> None:
     """`mcurl .../v1/runs/<id>`: status, result, iterations/rounds with every answer, usage."""
     status, _ = result.http
     run = result.json()
-    assert status == 200 and run["id"] == ctx.ids.run, result
-    assert {"status", "result", "usage"} <= set(run) and ("iterations" in run or "rounds" in run), result
+    assert status == 200 and run["id"] == ctx.ids.run, str(result)
+    assert {"status", "result", "usage"} <= set(run) and ("iterations" in run or "rounds" in run), str(result)
 
 
 def _events(result: Result, ctx: Context) -> None:
     """`mcurl -N .../events`: server-sent events, with ids to resume from, until the run's end."""
     status, body = result.http
     types = re.findall(r"^event: (\S+)$", body, re.M)
-    assert status == 200 and types and types[0] == "run.created", result
-    assert types[-1] in {"run.completed", "run.failed", "run.cancelled"}, result
-    assert re.search(r"^id: \d+$", body, re.M), result
+    assert status == 200 and types, str(result)
+    assert types[-1] in TERMINAL_EVENT_TYPES, str(result)
+    assert re.search(r"^id: \d+$", body, re.M), str(result)
 
 
 def _cancel(result: Result, ctx: Context) -> None:
     """`mcurl -X POST .../cancel`: the events stream before it ends only with the run, so this run
-    is over: the gateway says so, in the one error shape."""
+    is over: "a finished one: 409 run_finished", in the one error shape."""
     status, _ = result.http
     error = result.json()["error"]
-    assert status == 409 and error["code"] == "run_finished", result
-    assert set(error) >= {"message", "type", "param", "code"}, result
+    assert status == 409 and error["code"] == "run_finished", str(result)
+    assert set(error) >= {"message", "type", "param", "code"}, str(result)
 
 
 def _config_saved(result: Result, ctx: Context) -> None:
@@ -496,13 +517,15 @@ def _config_saved(result: Result, ctx: Context) -> None:
     status, _ = result.http
     saved = result.json()
     assert status in (200, 201) and saved["name"] == result.ran.split("/v1/consortiums/")[1].split()[0]
-    assert isinstance(saved["version"], int), result
+    assert isinstance(saved["version"], int), str(result)
 
 
 def _chat_completion(result: Result, ctx: Context) -> None:
     """The OpenAI client: a chat completion of the saved configuration, with the synthesis."""
-    assert result.out.startswith("ChatCompletion(") and "model='panel'" in result.out, result
-    assert re.search(r"content='[^']+'", result.out) and "'status': 'completed'" in result.out, result
+    model = re.search(r'model="([^"]+)"', result.readme)
+    assert model and result.out.startswith("ChatCompletion("), str(result)
+    assert f"model='{model[1]}'" in result.out, str(result)
+    assert re.search(r"content='[^']+'", result.out) and "'status': 'completed'" in result.out, str(result)
 
 
 # README command (its first line) -> what it must give. Each must match a command of the README.
@@ -527,8 +550,6 @@ CHECKS: list[tuple[str, Callable[[Result, Context], None]]] = [
     (r"^moot keys list\b", _keys_listed),
     (r"^moot keys revoke ", _revoked),
 ]
-# The change `git diff` shows in the shells' directory (the README pipes "this change" to a run).
-CHANGED_LINE = "indent with spaces"
 
 
 def check_for(command: str) -> tuple[str, Callable[[Result, Context], None]] | None:
@@ -557,7 +578,6 @@ def test_every_readme_command_works_as_written(moot_up: UpStack, tmp_path: Path)
     ctx = Context(moot_up, work, Ids())
     skipped: set[str] = set()
     checked: set[str] = set()
-    ran = 0
     shell: Shell | None = None
     try:
         for number, block in enumerate(blocks):
@@ -565,25 +585,25 @@ def test_every_readme_command_works_as_written(moot_up: UpStack, tmp_path: Path)
                 assert shell is not None, f"README.md:{block.line}: a Python block needs the shell before it"
                 script = work / f"readme_block_{number}.py"
                 script.write_text(rewrite(block.text, moot_up.port, ctx.ids))
-                commands = [(block.text, f"{VENV_BIN}/python {script.name}")]
+                # (the README's text, what runs: given here, else the text rewritten when its turn comes)
+                commands: list[tuple[str, str | None]] = [(block.text, f"{VENV_BIN}/python {script.name}")]
             else:
                 if shell is not None:
                     shell.close()
                     shell = None
                 commands = []
                 for command in shell_commands(block.text):
-                    reason = skip_reason(command)
-                    if reason is not None:
-                        skipped.update(p for p in SKIPPED if re.search(p, command, re.M))
-                        continue
-                    commands.append((command, ""))
+                    if patterns := skipped_by(command):
+                        skipped.update(patterns)
+                    else:
+                        commands.append((command, None))
                 if commands:
                     shell = Shell(work, env, tmp_path / f"block-{number}.stderr")
             for readme, given in commands:
                 assert shell is not None
                 command = given or rewrite(readme, moot_up.port, ctx.ids)
                 result = shell.run(readme, command)
-                ran += 1
+                print(f"README.md:{block.line}: $ {command.splitlines()[0]} -> exit {result.code}")
                 assert result.code == 0, f"README.md:{block.line}: exit {result.code}\n{result}"
                 found = check_for(readme)
                 if found is not None:
@@ -596,4 +616,3 @@ def test_every_readme_command_works_as_written(moot_up: UpStack, tmp_path: Path)
     # The README still has what is skipped, and every check met its command: none went stale.
     assert skipped == set(SKIPPED), set(SKIPPED) - skipped
     assert checked == {p for p, _ in CHECKS}, {p for p, _ in CHECKS} - checked
-    assert ran >= len(CHECKS)

@@ -106,6 +106,7 @@ class CallJobs:
     _active: set[asyncio.Task[None]] = field(default_factory=set)
     _slot_freed: asyncio.Event = field(default_factory=asyncio.Event)
     _loop: asyncio.Task[None] | None = None
+    _sub: JetStreamContext.PullSubscription | None = None
 
     @property
     def consuming(self) -> bool:
@@ -117,6 +118,7 @@ class CallJobs:
             self.names.jobs_stream, consumer_config(self.names, self.settings, self.concurrency)
         )
         sub = await js.pull_subscribe_bind(durable=self.names.worker_consumer, stream=self.names.jobs_stream)
+        self._sub = sub
         self._loop = asyncio.create_task(self.consume(sub), name="call jobs")
 
     async def stop(self) -> None:
@@ -126,6 +128,12 @@ class CallJobs:
             self._loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop
+        if self._sub is not None:
+            # Now, not in the connection's drain: a pull subscription whose fetch was cancelled
+            # never empties its pending queue, and draining it would wait nats-py's 30 s timeout.
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
         if not self._active:
             return
         _, left = await asyncio.wait(set(self._active), timeout=self.drain_seconds)
