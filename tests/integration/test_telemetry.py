@@ -453,7 +453,7 @@ async def test_consortium_and_debate_are_one_trace_each(
         s
         for s in debate_spans
         if s.service == "moot-member-worker"
-        and s.attributes.get("messaging.destination.name", "").endswith(".final_chunk")
+        and s.attributes.get("messaging.destination.name", "").endswith(".final.chunk")
     ]
     streamed = [s for s in judge if s.attributes.get("gen_ai.request.stream")]
     assert chunk_publishes
