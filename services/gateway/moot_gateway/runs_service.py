@@ -105,8 +105,13 @@ def _invalid(field: str, message: str) -> RequestValidationError:
     )
 
 
-async def resolve(clients: Clients, principal: Principal, body: dict[str, Any]) -> tuple[Any, RunMeta]:
-    """The run request a submission stands for: saved configuration + overrides, earlier conversation."""
+async def resolve(
+    clients: Clients, principal: Principal, body: dict[str, Any], saved: dict[str, Any] | None = None
+) -> tuple[Any, RunMeta]:
+    """The run request a submission stands for: saved configuration + overrides, earlier conversation.
+
+    `saved` is the configuration the caller has already read (the chat endpoint), to save a query.
+    """
     body = dict(body)
     meta = RunMeta(owner=principal.owner)
     name = body.pop(CONFIG_FIELD, None)
@@ -121,7 +126,8 @@ async def resolve(clients: Clients, principal: Principal, body: dict[str, Any]) 
     if name is not None:
         if not isinstance(name, str) or (version is not None and not isinstance(version, int)):
             raise _invalid(CONFIG_FIELD, "config must be a name and config_version an integer")
-        saved = await configs.get(clients.pool, principal.owner, name, version)
+        if saved is None or saved["name"] != name or (version is not None and saved["version"] != version):
+            saved = await configs.get(clients.pool, principal.owner, name, version)  # else: the caller's
         if saved is None:
             raise _invalid(
                 CONFIG_FIELD, f"no saved configuration {name!r}" + (f" version {version}" if version else "")

@@ -75,7 +75,8 @@ async def chat_completions(
         first = exc.errors()[0]
         param = ".".join(str(p) for p in first["loc"])
         raise ApiError(status.HTTP_400_BAD_REQUEST, f"{param}: {first['msg']}", param=param) from exc
-    if await configs.get(clients.pool, principal.owner, chat.model) is None:
+    saved = await configs.get(clients.pool, principal.owner, chat.model)
+    if saved is None:
         raise ApiError(
             status.HTTP_404_NOT_FOUND,
             f"The model '{chat.model}' does not exist (save a configuration under that name first)",
@@ -83,8 +84,6 @@ async def chat_completions(
             code="model_not_found",
         )
     system, history, prompt = runs_service.history_from_chat(chat.messages)
-    saved = await configs.get(clients.pool, principal.owner, chat.model)
-    assert saved is not None
     submission: dict[str, Any] = {"config": chat.model, "prompt": prompt}
     if saved["config"].get("mode") == "debate":
         # Debates have per-debater system prompts only; the caller's goes first in the conversation.
@@ -93,7 +92,7 @@ async def chat_completions(
         submission["system"] = system
     submission["history"] = [m.model_dump() for m in history]
     try:
-        request, meta = await runs_service.resolve(clients, principal, submission)
+        request, meta = await runs_service.resolve(clients, principal, submission, saved)
     except RequestValidationError as exc:  # a saved configuration plus this conversation that is no valid run
         problems = "; ".join(f"{f.param}: {f.message}" for f in field_errors(exc))
         raise ApiError(
