@@ -62,7 +62,6 @@ from moot.devstack.model_server import ModelServer
 from moot.devstack.stack import Stack
 from moot.protocols.consortium import prompts
 from moot.protocols.consortium.parsing import extract_member_confidence, parse_arbiter
-from moot.runtime.subjects import Names
 
 litellm.suppress_debug_info = True
 litellm.telemetry = False
@@ -274,7 +273,7 @@ class CpuMeter:
         before: dict[str, float], after: dict[str, float], runs: int
     ) -> tuple[list[dict[str, Any]], float]:
         wall = max(after["_at"] - before["_at"], 1e-9)
-        rows = []
+        rows: list[dict[str, Any]] = []
         for label, value in after.items():
             if label.startswith("_"):
                 continue
@@ -679,21 +678,11 @@ async def drop_database(admin_url: str, name: str) -> None:
 
 
 async def delete_nats_topology(nats_url: str, namespace: str) -> None:
-    """Remove the benchmark namespace's streams and KV bucket (a shared server keeps them 7 days)."""
-    import nats
+    """Remove every stream and KV bucket of the benchmark's namespace (a shared server keeps them)."""
+    from harness import delete_namespace  # here: harness imports this module
 
-    names = Names(namespace)
     with contextlib.suppress(Exception):
-        nc = await nats.connect(nats_url, connect_timeout=2, max_reconnect_attempts=0)
-        try:
-            js = nc.jetstream()
-            for stream in (names.runs_stream, names.jobs_stream):
-                with contextlib.suppress(Exception):
-                    await js.delete_stream(stream)
-            with contextlib.suppress(Exception):
-                await js.delete_key_value(names.state_bucket)
-        finally:
-            await nc.close()
+        await delete_namespace(nats_url, namespace)
 
 
 async def wait_for_rows(
