@@ -27,7 +27,8 @@ class Clients:
     models: ModelList  # which model names a run may use (`moot.runtime.models`)
 
 
-def get_clients(request: Request) -> Clients:
+async def get_clients(request: Request) -> Clients:
+    # `async`: FastAPI runs a plain `def` dependency in its thread pool, a hop on every request.
     clients: Clients = request.app.state.clients
     return clients
 

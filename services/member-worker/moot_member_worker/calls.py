@@ -466,8 +466,10 @@ def _cost(response: Any) -> float | None:
     worker's CPU (docs/benchmarks.md).
     """
     hidden = getattr(response, "_hidden_params", None) or {}
-    cost = hidden.get("response_cost")
-    if cost is None:
+    if "response_cost" in hidden:
+        # litellm has computed it, None included (a model without a price): not again.
+        cost = hidden["response_cost"]
+    else:
         try:
             cost = litellm.completion_cost(completion_response=response)
         except Exception:

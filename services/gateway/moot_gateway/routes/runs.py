@@ -41,6 +41,9 @@ from moot_gateway.schemas import (
 
 log = logging.getLogger(__name__)
 
+# How a text by reference is written in a stored event (`moot.texts.TextRef`): `{"$text": sha, ...}`.
+TEXT_REF_KEY = b'"$text"'
+
 router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=errors(400, 401, 404, 409, 422, 503))
 
 # On the models of a local stack: `local` (the embedded model of `moot up`); with
@@ -217,10 +220,16 @@ async def replay(
             event_type = names.event_type_of(msg.subject)
             seq = msg.metadata.sequence.stream
             # The sequence goes into the payload too, for clients that read data only.
-            data = {**json.loads(msg.data), "seq": seq}
-            if hydrate:
-                data = await hydrated(clients.store.texts, data)
-            yield ServerSentEvent(data=data, event=event_type, id=str(seq))
+            if hydrate and TEXT_REF_KEY not in msg.data and msg.data.endswith(b"}"):
+                # Nothing to put back (most events): the stored JSON as it is, `seq` spliced in,
+                # rather than parsed and encoded again for every client.
+                raw = msg.data[:-1].decode() + f',"seq":{seq}}}'
+                yield ServerSentEvent(raw_data=raw, event=event_type, id=str(seq))
+            else:
+                data = {**json.loads(msg.data), "seq": seq}
+                if hydrate:
+                    data = await hydrated(clients.store.texts, data)
+                yield ServerSentEvent(data=data, event=event_type, id=str(seq))
             if event_type in TERMINAL_EVENT_TYPES:
                 return
     finally:
