@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import Iterable
@@ -230,6 +231,24 @@ async def publish(broker: NatsBroker, names: Names, subject: str, msg_id: str, p
 
 
 async def publish_all(broker: NatsBroker, names: Names, items: Iterable[tuple[str, str, bytes]]) -> None:
-    """Publish (subject, msg_id, payload) triples to JetStream in order, each deduplicated by its id."""
-    for subject, msg_id, payload in items:
-        await publish(broker, names, subject, msg_id, payload)
+    """Publish (subject, msg_id, payload) triples to JetStream, each deduplicated by its id.
+
+    Run events go out one after another, in order (a run's stream is read in order: its end
+    last). Call jobs have no order among themselves (workers take them in any order): a run of
+    consecutive jobs goes out at once, the acknowledgements awaited together, which saves a round
+    trip per job on the way to the workers (docs/benchmarks.md, "Latency overhead").
+    """
+    jobs: list[tuple[str, str, bytes]] = []
+
+    async def send_jobs() -> None:
+        if jobs:
+            await asyncio.gather(*(publish(broker, names, *job) for job in jobs))
+            jobs.clear()
+
+    for item in items:
+        if names.stream_for(item[0]) == names.jobs_stream:
+            jobs.append(item)
+            continue
+        await send_jobs()
+        await publish(broker, names, *item)
+    await send_jobs()
