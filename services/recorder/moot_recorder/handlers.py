@@ -45,6 +45,7 @@ from moot_recorder.writer import (
     envelope_of,
     inline,
     inline_view,
+    plain_envelope,
 )
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,15 @@ class BatchRecorder:
         """
         decoded: list[tuple[Msg, Any]] = []
         undecodable: list[tuple[Msg, str]] = []
+        envelopes: list[Envelope] = []
         for msg in msgs:
+            try:
+                plain = plain_envelope(msg.data, msg.metadata.sequence.stream, msg.headers)
+            except ValueError:
+                plain = None  # the slow path says what is wrong with it
+            if plain is not None:
+                envelopes.append(plain)
+                continue
             try:
                 decoded.append((msg, json.loads(msg.data)))
             except Exception as exc:  # not JSON, not UTF-8, nested too deep...
@@ -112,7 +121,6 @@ class BatchRecorder:
             payloads = await hydrated(self.texts, [data for _, data in decoded])
         for msg, why in undecodable:
             await self._skip(msg, msg.metadata.sequence.stream, why)
-        envelopes: list[Envelope] = []
         for (msg, _), data in zip(decoded, payloads, strict=True):
             seq = msg.metadata.sequence.stream
             try:
