@@ -36,7 +36,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -1160,20 +1159,9 @@ def _version(dist: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+    from harness import run_benchmark  # here: harness imports this module
 
-    async def runner() -> int:
-        # SIGTERM cancels like Ctrl-C does, so `async with` blocks stop every child process.
-        task = asyncio.current_task()
-        assert task is not None
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        return await bench(args)
-
-    try:
-        return asyncio.run(runner())
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("interrupted; everything started was stopped", file=sys.stderr)
-        return 130
+    return run_benchmark(bench, parse_args(argv))
 
 
 if __name__ == "__main__":

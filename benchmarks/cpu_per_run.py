@@ -33,7 +33,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -72,6 +71,7 @@ from harness import (
     postgres_processes,
     profile_categories,
     rates,
+    run_benchmark,
     shorten_profile_paths,
 )
 
@@ -639,19 +639,7 @@ async def bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-
-    async def runner() -> int:
-        task = asyncio.current_task()
-        assert task is not None
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        return await bench(args)
-
-    try:
-        return asyncio.run(runner())
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("interrupted; everything started was stopped", file=sys.stderr)
-        return 130
+    return run_benchmark(bench, parse_args(argv))
 
 
 if __name__ == "__main__":

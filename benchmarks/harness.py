@@ -36,10 +36,11 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -76,6 +77,7 @@ __all__ = [
     "profile_categories",
     "rates",
     "read_run_events",
+    "run_benchmark",
     "serve_otlp_sink",
     "served_latency",
     "shorten_profile_paths",
@@ -615,3 +617,20 @@ def shorten_profile_paths(path: Path, roots: Sequence[str] = tuple(sys.path)) ->
 
     pattern = re.compile(r"\((/[^():;]+):")
     path.write_text(pattern.sub(short, path.read_text(errors="replace")))
+
+
+def run_benchmark(bench: Callable[[Any], Awaitable[int]], args: Any) -> int:
+    """Run a benchmark's `bench(args)` to its end: SIGTERM cancels it as Ctrl-C does, so its
+    `async with` blocks stop every process they started; the exit code (130 when interrupted)."""
+
+    async def runner() -> int:
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await bench(args)
+
+    try:
+        return asyncio.run(runner())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("interrupted; everything started was stopped", file=sys.stderr)
+        return 130

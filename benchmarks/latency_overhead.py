@@ -34,7 +34,6 @@ import collections
 import json
 import math
 import os
-import signal
 import statistics
 import sys
 import tempfile
@@ -65,6 +64,7 @@ from harness import (
     StoredEvent,
     model_server_requests,
     read_run_events,
+    run_benchmark,
     served_latency,
 )
 from httpx_sse import aconnect_sse
@@ -709,19 +709,7 @@ async def bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-
-    async def runner() -> int:
-        task = asyncio.current_task()
-        assert task is not None
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        return await bench(args)
-
-    try:
-        return asyncio.run(runner())
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("interrupted; everything started was stopped", file=sys.stderr)
-        return 130
+    return run_benchmark(bench, parse_args(argv))
 
 
 if __name__ == "__main__":

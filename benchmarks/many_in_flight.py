@@ -38,7 +38,6 @@ import json
 import math
 import os
 import resource
-import signal
 import statistics
 import sys
 import tempfile
@@ -66,7 +65,7 @@ from consortium_throughput import (
     background_load,
     scan_logs,
 )
-from harness import BenchStack, MachineBusy, listening_pid, postgres_processes
+from harness import BenchStack, MachineBusy, listening_pid, postgres_processes, run_benchmark
 
 # Warm-up runs use these (no latency) so that the measured models see only measured runs.
 WARM_MEMBERS = ("w1", "w2", "w3")
@@ -792,19 +791,7 @@ async def bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-
-    async def runner() -> int:
-        task = asyncio.current_task()
-        assert task is not None
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        return await bench(args)
-
-    try:
-        return asyncio.run(runner())
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("interrupted; everything started was stopped", file=sys.stderr)
-        return 130
+    return run_benchmark(bench, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -68,7 +67,7 @@ from consortium_throughput import (
     run_concurrently,
     scan_logs,
 )
-from harness import delete_namespace
+from harness import delete_namespace, run_benchmark
 
 from moot.devstack.embedded import Infrastructure, resolve_infrastructure
 from moot.devstack.model_server import ModelServer
@@ -539,19 +538,7 @@ async def bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-
-    async def runner() -> int:
-        task = asyncio.current_task()
-        assert task is not None
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        return await bench(args)
-
-    try:
-        return asyncio.run(runner())
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("interrupted; everything started was stopped", file=sys.stderr)
-        return 130
+    return run_benchmark(bench, parse_args(argv))
 
 
 if __name__ == "__main__":

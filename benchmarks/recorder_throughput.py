@@ -40,7 +40,6 @@ import random
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -66,7 +65,7 @@ from consortium_throughput import (
     scan_logs,
     summarize_profile,
 )
-from harness import delete_namespace
+from harness import delete_namespace, run_benchmark
 from nats.js import JetStreamContext
 
 from moot.devstack.embedded import Infrastructure, resolve_infrastructure
@@ -754,19 +753,7 @@ async def bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-
-    async def runner() -> int:
-        task = asyncio.current_task()
-        assert task is not None
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        return await bench(args)
-
-    try:
-        return asyncio.run(runner())
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("interrupted; everything started was stopped", file=sys.stderr)
-        return 130
+    return run_benchmark(bench, parse_args(argv))
 
 
 if __name__ == "__main__":

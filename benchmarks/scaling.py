@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -48,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import httpx
 import psutil
 from consortium_throughput import ARBITER, MEMBERS, CpuMeter, MootDriver, _version, background_load, scan_logs
-from harness import BenchStack, MachineBusy
+from harness import BenchStack, MachineBusy, run_benchmark
 from many_in_flight import WARM_ARBITER, WARM_MEMBERS, Watcher, run_body
 
 from moot.devstack.stack import ServiceSpec, default_services
@@ -386,19 +385,7 @@ async def bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-
-    async def runner() -> int:
-        task = asyncio.current_task()
-        assert task is not None
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        return await bench(args)
-
-    try:
-        return asyncio.run(runner())
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("interrupted; everything started was stopped", file=sys.stderr)
-        return 130
+    return run_benchmark(bench, parse_args(argv))
 
 
 if __name__ == "__main__":
