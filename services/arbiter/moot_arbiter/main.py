@@ -23,7 +23,7 @@ def create_app() -> FastAPI:
     names = Names(settings.namespace)
     setup_logging(settings, "arbiter")
     telemetry.setup("arbiter")
-    broker = make_broker(settings, name="moot-arbiter")
+    broker = make_broker(settings, name="moot-arbiter", handlers_take_the_message=True)
     # The bucket can only be opened once connected, but handlers must be registered before.
     holder: dict[str, RunStore] = {}
     background: list[asyncio.Task[None]] = []

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 from faststream.nats import NatsBroker
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -43,6 +44,13 @@ def make_broker(settings: MootSettings, **kwargs: object) -> NatsBroker:
     With tracing on, every publish and consume goes through the telemetry middleware: W3C trace
     context travels in the message headers (see `moot.observability.telemetry`).
     """
+    if kwargs.pop("handlers_take_the_message", False):
+        # Every handler takes the message itself (`msg: NatsMessage`) and nothing else: no
+        # dependency injection. faststream's injection resolved the message parameter in a worker
+        # thread on every message (8 % of the arbiter's profile, a thread hop per decision:
+        # docs/benchmarks.md, "CPU per run and profiles"); the decoder hands the message over.
+        kwargs["apply_types"] = False
+        kwargs["decoder"] = _the_message
     return NatsBroker(
         nats_servers(settings.nats_url),
         name=kwargs.pop("name", "moot"),  # type: ignore[arg-type]
@@ -54,6 +62,11 @@ def make_broker(settings: MootSettings, **kwargs: object) -> NatsBroker:
         middlewares=broker_middlewares(),
         **kwargs,  # type: ignore[arg-type]
     )
+
+
+async def _the_message(msg: Any) -> Any:
+    """A decoder that decodes nothing: the handler gets the message (ack, nack, headers, body)."""
+    return msg
 
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
