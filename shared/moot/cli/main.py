@@ -204,7 +204,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     demo.add_argument("--debate-prompt", help="the debate's question")
     demo.add_argument("--judge", help="the debate's judge (default: the arbiter)")
-    demo.add_argument("--max-rounds", type=int, default=3, help="debate rounds at most (default: 3)")
+    demo.add_argument(
+        "--max-rounds",
+        type=int,
+        default=None,
+        help="debate rounds at most (default: 1 on the local model, else 3)",
+    )
 
     _add_gateway_commands(sub)
     cli_keys.add_commands(sub)

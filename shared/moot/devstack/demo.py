@@ -104,7 +104,9 @@ def plan(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str | None]:
                 "format": "free_discussion",
                 "judge_mode": "external_judge",
                 "judge": judge,
-                "max_rounds": getattr(args, "max_rounds", None) or 3,
+                # One round on the local model: its later turns and its verdicts after them
+                # ramble (docs/benchmarks.md, "Local model"); three otherwise.
+                "max_rounds": getattr(args, "max_rounds", None) or (1 if local and not args.member else 3),
             }
         )
     return bodies, None
