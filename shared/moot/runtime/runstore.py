@@ -13,6 +13,7 @@ The envelope line of a value also holds the run's status and deadline, so the sw
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -124,6 +125,10 @@ class RunHead:
     written_at: datetime | None
 
 
+# How many times `heads` watches a bucket that says it holds values but whose watch saw none.
+WATCH_ATTEMPTS = 3
+
+
 class RunExists(Exception):
     pass
 
@@ -228,20 +233,31 @@ class RunStore:
 
         Not `kv.keys()` then a `get` per key (a request and reply each): the bucket's latest
         values come in one flow-controlled stream (docs/architecture.md, "Deadlines").
+
+        nats-py ends a watch at once when the consumer it creates reports nothing pending, which
+        a loaded server can report for a bucket that holds values (seen in CI on nats-server 2.9):
+        a watch that ends before any value, over a bucket whose status counts values, is tried
+        again, a few times, rather than taken for an empty bucket.
         """
-        watcher = await self.kv.watchall(ignore_deletes=True)
-        try:
-            async for entry in watcher:
-                if entry is None:  # caught up: every key's latest value has been seen
-                    return
-                if entry.value is None or entry.revision is None:
-                    continue
-                # nats-py annotates `created` as an int; it holds the message's datetime.
-                created: Any = entry.created
-                written = created if isinstance(created, datetime) else None
-                yield RunHead(entry.key, StoredRun.decode_head(entry.value), entry.revision, written)
-        finally:
-            await watcher.stop()
+        for attempt in range(WATCH_ATTEMPTS):
+            seen = 0
+            watcher = await self.kv.watchall(ignore_deletes=True)
+            try:
+                async for entry in watcher:
+                    if entry is None:  # caught up: every key's latest value has been seen
+                        break
+                    seen += 1
+                    if entry.value is None or entry.revision is None:
+                        continue
+                    # nats-py annotates `created` as an int; it holds the message's datetime.
+                    created: Any = entry.created
+                    written = created if isinstance(created, datetime) else None
+                    yield RunHead(entry.key, StoredRun.decode_head(entry.value), entry.revision, written)
+            finally:
+                await watcher.stop()
+            if seen or not (await self.kv.status()).values:
+                return
+            await asyncio.sleep(0.05 * (attempt + 1))
 
     async def sweep_one(self, run_id: str, now: datetime, seen: int | None = None) -> list[str]:
         """Finish what a crash left of the run, and end it if its deadline has passed.
