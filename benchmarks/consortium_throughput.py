@@ -616,7 +616,28 @@ def scan_logs(log_dir: Path) -> dict[str, dict[str, Any]]:
     return found
 
 
+def print_log_findings(logs: dict[str, dict[str, Any]], where: str = "the service logs") -> None:
+    """What `scan_logs` found, for people: counts per log, then each message and how often."""
+    if not logs:
+        return
+    print(f"\n== warnings and errors in {where}")
+    for name, found in logs.items():
+        print(f"  {name}: {found['counts']}")
+        for message, count in found["messages"]:
+            print(f"    {count} x {message}")
+
+
 # --------------------------------------------------------------------------- infrastructure
+
+
+async def bench_infrastructure(data_dir: Path) -> Infrastructure:
+    """NATS and Postgres for a benchmark: `NATS_URL` / `DATABASE_URL` when set, else embedded
+    servers (or testcontainers) under `data_dir`."""
+    return await resolve_infrastructure(
+        data_dir / "infra",
+        nats_url=os.environ.get("NATS_URL") or None,
+        database_url=os.environ.get("DATABASE_URL") or None,
+    )
 
 
 def models_file(path: Path, base_url: str) -> Path:
@@ -1072,11 +1093,7 @@ async def bench(args: argparse.Namespace) -> int:
         if moot is not None and p is not moot and p.runs_per_s > 0:
             print(f"moot / {p.name}: {moot.runs_per_s / p.runs_per_s:.2f}x runs/s")
     if logs:
-        print("\n== warnings and errors in the service logs")
-        for name, found in logs.items():
-            print(f"  {name}: {found['counts']}")
-            for message, count in found["messages"]:
-                print(f"    {count} x {message}")
+        print_log_findings(logs)
     elif not args.no_moot:
         print("\nno warnings or errors in the service logs")
 
@@ -1102,11 +1119,7 @@ async def run_moot(
     infra: Infrastructure | None = None
     database_url: str | None = None
     try:
-        infra = await resolve_infrastructure(
-            data_dir / "infra",
-            nats_url=os.environ.get("NATS_URL") or None,
-            database_url=os.environ.get("DATABASE_URL") or None,
-        )
+        infra = await bench_infrastructure(data_dir)
         print(
             f"nats: {infra.kind['nats']} {infra.nats_url}; postgres: {infra.kind['postgres']} "
             f"(database {db_name}, dropped afterwards); namespace {namespace}"

@@ -55,6 +55,7 @@ from consortium_throughput import (
     CpuMeter,
     PhaseResult,
     baseline_phase,
+    bench_infrastructure,
     create_database,
     drop_database,
     models_file,
@@ -75,7 +76,7 @@ from harness import (
     shorten_profile_paths,
 )
 
-from moot.devstack.embedded import Infrastructure, resolve_infrastructure
+from moot.devstack.embedded import Infrastructure
 from moot.devstack.model_server import ModelServer
 from moot.devstack.stack import Stack
 
@@ -578,11 +579,7 @@ async def bench(args: argparse.Namespace) -> int:
         }
     }
     moots: list[MootPhase] = []
-    infra = await resolve_infrastructure(
-        data_dir / "infra",
-        nats_url=os.environ.get("NATS_URL") or None,
-        database_url=os.environ.get("DATABASE_URL") or None,
-    )
+    infra = await bench_infrastructure(data_dir)
     try:
         nats_pid = listening_pid(_port(infra.nats_url, 4222))
         pg_pid = await postmaster_pid(infra.database_url)

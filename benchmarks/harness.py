@@ -57,9 +57,9 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from consortium_throughput import create_api_key, create_database, drop_database
+from consortium_throughput import bench_infrastructure, create_api_key, create_database, drop_database
 
-from moot.devstack.embedded import Infrastructure, resolve_infrastructure
+from moot.devstack.embedded import Infrastructure
 from moot.devstack.stack import ServiceSpec, Stack, free_ports
 from moot.runtime.subjects import Names
 
@@ -146,11 +146,7 @@ class BenchStack:
 
     async def _start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.infra = await resolve_infrastructure(
-            self.data_dir / "infra",
-            nats_url=os.environ.get("NATS_URL") or None,
-            database_url=os.environ.get("DATABASE_URL") or None,
-        )
+        self.infra = await bench_infrastructure(self.data_dir)
         self.nats_url = self.infra.nats_url
         self.database_url = await create_database(self.infra.database_url, self.db_name)
         self._db_created = True

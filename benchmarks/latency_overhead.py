@@ -54,6 +54,7 @@ from consortium_throughput import (
     _pct,
     _version,
     background_load,
+    print_log_findings,
     run_concurrently,
     scan_logs,
 )
@@ -685,12 +686,7 @@ async def bench(args: argparse.Namespace) -> int:
     print()
     for hop, what in HOPS:
         print(f"- {hop}: {what}")
-    if logs:
-        print("\n== warnings and errors in the service logs")
-        for name, found in logs.items():
-            print(f"  {name}: {found['counts']}")
-            for message, count in found["messages"]:
-                print(f"    {count} x {message}")
+    print_log_findings(logs)
 
     results = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),

@@ -63,6 +63,7 @@ from consortium_throughput import (
     _pct,
     _version,
     background_load,
+    print_log_findings,
     scan_logs,
 )
 from harness import BenchStack, MachineBusy, listening_pid, postgres_processes, run_benchmark
@@ -771,12 +772,7 @@ async def bench(args: argparse.Namespace) -> int:
             result["restarts"] = restarts
     report(result, args, worker_concurrency)
     logs = scan_logs(data_dir / "logs")
-    if logs:
-        print("\n== warnings and errors in the service logs")
-        for name, found in logs.items():
-            print(f"  {name}: {found['counts']}")
-            for message, count in found["messages"]:
-                print(f"    {count} x {message}")
+    print_log_findings(logs)
     result.update(
         command=" ".join([Path(sys.executable).name, *sys.argv]),
         args={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

@@ -60,6 +60,7 @@ from consortium_throughput import (
     RunResult,
     _pct,
     background_load,
+    bench_infrastructure,
     create_api_key,
     create_database,
     drop_database,
@@ -69,7 +70,7 @@ from consortium_throughput import (
 )
 from harness import delete_namespace, run_benchmark
 
-from moot.devstack.embedded import Infrastructure, resolve_infrastructure
+from moot.devstack.embedded import Infrastructure
 from moot.devstack.model_server import ModelServer
 from moot.devstack.stack import Stack
 
@@ -358,11 +359,7 @@ async def moot_all(
     database_url: str | None = None
     rows: list[Row] = []
     try:
-        infra = await resolve_infrastructure(
-            data_dir / "infra",
-            nats_url=os.environ.get("NATS_URL") or None,
-            database_url=os.environ.get("DATABASE_URL") or None,
-        )
+        infra = await bench_infrastructure(data_dir)
         print(
             f"moot: nats {infra.kind['nats']}, postgres {infra.kind['postgres']}, namespace {namespace}",
             flush=True,

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import re
 import secrets
@@ -58,8 +57,10 @@ import nats
 import psutil
 from consortium_throughput import (
     CpuMeter,
+    bench_infrastructure,
     create_database,
     drop_database,
+    print_log_findings,
     print_profile,
     profile_process,
     scan_logs,
@@ -68,7 +69,7 @@ from consortium_throughput import (
 from harness import delete_namespace, run_benchmark
 from nats.js import JetStreamContext
 
-from moot.devstack.embedded import Infrastructure, resolve_infrastructure
+from moot.devstack.embedded import Infrastructure
 from moot.devstack.model_server import ModelBehaviour, arbiter_reply
 from moot.devstack.stack import ServiceSpec, Stack
 from moot.messages import CallJob, FinalChunk
@@ -632,11 +633,7 @@ async def bench(args: argparse.Namespace) -> int:
     database_url: str | None = None
     logs: dict[str, Any] = {}
     try:
-        infra = await resolve_infrastructure(
-            data_dir / "infra",
-            nats_url=os.environ.get("NATS_URL") or None,
-            database_url=os.environ.get("DATABASE_URL") or None,
-        )
+        infra = await bench_infrastructure(data_dir)
         print(
             f"nats: {infra.kind['nats']} {infra.nats_url}; postgres: {infra.kind['postgres']}; "
             f"namespace {namespace}, databases dropped afterwards"
@@ -730,12 +727,7 @@ async def bench(args: argparse.Namespace) -> int:
             f"{paced.max_backlog} events, all rows {paced.lag_after_last_publish:.2f}s after the last "
             f"publish: {'no backlog' if keeps_up else 'BACKLOG'}"
         )
-    if logs:
-        print("\n== warnings and errors in the recorder's log")
-        for name, found in logs.items():
-            print(f"  {name}: {found['counts']}")
-            for message, count in found["messages"]:
-                print(f"    {count} x {message}")
+    print_log_findings(logs, "the recorder's log")
 
     results = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),

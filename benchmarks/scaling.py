@@ -46,7 +46,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx
 import psutil
-from consortium_throughput import ARBITER, MEMBERS, CpuMeter, MootDriver, _version, background_load, scan_logs
+from consortium_throughput import (
+    ARBITER,
+    MEMBERS,
+    CpuMeter,
+    MootDriver,
+    _version,
+    background_load,
+    print_log_findings,
+    scan_logs,
+)
 from harness import BenchStack, MachineBusy, run_benchmark
 from many_in_flight import WARM_ARBITER, WARM_MEMBERS, Watcher, run_body
 
@@ -363,12 +372,7 @@ async def bench(args: argparse.Namespace) -> int:
             if same is not None and same.runs_per_s:
                 ratio = p.runs_per_s / same.runs_per_s
                 print(f"  {p.name} / 1 gateway + 1 arbiter at {p.workers} workers: {ratio:.2f}x")
-    if logs:
-        print("\n== warnings and errors in the service logs")
-        for name, found in logs.items():
-            print(f"  {name}: {found['counts']}")
-            for message, count in found["messages"]:
-                print(f"    {count} x {message}")
+    print_log_findings(logs)
     print("\n== markdown")
     print(markdown(phases, args))
     results = {
