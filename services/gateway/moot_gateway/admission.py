@@ -123,12 +123,14 @@ async def _concurrency(
     if len(active) < most:
         return None
     grace_from = now - limits.ADMISSION_GRACE
-    ended: list[str] = []
-    for run_id, admitted_at in active:
-        running = await clients.store.stored_running(run_id)
+    # Asked all at once: the key's lock is held meanwhile.
+    states = await asyncio.gather(*(clients.store.stored_running(run_id) for run_id, _ in active))
+    ended = [
+        run_id
+        for (run_id, admitted_at), running in zip(active, states, strict=True)
         # No state: ended long ago (expired), or admitted a moment ago and not stored yet.
-        if running is False or (running is None and admitted_at < grace_from):
-            ended.append(run_id)
+        if running is False or (running is None and admitted_at < grace_from)
+    ]
     await limits.mark_ended(conn, ended)
     if len(active) - len(ended) < most:
         return None
