@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
 
-from moot.requests import ConsortiumRequest, DebateFormat, DebateRequest, JudgeMode, RunMeta
+from moot.requests import AnyRunRequest, DebateFormat, DebateRequest, JudgeMode, RunMeta
 from moot.texts import Parts, Text, TextRef
 from moot.views import ArbiterVerdict, DebaterRef, RunView, Usage
 
@@ -27,8 +27,21 @@ def utcnow() -> datetime:
 
 
 # consortium: member, arbiter; debate: debater (a turn), judge (continue or stop), conviction
-# (is a debater convinced by another), final (the judge's verdict or the last debater's summary)
-Role = Literal["member", "arbiter", "debater", "judge", "conviction", "final"]
+# (is a debater convinced by another), final (the judge's verdict or the last debater's summary);
+# council: member, reviewer, chairman; vote: member (or debater, when it may go on as a debate);
+# moa: proposer, aggregator
+Role = Literal[
+    "member",
+    "arbiter",
+    "debater",
+    "judge",
+    "conviction",
+    "final",
+    "reviewer",
+    "chairman",
+    "proposer",
+    "aggregator",
+]
 
 
 class JobMessage(BaseModel):
@@ -109,9 +122,11 @@ class _Event(BaseModel):
 
 
 class RunCreated(_Event):
+    """A run was accepted: the first event of every protocol's run but the debate's (`debate.started`)."""
+
     type: Literal["run.created"] = "run.created"
     # On the wire a reference to the request (a JSON document); `hydrate` puts the request back.
-    request: ConsortiumRequest | TextRef
+    request: Annotated[AnyRunRequest, Field(discriminator="mode")] | TextRef
     meta: RunMeta = Field(default_factory=RunMeta)
 
     def event_id(self) -> str:
@@ -125,6 +140,34 @@ class IterationStarted(_Event):
 
     def event_id(self) -> str:
         return f"{self.run_id}:{self.iteration}:iteration.started"
+
+
+class StepStarted(_Event):
+    """A step of a protocol began: its calls were issued (a council's answers, reviews or chairman; a
+    vote's votes; a Mixture-of-Agents layer or its aggregator). `name` says which step it is, as
+    the protocol's documentation lists them (docs/protocols.md)."""
+
+    type: Literal["step.started"] = "step.started"
+    step: int
+    name: str
+    call_ids: list[str]
+
+    def event_id(self) -> str:
+        return f"{self.run_id}:{self.step}:step.started"
+
+
+class StepCompleted(_Event):
+    """A step of a protocol ended; `data` is what came of it, in the protocol's own terms (a
+    council's aggregate ranking, a vote's tally): small facts, never the models' texts, which
+    are in the calls' events."""
+
+    type: Literal["step.completed"] = "step.completed"
+    step: int
+    name: str
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    def event_id(self) -> str:
+        return f"{self.run_id}:{self.step}:step.completed"
 
 
 class _CallOutcome(_Event):
@@ -404,6 +447,8 @@ class DebateError(_Event):
 
 AnyRunEvent = (
     RunCreated
+    | StepStarted
+    | StepCompleted
     | IterationStarted
     | CallCompleted
     | CallFailed
@@ -437,6 +482,10 @@ RunEvent = Annotated[AnyRunEvent, Field(discriminator="type"), BeforeValidator(_
 run_event_adapter: TypeAdapter[AnyRunEvent] = TypeAdapter(RunEvent)
 
 CallOutcome = CallCompleted | CallFailed
+# The first event of every run, whatever its protocol: it carries the request and the meta. Every
+# protocol starts with `run.created` but the debate, whose `debate.started` (the reference
+# program's first event) also names its debaters.
+START_EVENTS: tuple[type[RunCreated], type[DebateStart]] = (RunCreated, DebateStart)
 # The last event of every run, whatever its protocol: SSE streams end after it. A debate's
 # `debate.completed` / `error` are not in here: `run.completed` / `run.failed` follow them.
 TERMINAL_EVENT_TYPES = frozenset({"run.completed", "run.failed", "run.cancelled"})

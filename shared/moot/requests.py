@@ -1,4 +1,4 @@
-"""What a client asks for: a run request (consortium or debate), its members and conversation.
+"""What a client asks for: a run request (one per mode), its members and conversation.
 
 The body of `POST /v1/runs` (by `mode`), of a saved configuration and of a continued conversation;
 validated here, so a bad request is refused with the field named before anything is accepted.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import string
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -305,8 +305,214 @@ class DebateRequest(_Strict):
         return MemberSpec._model_name(v)
 
 
+# Council (`moot.protocols.council`): members answer, reviewers rank the others' answers
+# anonymized, a chairman writes the final answer knowing the answers and the aggregate ranking.
+
+
+def _distinct(specs: list[MemberSpec], what: str, most: int) -> list[MemberSpec]:
+    """`specs` with each model listed once and at most `most` instances in all; ValueError otherwise."""
+    seen: set[str] = set()
+    for m in specs:
+        if m.model in seen:
+            raise ValueError(f"model {m.model!r} is listed twice; use count for more {what}")
+        seen.add(m.model)
+    if sum(m.count for m in specs) > most:
+        raise ValueError(f"at most {most} {what} in total")
+    return specs
+
+
+class _Calls(_Strict):
+    """What every call of a run shares: the system prompt, temperature, max_tokens, history, budget."""
+
+    system: str | None = Field(None, max_length=50_000)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    max_tokens: int | None = Field(None, ge=1, le=200_000)
+    history: list[ChatMessage] = _history_field()
+    budget: Budget = _budget_field()
+
+
+class CouncilRequest(_Calls):
+    """A council: members answer, reviewers rank the others' answers anonymized, a chairman answers."""
+
+    mode: Literal["council"] = "council"
+    prompt: Prompt
+    members: list[MemberSpec] = Field(min_length=1, max_length=16)
+    chairman: str = Field(min_length=1, max_length=200, description="Writes the final answer.")
+    reviewers: list[MemberSpec] | None = Field(
+        None,
+        max_length=16,
+        description="Who ranks the answers; the members by default. A reviewer that is a member"
+        " (same model and instance) ranks the others' answers, never its own.",
+    )
+
+    @field_validator("chairman")
+    @classmethod
+    def _chairman_name(cls, v: str) -> str:
+        return MemberSpec._model_name(v)
+
+    @field_validator("members")
+    @classmethod
+    def _council_members(cls, v: list[MemberSpec]) -> list[MemberSpec]:
+        _distinct(v, "member instances", 16)
+        if sum(m.count for m in v) < 2:
+            raise ValueError("a council needs at least two answers to rank (use count: 2 for one model)")
+        return v
+
+    @field_validator("reviewers")
+    @classmethod
+    def _council_reviewers(cls, v: list[MemberSpec] | None) -> list[MemberSpec] | None:
+        if v is not None:
+            if not v:
+                raise ValueError(
+                    "name at least one reviewer, or leave reviewers out to have the members review"
+                )
+            _distinct(v, "reviewer instances", 16)
+        return v
+
+
+# Vote (`moot.protocols.vote`): members answer independently, the most common answer wins; below
+# the agreement threshold the run can go on as a consortium or a debate seeded with the votes.
+
+AnswerFormat = Literal["free", "number", "choice", "yes_no"]
+
+
+class ConsortiumEscalation(_Strict):
+    """Go on as a consortium whose first iteration is the votes: the arbiter synthesizes them."""
+
+    mode: Literal["consortium"] = "consortium"
+    arbiter: str = Field(min_length=1, max_length=200)
+    confidence_threshold: float = Field(0.8, ge=0.0, le=1.0)
+    min_iterations: int = Field(1, ge=1, le=20)
+    max_iterations: int = Field(3, ge=1, le=20)
+
+    @field_validator("arbiter")
+    @classmethod
+    def _arbiter_name(cls, v: str) -> str:
+        return MemberSpec._model_name(v)
+
+    @model_validator(mode="after")
+    def _iteration_bounds(self) -> ConsortiumEscalation:
+        if self.min_iterations > self.max_iterations:
+            raise ValueError("min_iterations must not exceed max_iterations")
+        return self
+
+
+class DebateEscalation(_Strict):
+    """Go on as a debate whose first round is the votes: each voter's answer is its position."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _judge_means_external(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("judge") is not None and "judge_mode" not in data:
+            return {**data, "judge_mode": "external_judge"}
+        return data
+
+    mode: Literal["debate"] = "debate"
+    format: Literal["free_discussion", "structured_opposition", "iterative_improvement"] = "free_discussion"
+    judge_mode: JudgeMode = Field(
+        "display_only", description="`external_judge` when `judge` is given, else `display_only`."
+    )
+    judge: str | None = Field(None, max_length=200, validate_default=True)
+    max_rounds: int = Field(3, ge=1, le=20)
+
+    @field_validator("judge")
+    @classmethod
+    def _judge_for_mode(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return DebateRequest._judge_for_mode(v, info)
+
+
+Escalation = Annotated[ConsortiumEscalation | DebateEscalation, Discriminator("mode")]
+
+
+class VoteRequest(_Calls):
+    """A vote: every member instance answers once; the answer most of them give wins.
+
+    With `escalate`, a vote whose agreement is below `agreement_threshold` goes on as that
+    consortium or debate, its first iteration or round being the votes already cast.
+    """
+
+    mode: Literal["vote"] = "vote"
+    prompt: Prompt
+    members: list[MemberSpec] = Field(min_length=1, max_length=16)
+    answer_format: AnswerFormat = Field(
+        "free",
+        description="How answers are compared: `number` as numbers, `choice` by option letter, `yes_no` by"
+        " polarity, `free` by a normalised form of the text.",
+    )
+    choices: list[Annotated[str, Field(min_length=1, max_length=2_000)]] | None = Field(
+        None,
+        min_length=2,
+        max_length=26,
+        description='The options of a `choice` vote, shown to the members as "A. ...", "B. ...".',
+    )
+    agreement_threshold: float = Field(
+        0.6, ge=0.0, le=1.0, description="The share of counted votes the majority needs to be the answer."
+    )
+    escalate: Escalation | None = Field(
+        None, description="What the run goes on as when agreement is below the threshold."
+    )
+
+    @field_validator("members")
+    @classmethod
+    def _vote_members(cls, v: list[MemberSpec]) -> list[MemberSpec]:
+        return _distinct(v, "voters", 32)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> VoteRequest:
+        if self.choices is not None and self.answer_format != "choice":
+            raise ValueError('choices are only allowed with answer_format "choice"')
+        if isinstance(self.escalate, DebateEscalation) and sum(m.count for m in self.members) < 2:
+            raise ValueError("a vote that escalates to a debate needs at least two voters")
+        if isinstance(self.escalate, DebateEscalation) and sum(m.count for m in self.members) > 16:
+            raise ValueError("a vote that escalates to a debate has at most 16 voters (debaters)")
+        return self
+
+
+# Mixture-of-Agents (`moot.protocols.moa`): layers of proposers, each seeing the previous layer's
+# answers, then an aggregator.
+
+
+def _layer_field() -> Any:
+    return Field(min_length=1, max_length=16)
+
+
+class MoaRequest(_Calls):
+    """Mixture-of-Agents: each layer answers seeing the previous layer's answers; an aggregator answers."""
+
+    mode: Literal["moa"] = "moa"
+    prompt: Prompt
+    layers: list[Annotated[list[MemberSpec], _layer_field()]] = Field(
+        min_length=1, max_length=8, description="Proposers per layer, first layer first."
+    )
+    aggregator: str = Field(min_length=1, max_length=200, description="Writes the final answer.")
+
+    @field_validator("aggregator")
+    @classmethod
+    def _aggregator_name(cls, v: str) -> str:
+        return MemberSpec._model_name(v)
+
+    @field_validator("layers")
+    @classmethod
+    def _layer_members(cls, v: list[list[MemberSpec]]) -> list[list[MemberSpec]]:
+        for layer in v:
+            _distinct(layer, "proposer instances per layer", 16)
+        if sum(m.count for layer in v for m in layer) > 64:
+            raise ValueError("at most 64 proposer instances over all layers")
+        return v
+
+
+AnyRunRequest = ConsortiumRequest | DebateRequest | CouncilRequest | VoteRequest | MoaRequest
+# Every mode, in the order the API lists them; the first is what a body without `mode` is.
+MODES: tuple[str, ...] = ("consortium", "debate", "council", "vote", "moa")
+
+
+def request_class(mode: str) -> type[BaseModel]:
+    """The request model of `mode`; KeyError for an unknown one."""
+    return {cls.model_fields["mode"].default: cls for cls in get_args(AnyRunRequest)}[mode]
+
+
 class _RunMode(BaseModel):
-    mode: Literal["consortium", "debate"]
+    mode: Literal["consortium", "debate", "council", "vote", "moa"]
 
 
 def _default_mode(value: Any) -> Any:
@@ -322,7 +528,32 @@ def _default_mode(value: Any) -> Any:
 
 
 # The body of POST /v1/runs, one member per protocol, chosen by `mode` (default "consortium").
-RunRequest = Annotated[
-    ConsortiumRequest | DebateRequest, Discriminator("mode"), BeforeValidator(_default_mode)
-]
-run_request_adapter: TypeAdapter[ConsortiumRequest | DebateRequest] = TypeAdapter(RunRequest)
+RunRequest = Annotated[AnyRunRequest, Discriminator("mode"), BeforeValidator(_default_mode)]
+run_request_adapter: TypeAdapter[AnyRunRequest] = TypeAdapter(RunRequest)
+
+# Fields of a request (at any depth) that name one model, besides the members' `model`.
+MODEL_FIELDS = frozenset({"arbiter", "judge", "chairman", "aggregator"})
+
+
+def models_named(request: BaseModel) -> list[tuple[tuple[str | int, ...], str]]:
+    """Every model a run request names, with where it names it (`("members", 0, "model")`,
+    `("escalate", "arbiter")`), whatever its mode: found by walking the request, so a new protocol
+    is covered when its members are `MemberSpec`s and its single models are in `MODEL_FIELDS`."""
+    found: list[tuple[tuple[str | int, ...], str]] = []
+
+    def walk(value: Any, at: tuple[str | int, ...]) -> None:
+        if isinstance(value, MemberSpec):
+            found.append(((*at, "model"), value.model))
+        elif isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                field = getattr(value, name)
+                if name in MODEL_FIELDS and isinstance(field, str):
+                    found.append(((*at, name), field))
+                elif name != "history":
+                    walk(field, (*at, name))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                walk(item, (*at, i))
+
+    walk(request, ())
+    return found

@@ -14,10 +14,18 @@ from typing import Annotated, ClassVar, Literal, TypedDict
 
 from pydantic import BaseModel, Discriminator, Field, PlainSerializer, TypeAdapter
 
-from moot.requests import ConsortiumRequest, DebateRequest, RunMeta
+from moot.requests import (
+    ConsortiumRequest,
+    CouncilRequest,
+    DebateRequest,
+    MoaRequest,
+    RunMeta,
+    VoteRequest,
+)
 from moot.texts import Text, TextRef
 
 RunStatus = Literal["running", "completed", "failed", "cancelled"]
+Mode = Literal["consortium", "debate", "council", "vote", "moa"]  # `moot.requests.MODES`
 CallStatus = Literal["pending", "completed", "failed"]
 # Why a run was stopped short of its protocol's own end (None: it ended on its own terms):
 # `deadline` when its time ran out, `budget` when its next calls could exceed its token or USD limit.
@@ -100,7 +108,7 @@ class _RunView(BaseModel):
     """What every protocol's view starts with (the subclasses keep this order of keys)."""
 
     id: str
-    mode: Literal["consortium", "debate"]
+    mode: Mode
     status: RunStatus
     created_at: Timestamp | None = None
     finished_at: Timestamp | None = None
@@ -177,6 +185,11 @@ class ConsortiumView(_RunView):
         """The run's answer: the synthesis it stopped on; None before (or without) one."""
         return _plain(self.result.synthesis) if self.result else None
 
+    @property
+    def steps(self) -> int:
+        """How far it went: iterations begun."""
+        return len(self.iterations)
+
 
 # ---------------------------------------------------------------------------------------------
 # Debate
@@ -247,6 +260,11 @@ class DebateView(_RunView):
         """The debate's answer: the verdict or summary; None for display-only debates."""
         return _plain(self.result.text) if self.result else None
 
+    @property
+    def steps(self) -> int:
+        """How far it went: rounds begun."""
+        return len(self.rounds)
+
 
 def _plain(text: Text) -> str:
     if isinstance(text, TextRef):
@@ -254,17 +272,166 @@ def _plain(text: Text) -> str:
     return text
 
 
+# ---------------------------------------------------------------------------------------------
+# Council
+
+
+class RunResult(BaseModel):
+    """A run's final answer and the model that wrote it."""
+
+    text: Text
+    model: str
+
+
+class ReviewView(CallView):
+    """A reviewer's call: the answers it saw under letters, and its ranking read back to members.
+
+    `letters` maps each letter the reviewer saw to the label (`model#instance`) of the member
+    whose answer it was: shuffled afresh for every reviewer (deterministically per run and
+    reviewer), never holding the reviewer's own answer. `ranking` is the labels, best first, as
+    read from its `FINAL RANKING:`; None when the review could not be read (`problem` says why),
+    and then it counts for nothing in the aggregate.
+    """
+
+    label: str
+    letters: dict[str, str] = Field(default_factory=dict)
+    ranking: list[str] | None = None
+    problem: str | None = None
+
+
+class RankedAnswer(BaseModel):
+    """A member's answer in the aggregate ranking: its Borda score (the sum over readable reviews
+    of the number of answers it was ranked above) and how many reviews ranked it."""
+
+    rank: int
+    label: str
+    model: str
+    instance: int
+    score: float
+    reviews: int
+    average_position: float | None = Field(
+        None, description="Its mean place (1 = best) in the reviews that ranked it."
+    )
+
+
+class CouncilView(_RunView):
+    mode: Literal["council"] = "council"
+    request: CouncilRequest | TextRef
+    answers: list[CallView] = Field(default_factory=list, description="Stage 1: every member's answer.")
+    reviews: list[ReviewView] = Field(default_factory=list, description="Stage 2: every reviewer's ranking.")
+    ranking: list[RankedAnswer] = Field(default_factory=list, description="The aggregate (Borda) ranking.")
+    chairman: CallView | None = Field(None, description="Stage 3: the chairman's call.")
+    result: RunResult | None = None
+    usage: Usage = Field(default_factory=Usage)
+
+    @property
+    def answer(self) -> str | None:
+        """The chairman's answer; None before it."""
+        return _plain(self.result.text) if self.result else None
+
+    @property
+    def steps(self) -> int:
+        """Stages begun (answers, reviews, chairman). The chairman's is the third even without
+        reviews: step 2 has no calls when no reviewer has two answers to compare."""
+        if self.chairman is not None:
+            return 3
+        return (1 if self.answers else 0) + (1 if self.reviews else 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Vote
+
+
+class VoteCallView(CallView):
+    """A vote: the member's answer and what it counts as (`normalized`; None: it could not be read)."""
+
+    label: str
+    normalized: Text | None = None
+
+
+class TallyEntry(BaseModel):
+    """One distinct answer (normalised), how many votes it got and whose; most votes first."""
+
+    answer: Text
+    count: int
+    voters: list[str]
+
+
+class VoteResult(BaseModel):
+    """The vote's answer: the majority's (`by: vote`), or the escalation's."""
+
+    text: Text
+    by: Literal["vote", "consortium", "debate"]
+    agreement: float | None = None
+
+
+class VoteView(_RunView):
+    mode: Literal["vote"] = "vote"
+    request: VoteRequest | TextRef
+    votes: list[VoteCallView] = Field(default_factory=list)
+    tally: list[TallyEntry] = Field(default_factory=list)
+    agreement: float | None = Field(None, description="The majority's share of the votes counted (0..1).")
+    majority: Text | None = Field(None, description="The most common answer, normalised.")
+    escalated: bool = False
+    escalation: ConsortiumView | DebateView | None = Field(
+        None,
+        description="The consortium or debate the vote went on as, its first iteration or round the votes.",
+    )
+    result: VoteResult | None = None
+    usage: Usage = Field(default_factory=Usage)
+
+    @property
+    def answer(self) -> str | None:
+        return _plain(self.result.text) if self.result else None
+
+    @property
+    def steps(self) -> int:
+        """The vote, then the escalation's iterations or rounds after its first."""
+        if self.escalation is None:
+            return 1 if self.votes else 0
+        return max(1, self.escalation.steps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Mixture-of-Agents
+
+
+class LayerView(BaseModel):
+    number: int
+    calls: list[CallView] = Field(default_factory=list)
+
+
+class MoaView(_RunView):
+    mode: Literal["moa"] = "moa"
+    request: MoaRequest | TextRef
+    layers: list[LayerView] = Field(default_factory=list)
+    aggregator: CallView | None = None
+    result: RunResult | None = None
+    usage: Usage = Field(default_factory=Usage)
+
+    @property
+    def answer(self) -> str | None:
+        return _plain(self.result.text) if self.result else None
+
+    @property
+    def steps(self) -> int:
+        """Layers begun, and the aggregator."""
+        return len(self.layers) + (1 if self.aggregator else 0)
+
+
+AnyRunView = ConsortiumView | DebateView | CouncilView | VoteView | MoaView
+
 # The view of any run, chosen by `mode`. Built by the protocols with long texts by reference
 # (`moot.texts`); what the API answers and the recorder stores is hydrated.
-RunView = Annotated[ConsortiumView | DebateView, Discriminator("mode")]
-run_view_adapter: TypeAdapter[ConsortiumView | DebateView] = TypeAdapter(RunView)
+RunView = Annotated[AnyRunView, Discriminator("mode")]
+run_view_adapter: TypeAdapter[AnyRunView] = TypeAdapter(RunView)
 
 
 class RunSummary(BaseModel):
     """A run in a list (`GET /v1/runs`), as recorded in Postgres."""
 
     id: str
-    mode: Literal["consortium", "debate"] | None = None
+    mode: Mode | None = None
     status: RunStatus
     prompt: str | None = None
     reason: str | None = None

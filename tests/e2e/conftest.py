@@ -52,6 +52,15 @@ BEHAVIOURS: dict[str, dict[str, Any]] = {
         "arbiter_synthesis": "Synthesis {n}. " + _filler(3000),
     },
     "turns": {"reply_template": "{model} turn {n}. " + _filler(1980)},
+    # Councils, votes and Mixture-of-Agents (test_protocols_e2e.py): a member whose answer is also
+    # a readable review of two answers, a chairman, and voters that agree or disagree on a number.
+    "ranker": {
+        "latency_ms": 20,
+        "reply": "Canberra is the capital; B states it most precisely.\nFINAL RANKING:\n1. B\n2. A",
+    },
+    "chair": {"reply": "The capital of Australia is Canberra."},
+    "eight": {"latency_ms": 20, "reply": "Two times four is 8."},
+    "nine": {"latency_ms": 20, "reply": "I make it 9."},
     # A model with a price (PRICES): its calls cost something (per-key daily spend).
     "priced": {"latency_ms": 20},
 }

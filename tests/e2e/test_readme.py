@@ -365,7 +365,7 @@ class Ids:
     def learn(self, result: Result) -> None:
         """The newest run a command started (a 202's id, or the CLI's `consortium <id>` line)."""
         started = re.findall(rf'^\{{"id":"({RUN_ID})"', result.out, re.M)
-        started += re.findall(rf"^(?:consortium|debate) ({RUN_ID})$", result.err, re.M)
+        started += re.findall(rf"^(?:consortium|debate|council|vote|moa) ({RUN_ID})$", result.err, re.M)
         if started:
             self.run = started[-1]
 
@@ -404,9 +404,32 @@ def _debated(result: Result, ctx: Context) -> None:
     assert re.search(r"^round 1: ", result.err, re.M) and result.out.strip(), str(result)
 
 
+def _councilled(result: Result, ctx: Context) -> None:
+    """`moot council`: answers and reviews on stderr, the chairman's answer on stdout."""
+    assert re.search(r"^answers: asking 3 members", result.err, re.M), str(result)
+    assert re.search(r"^reviews: asking 3 reviewers", result.err, re.M) and result.out.strip(), str(result)
+
+
+def _voted(result: Result, ctx: Context) -> None:
+    """`moot vote`: the votes and what came of them on stderr, the answer on stdout."""
+    assert re.search(r"^votes: asking 5 members", result.err, re.M), str(result)
+    assert re.search(r"counted, agreement|-> escalating", result.err) and result.out.strip(), str(result)
+
+
+def _mixed(result: Result, ctx: Context) -> None:
+    """`moot moa`: each layer and the aggregator on stderr, the answer on stdout."""
+    assert re.search(r"^layer 1: asking 3 proposers", result.err, re.M), str(result)
+    assert re.search(r"^layer 2: asking 1 proposer", result.err, re.M), str(result)
+    assert re.search(r"^aggregate: arbiter writes the answer", result.err, re.M) and result.out.strip(), str(
+        result
+    )
+
+
 def _saved(result: Result, ctx: Context) -> None:
     name = result.ran.split()[2]
-    saved = re.fullmatch(rf"saved {re.escape(name)} version \d+ \((consortium|debate)\)\n", result.out)
+    saved = re.fullmatch(
+        rf"saved {re.escape(name)} version \d+ \((consortium|debate|council|vote|moa)\)\n", result.out
+    )
     assert saved, str(result)
     ctx.ids.saved.add(name)
 
@@ -540,6 +563,9 @@ CHECKS: list[tuple[str, Callable[[Result, Context], None]]] = [
     (r"^git diff \| moot run ", _review),
     (r"^moot run ", _answered),
     (r"^moot debate ", _debated),
+    (r"^moot council ", _councilled),
+    (r"^moot vote ", _voted),
+    (r"^moot moa ", _mixed),
     (r"^moot save ", _saved),
     (r"^moot list\b", _listed),
     (r"^moot remove ", _removed),

@@ -33,6 +33,7 @@ TABLES = (
     "iterations",
     "calls",
     "debate_rounds",
+    "steps",
     "events",
     "api_keys",
     "saved_configs",
@@ -91,7 +92,7 @@ async def catalog(url: str) -> dict[str, Any]:
 
 
 def test_the_package_holds_numbered_migrations() -> None:
-    assert [m.label for m in KNOWN] == ["0001_initial", "0002_accounts", "0003_key_limits"]
+    assert [m.label for m in KNOWN] == ["0001_initial", "0002_accounts", "0003_key_limits", "0004_steps"]
     assert all(len(m.checksum) == 64 for m in KNOWN)
 
 
@@ -136,15 +137,15 @@ async def test_an_edited_applied_migration_is_refused(empty_database: MakeDataba
         first.write_text(
             first.read_text() + "\nCREATE INDEX IF NOT EXISTS calls_model_idx ON calls (model);\n"
         )
-        (folder / "0004_more.sql").write_text("CREATE TABLE more (id int);\n")
+        (folder / f"{LATEST + 1:04d}_more.sql").write_text("CREATE TABLE more (id int);\n")
         edited = load_migrations(folder)
         with pytest.raises(MigrationError, match=r"0001_initial .* must not be edited"):
             await migrate(conn, edited)
         with pytest.raises(MigrationError, match="must not be edited"):
             await require_current(conn, wait_seconds=5, migrations=edited)  # at once, not after 5 s
-        # Refused as a whole: the new 0004 is not applied either.
+        # Refused as a whole: the new one is not applied either.
         assert await conn.fetchval("SELECT to_regclass('more')") is None
-    assert [v for v, _, _ in await history(url)] == [1, 2, 3]
+    assert [v for v, _, _ in await history(url)] == [m.version for m in KNOWN]
 
 
 async def test_a_database_migrated_by_a_newer_moot(empty_database: MakeDatabase, caplog: Any) -> None:
@@ -154,7 +155,7 @@ async def test_a_database_migrated_by_a_newer_moot(empty_database: MakeDatabase,
     async with connection(url) as conn:
         await migrate(conn)
         with pytest.raises(
-            MigrationError, match=r"does not know \(0002_accounts, 0003_key_limits\).*newer moot"
+            MigrationError, match=r"does not know \(0002_accounts, 0003_key_limits, 0004_steps\).*newer moot"
         ):
             await migrate(conn, older)
         with caplog.at_level(logging.WARNING, logger="moot.records.migrate"):
@@ -276,7 +277,7 @@ async def test_a_service_on_an_unmigrated_database_names_moot_migrate(
     log = err.decode()
     assert proc.returncode != 0, log
     assert "waiting for `moot migrate`" in log
-    assert "this moot needs 0003" in log and "run `moot migrate`" in log
+    assert f"this moot needs {LATEST:04d}" in log and "run `moot migrate`" in log
     assert await existing_tables(url) == set(), "a service must not apply the schema"
 
 
@@ -334,16 +335,19 @@ async def test_moot_migrate_and_python_m_migrate(empty_database: MakeDatabase) -
     env = {**os.environ, "DATABASE_URL": url}
     code, out, err = await _command(env, "-m", "moot.cli", "migrate")
     assert code == 0, err
-    assert out.splitlines() == [*(f"applied {m.label}" for m in KNOWN), "schema is current: version 0003"]
+    assert out.splitlines() == [
+        *(f"applied {m.label}" for m in KNOWN),
+        f"schema is current: version {LATEST:04d}",
+    ]
     code, out, err = await _command(env, "-m", "moot.cli", "migrate")
-    assert (code, out) == (0, "schema is current: version 0003 (nothing to apply)\n"), err
+    assert (code, out) == (0, f"schema is current: version {LATEST:04d} (nothing to apply)\n"), err
     assert await history(url) == [(m.version, m.name, m.checksum) for m in KNOWN]
 
     # What the Kubernetes Job and the compose service run; the URL may also come as an option.
     code, out, err = await _command(
         {**os.environ, "DATABASE_URL": ""}, "-m", "moot.records.migrate", "--database-url", url
     )
-    assert (code, out) == (0, "schema is current: version 0003\n"), err
+    assert (code, out) == (0, f"schema is current: version {LATEST:04d}\n"), err
 
     async with connection(url) as conn:
         await conn.execute(

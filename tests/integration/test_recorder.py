@@ -36,9 +36,9 @@ from moot.messages import (
     RunFailed,
     parse_event,
 )
-from moot.protocols import consortium, debate
+from moot.protocols import consortium, council, debate
 from moot.records.queries import TABLES, fetch_run_view
-from moot.requests import ConsortiumRequest, DebateRequest, MemberSpec
+from moot.requests import ConsortiumRequest, CouncilRequest, DebateRequest, MemberSpec
 from moot.runtime import deadletters
 from moot.runtime.nats import MSG_ID, ensure_topology, open_texts
 from moot.runtime.settings import MootSettings
@@ -703,7 +703,9 @@ async def test_records_a_debate_once_even_when_events_come_again(recorder: Recor
     await recorder.consumed(last)
 
     counts = {t: await recorder.count(t, run_id) for t in TABLES}
-    assert counts == {"runs": 1, "iterations": 0, "debate_rounds": 3, "calls": 11, "events": len(events)}
+    assert counts == {
+        "runs": 1, "iterations": 0, "debate_rounds": 3, "steps": 0, "calls": 11, "events": len(events),
+    }  # fmt: skip
 
     run = dict(await recorder.run(run_id))
     assert run.pop("updated_at") is not None
@@ -807,6 +809,69 @@ async def test_debate_end_before_start_still_ends_completed(recorder: Recorder) 
     assert await recorder.count("events", run_id) == len(events)
 
 
+def council_run(run_id: str) -> list[Any]:
+    """The events of a council of three made by the real protocol: every reviewer ranks B over A."""
+    request = CouncilRequest(
+        prompt="What is 2 + 2?", members=[MemberSpec(model="alpha", count=3)], chairman="chair"
+    )
+    transition = council.start(run_id, request, T0)
+    TEXTS.update(transition.texts)
+    events = [c for c in transition.commands if not isinstance(c, CallJob)]
+    jobs = [c for c in transition.commands if isinstance(c, CallJob)]
+    state = transition.state
+    while jobs:
+        job = jobs.pop(0)
+        text = {"member": f"It is 4 (#{job.instance}).", "reviewer": "FINAL RANKING:\n1. B\n2. A"}.get(
+            job.role, "4."
+        )
+        outcome = CallCompleted(
+            run_id=run_id, call_id=job.call_id, iteration=job.iteration, role=job.role, model=job.model,
+            instance=job.instance, text=text, usage=Usage(input_tokens=10, output_tokens=5), at=T0,
+        )  # fmt: skip
+        events.append(outcome)
+        transition = council.decide(state, outcome)
+        TEXTS.update(transition.texts)
+        state = transition.state
+        events += [c for c in transition.commands if not isinstance(c, CallJob)]
+        jobs += [c for c in transition.commands if isinstance(c, CallJob)]
+    assert state.status == "completed"
+    return events
+
+
+async def test_a_council_is_recorded_in_steps_in_any_order(recorder: Recorder) -> None:
+    """A protocol without tables of its own: its steps become `steps` rows, the same whatever the
+    order and however often its events come."""
+    run_id = new_run_id()
+    events = council_run(run_id)
+    assert [e.type for e in events if e.type.startswith(("step.", "run."))] == [
+        "run.created", "step.started", "step.completed", "step.started", "step.completed",
+        "step.started", "step.completed", "run.completed",
+    ]  # fmt: skip
+    shuffled = list(reversed(events)) + events[::3]
+    last = 0
+    for event in shuffled:
+        last = await recorder.publish(event, dedup=False)
+    await recorder.consumed(last)
+
+    steps = await recorder.pool.fetch(
+        "SELECT step, name, started_at, call_ids, completed_at, data FROM steps WHERE run_id = $1 ORDER BY step",
+        run_id,
+    )
+    assert [(r["step"], r["name"], r["started_at"], r["completed_at"]) for r in steps] == [
+        (1, "answers", T0, T0), (2, "reviews", T0, T0), (3, "chairman", T0, T0),
+    ]  # fmt: skip
+    assert json.loads(steps[0]["call_ids"]) == [f"{run_id}:1:member:alpha:{i}" for i in (1, 2, 3)]
+    assert json.loads(steps[0]["data"]) == {"answered": 3, "failed": 0}
+    ranking = json.loads(steps[1]["data"])["ranking"]
+    assert [r["rank"] for r in ranking] == [1, 2, 3] and sum(r["score"] for r in ranking) == 3
+    assert {t: await recorder.count(t, run_id) for t in TABLES} == {
+        "runs": 1, "iterations": 0, "debate_rounds": 0, "steps": 3, "calls": 7, "events": len(events),
+    }  # fmt: skip
+    run = await recorder.run(run_id)
+    assert (run["mode"], run["status"], run["iterations"]) == ("council", "completed", 3)
+    assert await fetch_run_view(recorder.pool, run_id) == full(events[-1]).run
+
+
 async def test_self_convergence_rows_in_any_order(recorder: Recorder) -> None:
     """One transaction per event, in order, backwards and shuffled: always the same rows."""
     writer = Writer(recorder.pool)
@@ -864,7 +929,14 @@ async def test_many_final_chunks_in_one_batch(recorder: Recorder) -> None:
     result = await Writer(recorder.pool).write(envelopes)
     # One statement for the batch, not one per chunk: only the events table is touched.
     assert result.new_events == 500 and result.duplicates == 0
-    assert result.rows == {"events": 500, "runs": 0, "iterations": 0, "debate_rounds": 0, "calls": 0}
+    assert result.rows == {
+        "events": 500,
+        "runs": 0,
+        "iterations": 0,
+        "debate_rounds": 0,
+        "steps": 0,
+        "calls": 0,
+    }
 
     deltas = await recorder.pool.fetch(
         "SELECT payload->>'delta' AS delta FROM events WHERE run_id = $1 ORDER BY (payload->>'index')::int",
@@ -872,7 +944,7 @@ async def test_many_final_chunks_in_one_batch(recorder: Recorder) -> None:
     )
     assert "".join(r["delta"] for r in deltas) == "".join(f"w{n} " for n in range(500))
     assert {t: await recorder.count(t, run_id) for t in TABLES} == {
-        "runs": 0, "iterations": 0, "debate_rounds": 0, "calls": 0, "events": 500,
+        "runs": 0, "iterations": 0, "debate_rounds": 0, "steps": 0, "calls": 0, "events": 500,
     }  # fmt: skip
     again = await Writer(recorder.pool).write(envelopes)
     assert (again.new_events, again.duplicates) == (0, 500)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from moot.protocols.agreement import answer_text, most_agreed, normalise
+from moot.protocols.agreement import answer_text, most_agreed, normalise, numbers_in, without_lead
 from moot.texts import TextRef, sha_of
 
 
@@ -128,3 +128,115 @@ def test_answers_held_by_reference_agree_when_their_texts_are_the_same() -> None
     agreed = most_agreed([other, ref, "Tokyo", ref])
     assert agreed is not None and (agreed.index, agreed.count, agreed.counted) == (1, 2, 4)
     assert agreed.text == ref  # its text is not known here: the reference itself
+
+
+# The formats a vote counts in (`moot.protocols.vote`): numbers, option letters, yes or no.
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("8", 8.0),
+        ("The answer is 8.", 8.0),
+        ("3 + 5 = 8", 8.0),  # the result, not the first number
+        ("x = 3, y = 5, so x + y = 8", 8.0),
+        ("Answer: $1,000", 1000.0),
+        ("eight", 8.0),
+        ("Forty-two.", 42.0),
+        ("one hundred and five", 105.0),
+        ("The answer is eight.", 8.0),
+        ("It has six legs.", None),  # words count only when they are the whole answer
+        ("no idea", None),
+    ],
+)
+def test_a_number_is_the_result_given_or_the_first_held(text: str, key: float | None) -> None:
+    assert normalise(text, "number") == key
+
+
+CITIES = ["London", "Paris", "Berlin", "Madrid"]
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("B", "B"),
+        ("(b)", "B"),
+        ("b.", "B"),
+        ("[C]", "C"),
+        ("Answer: B", "B"),
+        ("Answer is: D", "D"),
+        ("B. Paris", "B"),
+        ("b) Paris", "B"),
+        ("B is correct", "B"),
+        ("Option B", "B"),
+        ("Choice C is correct.", "C"),
+        ("The answer is (B).", "B"),
+        ("The correct option is C.", "C"),
+        ("The answer: I think B", "B"),
+        ("I think the answer is C", "C"),
+        ("\\boxed{B}", "B"),
+        ("- B", "B"),
+        ("Paris", "B"),
+        ("E", None),
+        ("A city in France", None),
+        ("Berlin, Germany", None),
+        ("none", None),
+    ],
+)
+def test_a_choice_is_its_option_letter(text: str, key: str | None) -> None:
+    assert normalise(text, "choice", CITIES) == key
+
+
+def test_without_options_any_letter_counts_and_no_text_maps_to_one() -> None:
+    assert normalise("Answer: Z", "choice") == "Z"
+    assert normalise("Paris", "choice") is None
+
+
+def test_an_option_held_by_reference_is_matched_by_its_letter_only() -> None:
+    long = "Paris, " * 50
+    ref = TextRef(sha=sha_of(long), chars=len(long))
+    assert normalise(long, "choice", ["London", ref]) is None
+    assert normalise("B", "choice", ["London", ref]) == "B"
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("Yes.", "yes"),
+        ("Yes, because it boils at 100 °C.", "yes"),
+        ("**Yes**", "yes"),
+        ("Correct", "yes"),
+        ("True", "yes"),
+        ("Of course", "yes"),
+        ("No doubt about it.", "yes"),
+        ("I'd say yes", "yes"),
+        ("no", "no"),
+        ("No, it is not.", "no"),
+        ("Nope", "no"),
+        ("False.", "no"),
+        ("Not really", "no"),
+        ("Not at all", "no"),
+        ("Probably not", "no"),
+        ("Of course not", "no"),
+        ("I don't think so", "no"),
+        ("The answer is no.", "no"),
+        ("Maybe", None),
+        ("It depends", None),
+        ("Not sure", None),
+        ("Yes and no", None),
+        ("yes/no", None),
+        ("Nothing", None),
+    ],
+)
+def test_yes_or_no_is_how_the_answer_starts(text: str, key: str | None) -> None:
+    assert normalise(text, "yes_no") == key
+
+
+def test_a_lead_in_is_not_part_of_the_answer_and_free_answers_keep_theirs() -> None:
+    assert without_lead("**Final answer:** I'd say Tokyo") == "Tokyo"
+    assert without_lead("Optional: Tokyo") == "Optional: Tokyo"
+    assert normalise("Answer: Tokyo") != normalise("Tokyo")  # as the consortium has always compared
+
+
+def test_numbers_in_an_answer_leave_out_its_stated_confidence() -> None:
+    assert numbers_in("3 apples and 5 pears: 8\nConfidence: 0.9") == [3.0, 5.0, 8.0]

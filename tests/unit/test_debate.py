@@ -937,7 +937,7 @@ def test_unknown_mode_is_an_error_at_mode() -> None:
     with pytest.raises(ValidationError) as info:
         run_request_adapter.validate_python({"mode": "poetry", "prompt": "p", "members": [{"model": "a"}]})
     [error] = info.value.errors()
-    assert error["loc"] == ("mode",) and "'consortium' or 'debate'" in error["msg"]
+    assert error["loc"] == ("mode",) and "'consortium', 'debate', 'council', 'vote' or 'moa'" in error["msg"]
 
 
 def debate_error_locs(patch: dict[str, Any]) -> list[tuple[Any, ...]]:

@@ -15,6 +15,8 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match
 
+from moot.requests import MODES
+
 log = logging.getLogger(__name__)
 
 
@@ -82,7 +84,7 @@ MESSAGE_MAX = 2000
 # Where a validation error was found, left out of `param`; and the union member pydantic tried
 # for a run body (its `mode`), which the client did not write either.
 _LOCATIONS = frozenset({"body", "query", "path", "header", "cookie"})
-_UNION_TAGS = frozenset({"consortium", "debate"})
+_UNION_TAGS = frozenset(MODES)
 
 
 def _param(loc: Any) -> str:

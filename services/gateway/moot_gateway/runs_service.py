@@ -20,12 +20,12 @@ from moot.messages import CancelRequested, utcnow
 from moot.protocols import protocol_for
 from moot.records.accounts import Principal
 from moot.records.queries import fetch_run_view
-from moot.requests import ChatMessage, RunMeta, run_request_adapter
+from moot.requests import MODES, ChatMessage, RunMeta, models_named, run_request_adapter
 from moot.runtime.nats import PayloadTooLarge
 from moot.runtime.runstore import OutboxPending
 from moot.runtime.textstore import TextStore, hydrated
 from moot.texts import TextRef, refs_in
-from moot.views import ConsortiumView, DebateView, run_view_adapter
+from moot.views import AnyRunView, run_view_adapter
 from moot_gateway import admission, configs
 from moot_gateway.deps import Clients
 from moot_gateway.errors import DEPENDENCY_ERRORS, ApiError, unavailable
@@ -40,11 +40,11 @@ def not_found(what: str, param: str | None = None) -> ApiError:
     return ApiError(status.HTTP_404_NOT_FOUND, f"{what} not found", param=param, code="not_found")
 
 
-async def view_of(clients: Clients, run_id: str, principal: Principal) -> ConsortiumView | DebateView | None:
+async def view_of(clients: Clients, run_id: str, principal: Principal) -> AnyRunView | None:
     """The run's view, hydrated, if it exists and belongs to `principal`; None otherwise (never another's)."""
     if len(run_id) != 32 or any(c not in "0123456789abcdef" for c in run_id):
         return None
-    view: ConsortiumView | DebateView | None = None
+    view: AnyRunView | None = None
     loaded = await clients.store.load(run_id)
     if loaded is not None:
         mode, state = loaded
@@ -56,7 +56,7 @@ async def view_of(clients: Clients, run_id: str, principal: Principal) -> Consor
     return await hydrated_view(clients.store.texts, view)
 
 
-async def hydrated_view(texts: TextStore, view: ConsortiumView | DebateView) -> ConsortiumView | DebateView:
+async def hydrated_view(texts: TextStore, view: AnyRunView) -> AnyRunView:
     """The view with every text inline (its request a request again, not a reference)."""
     data = view.model_dump(mode="json")
     if not refs_in(data):
@@ -94,7 +94,7 @@ async def _continued(
 def _same_mode(body: dict[str, Any], base: dict[str, Any], what: str, field: str) -> None:
     """A submission that names its mode must name the mode of what it runs on (a saved
     configuration, the run it continues): a debate is never quietly run as a consortium."""
-    asked, base_mode = body.get("mode"), base.get("mode", "consortium")
+    asked, base_mode = body.get("mode"), base.get("mode", MODES[0])
     if asked is not None and asked != base_mode:
         raise _invalid(field, f"{what} is a {base_mode}, not a {asked}: run it as a {base_mode}")
 
@@ -158,18 +158,6 @@ async def resolve(
         ) from exc
     require_callable_models(clients, request)
     return request, meta
-
-
-def models_named(request: Any) -> list[tuple[tuple[str | int, ...], str]]:
-    """Every model a run request names, with where it names it (`("members", 0, "model")`)."""
-    named: list[tuple[tuple[str | int, ...], str]] = [
-        (("members", i, "model"), m.model) for i, m in enumerate(request.members)
-    ]
-    for field in ("arbiter", "judge"):
-        model = getattr(request, field, None)
-        if isinstance(model, str):
-            named.append(((field,), model))
-    return named
 
 
 def require_callable_models(clients: Clients, request: Any) -> None:
@@ -264,7 +252,7 @@ async def _flush_until_done(clients: Clients, run_id: str) -> None:
     log.error("run %s: its first messages could not be published; it will not start", run_id)
 
 
-async def cancel(clients: Clients, run_id: str, principal: Principal) -> ConsortiumView | DebateView:
+async def cancel(clients: Clients, run_id: str, principal: Principal) -> AnyRunView:
     require_nats(clients)
     view = await view_of(clients, run_id, principal)
     if view is None:

@@ -10,15 +10,15 @@ whose missing prompt is an error of its own, and a bad chat completion body must
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, PlainValidator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, PlainValidator, create_model
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 from moot.messages import RunEvent
-from moot.requests import ChatMessage, ConsortiumRequest, DebateRequest
-from moot.views import ConsortiumView, DebateView, RunSummary
+from moot.requests import AnyRunRequest, ChatMessage
+from moot.views import AnyRunView, Mode, RunSummary
 from moot_gateway.configs import MAX_VERSION
 
 
@@ -34,19 +34,27 @@ def Documented(schema: Any) -> PlainValidator:
 
 
 # ---------------------------------------------------------------------------------------------
-# Runs
+# Runs and saved configurations, one schema per mode
+#
+# Built from the request and view unions of `moot.requests` / `moot.views` (what the protocol
+# registry runs), so the gateway names no mode: a protocol added there is served here as it is.
+# Each class is named after its request or view (`CouncilRequest` -> `CouncilSubmission`,
+# `CouncilConfig`; `CouncilView` -> `CouncilRun`, `CancelledCouncil`).
 
 _CONTINUE_FROM = Field(
     None, description="A finished run of yours whose conversation (prompt and answer) this run continues."
 )
+_REQUESTS: tuple[type[BaseModel], ...] = get_args(AnyRunRequest)
+_VIEWS: tuple[type[BaseModel], ...] = get_args(AnyRunView)
 
 
-class ConsortiumSubmission(ConsortiumRequest):
-    continue_from: str | None = _CONTINUE_FROM
+def _stem(cls: type[BaseModel], suffix: str) -> str:
+    return cls.__name__.removesuffix(suffix)
 
 
-class DebateSubmission(DebateRequest):
-    continue_from: str | None = _CONTINUE_FROM
+def _per_mode(classes: list[type[BaseModel]]) -> Any:
+    """The union of `classes`, told apart by `mode`."""
+    return Annotated[Union[tuple(classes)], Discriminator("mode")]  # noqa: UP007 (a runtime tuple)
 
 
 class SavedRunSubmission(BaseModel):
@@ -62,14 +70,19 @@ class SavedRunSubmission(BaseModel):
     continue_from: str | None = _CONTINUE_FROM
 
 
-# A body with `config` runs a saved configuration; otherwise `mode` (default "consortium") says
-# which request it is.
-RunSubmission = Annotated[
-    dict[str, Any],
-    Documented(
-        SavedRunSubmission | Annotated[ConsortiumSubmission | DebateSubmission, Discriminator("mode")]
-    ),
+_SUBMISSIONS = [
+    create_model(
+        _stem(r, "Request") + "Submission",
+        __base__=r,
+        __module__=__name__,
+        continue_from=(str | None, _CONTINUE_FROM),
+    )
+    for r in _REQUESTS
 ]
+
+# A body with `config` runs a saved configuration; otherwise `mode` (default: the first mode,
+# "consortium") says which request it is.
+RunSubmission = Annotated[dict[str, Any], Documented(SavedRunSubmission | _per_mode(_SUBMISSIONS))]
 
 
 class RunLinks(BaseModel):
@@ -85,45 +98,37 @@ def links(run_id: str) -> RunLinks:
 
 class RunAccepted(BaseModel):
     id: str
-    mode: Literal["consortium", "debate"]
+    mode: Mode
     status: Literal["running"] = "running"
     trace_id: str | None = Field(None, description="The run's trace, when tracing is on.")
     links: RunLinks
 
 
-class ConsortiumRun(ConsortiumView):
-    trace_id: str | None = None
-    links: RunLinks
+_RUNS = {
+    v: create_model(
+        _stem(v, "View") + "Run",
+        __base__=v,
+        __module__=__name__,
+        trace_id=(str | None, None),
+        links=(RunLinks, ...),
+    )
+    for v in _VIEWS
+}
+_CANCELLED = {
+    v: create_model("Cancelled" + _stem(v, "View"), __base__=v, __module__=__name__, links=(RunLinks, ...))
+    for v in _VIEWS
+}
+RunResponse = _per_mode(list(_RUNS.values()))
+CancelResponse = _per_mode(list(_CANCELLED.values()))
 
 
-class DebateRun(DebateView):
-    trace_id: str | None = None
-    links: RunLinks
-
-
-RunResponse = Annotated[ConsortiumRun | DebateRun, Discriminator("mode")]
-
-
-def run_response(view: ConsortiumView | DebateView, trace_id: str | None) -> ConsortiumRun | DebateRun:
+def run_response(view: AnyRunView, trace_id: str | None) -> BaseModel:
     """The run as `GET /v1/runs/{id}` answers it: its view, its trace and its links."""
-    cls = DebateRun if isinstance(view, DebateView) else ConsortiumRun
-    return cls(**dict(view), trace_id=trace_id, links=links(view.id))
+    return _RUNS[type(view)](**dict(view), trace_id=trace_id, links=links(view.id))
 
 
-class CancelledConsortium(ConsortiumView):
-    links: RunLinks
-
-
-class CancelledDebate(DebateView):
-    links: RunLinks
-
-
-CancelResponse = Annotated[CancelledConsortium | CancelledDebate, Discriminator("mode")]
-
-
-def cancel_response(view: ConsortiumView | DebateView) -> CancelledConsortium | CancelledDebate:
-    cls = CancelledDebate if isinstance(view, DebateView) else CancelledConsortium
-    return cls(**dict(view), links=links(view.id))
+def cancel_response(view: AnyRunView) -> BaseModel:
+    return _CANCELLED[type(view)](**dict(view), links=links(view.id))
 
 
 class RunList(BaseModel):
@@ -139,19 +144,20 @@ RunEventData = RunEvent
 # Saved configurations
 
 
-class ConsortiumConfig(ConsortiumRequest):
-    """A consortium saved under a name: its request without the prompt."""
-
-    prompt: SkipJsonSchema[str] = Field("", exclude=True)
-
-
-class DebateConfig(DebateRequest):
-    """A debate saved under a name: its request without the prompt."""
-
-    prompt: SkipJsonSchema[str] = Field("", exclude=True)
-
-
-SavedConfigBody = Annotated[ConsortiumConfig | DebateConfig, Discriminator("mode")]
+_CONFIGS = [
+    create_model(
+        _stem(r, "Request") + "Config",
+        __base__=r,
+        __module__=__name__,
+        __doc__=f"A {_stem(r, 'Request').lower()} run saved under a name: its request without the prompt.",
+        prompt=(SkipJsonSchema[str], Field("", exclude=True)),
+    )
+    for r in _REQUESTS
+]
+if TYPE_CHECKING:  # a union built at run time: to mypy, one of the request models
+    SavedConfigBody = BaseModel
+else:
+    SavedConfigBody = _per_mode(_CONFIGS)
 SavedConfigSubmission = Annotated[dict[str, Any], Documented(SavedConfigBody)]
 
 
@@ -194,7 +200,7 @@ ChatCompletionSubmission = Annotated[dict[str, Any], Documented(ChatCompletionRe
 
 
 class ModelInfo(BaseModel):
-    mode: Literal["consortium", "debate"] | None
+    mode: Mode | None
     version: int
 
 

@@ -28,12 +28,11 @@ from opentelemetry import trace
 from opentelemetry.trace import Link
 from pydantic import ValidationError
 
-from moot.messages import DebateStart, RunCancelled, RunCompleted, RunCreated, RunFailed
+from moot.messages import START_EVENTS, RunCancelled, RunCompleted, RunFailed
 from moot.observability import metrics, telemetry
 from moot.runtime import deadletters
 from moot.runtime.subjects import Names
 from moot.runtime.textstore import MissingText, TextStore, hydrated
-from moot.views import DebateView
 from moot_recorder.settings import RecorderSettings
 from moot_recorder.writer import (
     ROW_ERRORS,
@@ -270,7 +269,7 @@ def _observe_recorded(result: WriteResult, skipped: int) -> None:
     metrics.recorder_events.add(skipped, {"moot.outcome": "skipped"})
     for env in result.recorded:
         e = env.event
-        if isinstance(e, RunCreated | DebateStart):
+        if isinstance(e, START_EVENTS):
             metrics.runs_started.add(1, {"mode": inline(e.request).mode})
         elif isinstance(e, RunCompleted | RunFailed | RunCancelled):
             view = inline_view(e.run)
@@ -284,8 +283,7 @@ def _observe_recorded(result: WriteResult, skipped: int) -> None:
                 finished = view.finished_at or e.at
                 seconds = (_aware(finished) - _aware(view.created_at)).total_seconds()
                 metrics.run_duration.record(max(0.0, seconds), labels)
-            rounds = view.rounds if isinstance(view, DebateView) else view.iterations
-            metrics.run_rounds.record(len(rounds), labels)
+            metrics.run_rounds.record(view.steps, labels)
 
 
 def _aware(dt: datetime) -> datetime:

@@ -4,7 +4,7 @@ How a batch is written (`Writer.write`), in one transaction:
 
 1. the events go into `events` with ON CONFLICT DO NOTHING ... RETURNING: what comes back is
    the events never recorded before. A redelivered or republished event is dropped here.
-2. only those new events become rows of `runs`, `iterations`, `debate_rounds` and `calls`, one
+2. only those new events become rows of `runs`, `iterations`, `debate_rounds`, `steps` and `calls`, one
    executemany per table, as upserts whose merge rules give the same result in any order: a
    column written once keeps its first value, a terminal run status never goes back, and a
    call's outcome is the one earliest in the stream. So even an event applied twice (or
@@ -12,8 +12,10 @@ How a batch is written (`Writer.write`), in one transaction:
 
 Which events make which rows: a run's start (`run.created`, `debate.started`) and end
 (`run.completed`, `run.failed`) make `runs`; `iteration.*` make `iterations`; `round.started`,
-`round.completed`, `judge.decided` and `convergence.checked` make `debate_rounds`; call outcomes
-make `calls`, for every protocol and role. Every other event (a debate's `turn.completed`,
+`round.completed`, `judge.decided` and `convergence.checked` make `debate_rounds`; `step.*` make
+`steps` (every other protocol: a council, a vote, a Mixture-of-Agents); call outcomes make
+`calls`, for every protocol and role. Nothing here depends on a run's mode: a new protocol that
+speaks in steps is recorded without a change to this service. Every other event (a debate's `turn.completed`,
 `debater.eliminated`, `final_*`, `debate.completed`, `error`) is only in `events`: what it says is
 also in a row above or in the run's view. The streamed `final.chunk`s are the bulk of a debate's
 events; they cost one row of `events` each and nothing else.
@@ -34,11 +36,11 @@ from typing import Any, TypeAlias
 import asyncpg
 
 from moot.messages import (
+    START_EVENTS,
     AnyRunEvent,
     CallCompleted,
     CallFailed,
     ConvergenceStatus,
-    DebateStart,
     IterationCompleted,
     IterationStarted,
     JudgeDecision,
@@ -46,8 +48,9 @@ from moot.messages import (
     RoundStart,
     RunCancelled,
     RunCompleted,
-    RunCreated,
     RunFailed,
+    StepCompleted,
+    StepStarted,
     run_event_adapter,
 )
 from moot.observability import telemetry
@@ -57,11 +60,12 @@ from moot.records.queries import (
     EVENTS_TABLE,
     ITERATIONS_TABLE,
     RUNS_TABLE,
+    STEPS_TABLE,
     TABLES,
 )
-from moot.requests import ConsortiumRequest, DebateRequest
+from moot.requests import AnyRunRequest
 from moot.texts import TextRef
-from moot.views import ConsortiumView, DebateView
+from moot.views import AnyRunView
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +169,7 @@ class Rows:
     runs: list[Row] = field(default_factory=list)
     iterations: list[Row] = field(default_factory=list)
     debate_rounds: list[Row] = field(default_factory=list)
+    steps: list[Row] = field(default_factory=list)
     calls: list[Row] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
@@ -172,6 +177,7 @@ class Rows:
             RUNS_TABLE: len(self.runs),
             ITERATIONS_TABLE: len(self.iterations),
             DEBATE_ROUNDS_TABLE: len(self.debate_rounds),
+            STEPS_TABLE: len(self.steps),
             CALLS_TABLE: len(self.calls),
         }
 
@@ -184,14 +190,14 @@ def _aware(dt: datetime) -> datetime:
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
-def inline(request: ConsortiumRequest | DebateRequest | TextRef) -> ConsortiumRequest | DebateRequest:
+def inline(request: AnyRunRequest | TextRef) -> AnyRunRequest:
     """A run request as the recorder reads it: events are hydrated, so never a reference."""
     if isinstance(request, TextRef):
         raise ValueError("a run request by reference: the event was not hydrated")
     return request
 
 
-def inline_view(view: ConsortiumView | DebateView | TextRef) -> ConsortiumView | DebateView:
+def inline_view(view: AnyRunView | TextRef) -> AnyRunView:
     """An end event's view as the recorder reads it: hydrated, so never a reference (the view
     travels as one stored document, `moot.texts.hydrate` puts it back)."""
     if isinstance(view, TextRef):
@@ -202,7 +208,7 @@ def inline_view(view: ConsortiumView | DebateView | TextRef) -> ConsortiumView |
 def run_row(env: Envelope) -> Row | None:
     """The `runs` row an event contributes to, or None (only a run's start and end do)."""
     e = env.event
-    if isinstance(e, RunCreated | DebateStart):
+    if isinstance(e, START_EVENTS):
         req = inline(e.request)
         request = req.model_dump(mode="json")
         return (e.run_id, req.mode, "running", req.prompt, _json(request),
@@ -215,8 +221,7 @@ def run_row(env: Envelope) -> Row | None:
             # The end event is the authority that the run is over, whatever the view says.
             status = {RunCompleted: "completed", RunFailed: "failed"}.get(type(e), "cancelled")
         data = view.model_dump(mode="json")
-        # What the run went through: a consortium's iterations, a debate's rounds.
-        steps = len(view.rounds) if isinstance(view, DebateView) else len(view.iterations)
+        steps = view.steps  # what the run went through: a consortium's iterations, a debate's rounds...
         return (
             e.run_id,
             view.mode,
@@ -313,6 +318,17 @@ def debate_round_row(env: Envelope) -> Row | None:
     return None
 
 
+def step_row(env: Envelope) -> Row | None:
+    """The `steps` row a step event contributes to (run_id, step, name, started_at, call_ids,
+    completed_at, data), or None."""
+    e = env.event
+    if isinstance(e, StepStarted):
+        return (e.run_id, e.step, e.name, _aware(e.at), _json(e.call_ids), None, None)
+    if isinstance(e, StepCompleted):
+        return (e.run_id, e.step, e.name, None, None, _aware(e.at), _json(e.data))
+    return None
+
+
 def call_row(env: Envelope) -> Row | None:
     e = env.event
     if isinstance(e, CallCompleted):
@@ -337,12 +353,15 @@ def to_rows(envelopes: Iterable[Envelope]) -> Rows:
             rows.iterations.append(r)
         if (r := debate_round_row(env)) is not None:
             rows.debate_rounds.append(r)
+        if (r := step_row(env)) is not None:
+            rows.steps.append(r)
         if (r := call_row(env)) is not None:
             rows.calls.append(r)
     # Stable sorts: two rows for one key (run.created and run.completed) keep their stream order.
     rows.runs.sort(key=lambda r: r[0])
     rows.iterations.sort(key=lambda r: (r[0], r[1]))
     rows.debate_rounds.sort(key=lambda r: (r[0], r[1]))
+    rows.steps.sort(key=lambda r: (r[0], r[1]))
     rows.calls.sort(key=lambda r: r[0])
     return rows
 
@@ -440,6 +459,13 @@ VALUES ({
 })
 ON CONFLICT (run_id, round) DO UPDATE SET
     {_first_wins("d", *DEBATE_ROUND_COLUMNS[2:])}
+"""
+
+_UPSERT_STEP = f"""
+INSERT INTO {STEPS_TABLE} AS s (run_id, step, name, started_at, call_ids, completed_at, data)
+VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7::jsonb)
+ON CONFLICT (run_id, step) DO UPDATE SET
+    {_first_wins("s", "started_at", "call_ids", "completed_at", "data")}
 """
 
 _CALL_COLUMNS = (
@@ -565,6 +591,8 @@ class Writer:
             await conn.executemany(_UPSERT_ITERATION, rows.iterations)
         if rows.debate_rounds:
             await conn.executemany(_UPSERT_DEBATE_ROUND, rows.debate_rounds)
+        if rows.steps:
+            await conn.executemany(_UPSERT_STEP, rows.steps)
         if rows.calls:
             await conn.executemany(_UPSERT_CALL, rows.calls)
         return new_ids, rows

@@ -9,19 +9,21 @@ from typing import Any
 from moot.cli.client import GatewayError, MootClient
 from moot.cli.common import CliError, err, out
 from moot.cli.render import configs_table
-from moot.cli.requests import check_complete, check_mode_options, consortium_fields, debate_fields
+from moot.cli.requests import check_mode_options, fields_of
 
 
-def saved_mode(args: argparse.Namespace) -> str:
-    return "debate" if args.debate else args.mode
+def saved_mode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """`--mode`, or `--debate` (which predates it), or a consortium."""
+    if args.debate and args.mode not in (None, "debate"):
+        parser.error(f"--debate and --mode {args.mode}: give one")
+    return "debate" if args.debate else args.mode or "consortium"
 
 
 def config_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
     """The configuration `moot save` stores: a run request without its prompt."""
-    mode = saved_mode(args)
+    mode = saved_mode(parser, args)
     check_mode_options(parser, args, mode)
-    check_complete(parser, args, mode)
-    return consortium_fields(args) if mode == "consortium" else debate_fields(args)
+    return fields_of(parser, args, mode)
 
 
 async def save_config(client: MootClient, args: argparse.Namespace, config: dict[str, Any]) -> int:

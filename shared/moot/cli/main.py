@@ -1,8 +1,8 @@
 """The `moot` command.
 
 `moot up` starts the whole stack; `moot demo` starts it and runs a consortium. The other commands
-talk to a running gateway (`MOOT_URL`, `MOOT_API_KEY`): `run`, `debate`, `save`, `list`,
-`remove`, `runs`, `show`; `keys` manages API keys and `migrate` applies the schema's migrations,
+talk to a running gateway (`MOOT_URL`, `MOOT_API_KEY`): a run of each mode (`run` for a
+consortium, `debate`, `council`, `vote`, `moa`), `save`, `list`, `remove`, `runs`, `show`; `keys` manages API keys and `migrate` applies the schema's migrations,
 in Postgres directly; `dead-letters` lists and replays dead letters, in NATS directly.
 """
 
@@ -25,10 +25,15 @@ from moot.cli import runs as cli_runs
 from moot.cli.client import GatewayError, MootClient
 from moot.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, CliError, connect, err, explain, gateway_url
 from moot.cli.requests import (
+    MODES,
+    add_call_options,
     add_consortium_options,
+    add_council_options,
     add_debate_options,
+    add_moa_options,
     add_model_options,
     add_submission_options,
+    add_vote_options,
     submission,
 )
 from moot.devstack import home
@@ -63,14 +68,14 @@ async def _up(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- gateway commands
 
 
-def _run_action(p: argparse.ArgumentParser, args: argparse.Namespace) -> Action:
-    body = submission(p, args, "consortium")
-    return lambda client: cli_runs.submit_and_follow(client, body, args)
+def _submit_action(mode: str) -> Callable[[argparse.ArgumentParser, argparse.Namespace], Action]:
+    """The action of a command that submits a run of `mode` and follows it."""
 
+    def prepare(p: argparse.ArgumentParser, args: argparse.Namespace) -> Action:
+        body = submission(p, args, mode)
+        return lambda client: cli_runs.submit_and_follow(client, body, args)
 
-def _debate_action(p: argparse.ArgumentParser, args: argparse.Namespace) -> Action:
-    body = submission(p, args, "debate")
-    return lambda client: cli_runs.submit_and_follow(client, body, args)
+    return prepare
 
 
 def _save_action(p: argparse.ArgumentParser, args: argparse.Namespace) -> Action:
@@ -93,7 +98,7 @@ def _add_gateway_commands(sub: Any) -> None:
     run = _gateway_command(
         sub,
         "run",
-        _run_action,
+        _submit_action("consortium"),
         help="run a consortium: progress on stderr, the synthesis on stdout",
         description="Members answer in parallel, the arbiter synthesizes, until it is confident enough. "
         "Progress goes to stderr, the synthesis to stdout. Ctrl-C cancels the run.",
@@ -105,7 +110,7 @@ def _add_gateway_commands(sub: Any) -> None:
     debate = _gateway_command(
         sub,
         "debate",
-        _debate_action,
+        _submit_action("debate"),
         help="run a debate: progress on stderr, the verdict streamed to stdout",
         description="Debaters state positions, then argue turn by turn until the judge mode ends it. "
         "Progress goes to stderr, the verdict streams to stdout. Ctrl-C cancels the run.",
@@ -114,15 +119,64 @@ def _add_gateway_commands(sub: Any) -> None:
     add_model_options(debate)
     add_debate_options(debate)
 
+    council = _gateway_command(
+        sub,
+        "council",
+        _submit_action("council"),
+        help="run a council: members answer, rank each other's answers anonymized, a chairman answers",
+        description="Members answer in parallel; reviewers (the members by default) rank the answers"
+        " anonymized, never their own; the chairman writes the answer knowing the answers and their"
+        " ranking. Progress goes to stderr, the answer to stdout. Ctrl-C cancels the run.",
+    )
+    add_submission_options(council)
+    add_model_options(council)
+    add_council_options(council)
+
+    vote = _gateway_command(
+        sub,
+        "vote",
+        _submit_action("vote"),
+        help="run a vote: members answer once, the most common answer wins (or the run escalates)",
+        description="Every member instance answers once; the most common answer (compared as numbers,"
+        " choices, yes/no or normalized text) is the answer when enough of them agree. Below the"
+        " threshold the run can go on as a consortium or a debate whose first iteration or round is"
+        " the votes. Progress goes to stderr, the answer to stdout. Ctrl-C cancels the run.",
+    )
+    add_submission_options(vote)
+    add_model_options(vote)
+    add_vote_options(vote, answer_format_flags=("--format", "--answer-format"))
+
+    moa = _gateway_command(
+        sub,
+        "moa",
+        _submit_action("moa"),
+        help="run a Mixture-of-Agents: layers of proposers refine, an aggregator answers",
+        description="Each layer's proposers answer seeing the previous layer's answers (the first"
+        " layer: the question alone); the aggregator writes the answer from the last layer's."
+        " Progress goes to stderr, the answer to stdout. Ctrl-C cancels the run.",
+        epilog='example: moot moa "Why is the sky blue?" --layer m1,m2:2 --layer m3 --aggregator m3',
+    )
+    add_submission_options(moa)
+    add_moa_options(moa)
+    add_call_options(moa)
+
     save = _gateway_command(
-        sub, "save", _save_action, help="save a consortium (or, with --debate, a debate) under a name"
+        sub,
+        "save",
+        _save_action,
+        help="save a run configuration of any mode (--mode; a consortium by default) under a name",
+        description="Save the options of a run, without its prompt, under NAME; run it with"
+        " `moot <command> --config NAME PROMPT`. Each save adds a version.",
     )
     save.add_argument("name", metavar="NAME", help="lowercase letters, digits, '.', '_' and '-'")
-    save.add_argument("--mode", choices=("consortium", "debate"), default="consortium")
+    save.add_argument("--mode", choices=MODES, help="the run's mode (default consortium)")
     save.add_argument("--debate", action="store_true", help="same as --mode debate")
     add_model_options(save)
     add_consortium_options(save)
     add_debate_options(save)
+    add_council_options(save)
+    add_vote_options(save, answer_format_flags=("--answer-format",))
+    add_moa_options(save)
 
     listing = _gateway_command(
         sub, "list", _simple(cli_configs.list_configs), help="the saved configurations"
@@ -172,7 +226,8 @@ def _run_admin_or_gateway_command(args: argparse.Namespace) -> int:
         return EXIT_FAILED
 
 
-def main(argv: list[str] | None = None) -> None:
+def command_parser() -> argparse.ArgumentParser:
+    """`moot` and its commands."""
     parser = argparse.ArgumentParser(prog="moot", description="Deliberation of language models, distributed.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -215,8 +270,11 @@ def main(argv: list[str] | None = None) -> None:
     cli_keys.add_commands(sub)
     cli_database.add_command(sub)
     cli_deadletters.add_command(sub)
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> None:
+    args = command_parser().parse_args(argv)
     if args.command not in STACK_COMMANDS:
         sys.exit(_run_admin_or_gateway_command(args))
     args.data_dir = home.data_dir(args.data_dir)

@@ -1,4 +1,4 @@
-"""`moot run`, `moot debate`, `moot runs`, `moot show`: runs through the gateway.
+"""`moot run`, `debate`, `council`, `vote`, `moa`, `runs`, `show`: runs through the gateway.
 
 A run's progress goes to stderr and its answer to stdout, so `moot run ... > answer.txt` keeps
 just the answer. Ctrl-C cancels the run on the gateway and exits with 130.
@@ -109,7 +109,8 @@ def write_record(record: dict[str, Any], path: str) -> None:
 
 
 def print_answer(run: RunView, progress: Progress, context: Callable[[str], None] = err) -> None:
-    """The synthesis or verdict on stdout, unless the verdict has streamed there already.
+    """The run's answer on stdout (a display-only debate's transcript), unless a verdict has
+    streamed there already.
 
     Before a consortium's answer, what it was drawn from and a heading go to `context` (stderr
     by default: stdout keeps the answer alone): the members' answers, then, when the arbiter's
@@ -124,9 +125,9 @@ def print_answer(run: RunView, progress: Progress, context: Callable[[str], None
         if note := answer_note(run):
             context(note)
         out(run.answer.rstrip() + "\n")
-    elif run.mode == "debate":  # display only: the debate itself is what there is to show
+    elif shown := transcript(run):  # a display-only debate: the debate itself is what there is to show
         context(heading("transcript"))
-        out(transcript(run))
+        out(shown)
 
 
 def report(record: dict[str, Any], progress: Progress, args: argparse.Namespace) -> int:

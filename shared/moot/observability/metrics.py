@@ -68,7 +68,7 @@ run_duration = meter.create_histogram(
 run_rounds = meter.create_histogram(
     "moot.run.rounds",
     unit="{round}",
-    description="Iterations (consortium) or rounds (debate) a run went through.",
+    description="Steps a run went through: a consortium's iterations, a debate's rounds, a council's stages, a Mixture-of-Agents' layers and aggregator (`steps` of the run's view).",
     explicit_bucket_boundaries_advisory=_ROUNDS,
 )
 

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from typing import cast
 
-from moot.protocols import consortium, debate
+from moot.protocols import consortium, council, debate, moa, vote
 from moot.protocols.base import RunProtocol
 
+# One entry per mode of `moot.requests.MODES` (tests/unit/test_registry.py).
 _MODULES: dict[str, RunProtocol] = {
     "consortium": cast(RunProtocol, consortium),
     "debate": cast(RunProtocol, debate),
+    "council": cast(RunProtocol, council),
+    "vote": cast(RunProtocol, vote),
+    "moa": cast(RunProtocol, moa),
 }
 
 

@@ -23,7 +23,7 @@ from moot.messages import (
 )
 from moot.requests import Budget, ChatMessage, RunMeta
 from moot.texts import ImagePart, Parts, TextRef, TextSink, compose, join
-from moot.views import ConsortiumView, DebateView, StopReason, Usage
+from moot.views import AnyRunView, StopReason, Usage
 
 S = TypeVar("S", bound=BaseModel)
 
@@ -56,12 +56,10 @@ class RunProtocol(Protocol):
 
     def decide(self, state: Any, event: Any) -> Transition[Any]: ...
 
-    def view(self, state: Any) -> ConsortiumView | DebateView: ...
+    def view(self, state: Any) -> AnyRunView: ...
 
 
-def cancel(
-    state: Any, event: CancelRequested, view: Callable[[Any], ConsortiumView | DebateView]
-) -> Transition[Any]:
+def cancel(state: Any, event: CancelRequested, view: Callable[[Any], AnyRunView]) -> Transition[Any]:
     """Any protocol's run, cancelled where it stands: no new jobs, a final `run.cancelled`.
 
     Like every end event it carries the run's view as one stored document: a large run's view is
@@ -83,7 +81,7 @@ def end_early(
     at: datetime,
     stop_reason: StopReason,
     cause: str,
-    view: Callable[[Any], ConsortiumView | DebateView],
+    view: Callable[[Any], AnyRunView],
     sink: TextSink,
     best: tuple[Any, str] | None = None,
     announce: Callable[[Any, str], list[Command]] | None = None,
@@ -113,7 +111,7 @@ def end_early(
 def end_at_deadline(
     state: Any,
     event: DeadlinePassed,
-    view: Callable[[Any], ConsortiumView | DebateView],
+    view: Callable[[Any], AnyRunView],
     where: str,
     best: tuple[Any, str] | None = None,
     announce: Callable[[Any, str], list[Command]] | None = None,
@@ -231,7 +229,7 @@ def _usd(amount: float) -> str:
 def dead_lettered(
     state: Any,
     event: DeadLettered,
-    view: Callable[[Any], ConsortiumView | DebateView],
+    view: Callable[[Any], AnyRunView],
     announce: Callable[[Any, str], list[Command]] | None = None,
 ) -> Transition[Any]:
     """Any protocol's run, failed where it stands because one of its messages went to the

@@ -9,15 +9,16 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol
 
-from moot.views import ConsortiumView, DebateView, RunSummary, run_view_adapter
+from moot.views import AnyRunView, RunSummary, run_view_adapter
 
 # One place for the table names: the recorder's writer and every reader use these.
 RUNS_TABLE = "runs"
 ITERATIONS_TABLE = "iterations"
 CALLS_TABLE = "calls"
 DEBATE_ROUNDS_TABLE = "debate_rounds"
+STEPS_TABLE = "steps"  # every other protocol's steps (migrations/0004_steps.sql)
 EVENTS_TABLE = "events"
-TABLES = (RUNS_TABLE, ITERATIONS_TABLE, DEBATE_ROUNDS_TABLE, CALLS_TABLE, EVENTS_TABLE)
+TABLES = (RUNS_TABLE, ITERATIONS_TABLE, DEBATE_ROUNDS_TABLE, STEPS_TABLE, CALLS_TABLE, EVENTS_TABLE)
 
 
 class _Fetcher(Protocol):
@@ -34,14 +35,15 @@ FROM {RUNS_TABLE} WHERE id = $1
 """
 
 
-async def fetch_run_view(pool: _Fetcher, run_id: str) -> ConsortiumView | DebateView | None:
+async def fetch_run_view(pool: _Fetcher, run_id: str) -> AnyRunView | None:
     """The run as GET /v1/runs/{id} shows it, from Postgres; None when the recorder has no such run.
 
     A finished run returns the full view its run.completed/run.failed event carried, whatever
     its protocol. A run still running (or whose end the recorder has not seen yet) returns a
     minimal view built from the runs row: `result` is None there, and so are a debate's `final`;
-    a consortium's `iterations` and a debate's `debaters` and `rounds` are empty (the events and
-    the `iterations` / `debate_rounds` rows hold what happened so far).
+    the protocol's steps (a consortium's `iterations`, a debate's `rounds`, a council's `answers`...)
+    are empty (the events and the `iterations`, `debate_rounds` and `steps` rows hold what
+    happened so far).
     """
     row = await pool.fetchrow(_RUN_QUERY, run_id)
     if row is None:

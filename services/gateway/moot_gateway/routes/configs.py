@@ -1,4 +1,4 @@
-"""Saved configurations: a named consortium or debate setup, versioned, usable as a model."""
+"""Saved configurations: a named run setup of any mode, versioned, usable as a model."""
 
 from __future__ import annotations
 

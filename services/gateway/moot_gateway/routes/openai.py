@@ -19,8 +19,8 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from moot.records.accounts import Principal
-from moot.requests import ChatMessage
-from moot.views import ConsortiumView, DebateView
+from moot.requests import MODES, ChatMessage, request_class
+from moot.views import AnyRunView
 from moot_gateway import configs, runs_service
 from moot_gateway.auth import PrincipalDep
 from moot_gateway.deps import Clients, ClientsDep
@@ -85,8 +85,8 @@ async def chat_completions(
         )
     system, history, prompt = runs_service.history_from_chat(chat.messages)
     submission: dict[str, Any] = {"config": chat.model, "prompt": prompt}
-    if saved["config"].get("mode") == "debate":
-        # Debates have per-debater system prompts only; the caller's goes first in the conversation.
+    if "system" not in request_class(saved["config"].get("mode", MODES[0])).model_fields:
+        # A debate has per-debater system prompts only: the caller's goes first in the conversation.
         history = [*([ChatMessage(role="system", content=system)] if system else []), *history]
     elif system:
         submission["system"] = system
@@ -129,13 +129,13 @@ async def chat_completions(
     }
 
 
-async def _wait(clients: Clients, principal: Principal, run_id: str) -> ConsortiumView | DebateView:
+async def _wait(clients: Clients, principal: Principal, run_id: str) -> AnyRunView:
     async for _ in replay(clients, run_id, 0, hydrate=False):
         pass  # the replay ends with the run's final event (from its record if the stream lacks it)
     return await _final_view(clients, principal, run_id)
 
 
-async def _final_view(clients: Clients, principal: Principal, run_id: str) -> ConsortiumView | DebateView:
+async def _final_view(clients: Clients, principal: Principal, run_id: str) -> AnyRunView:
     """The ended run's view, hydrated: from its state, else from its record in Postgres."""
     view = await runs_service.view_of(clients, run_id, principal)
     if view is None:  # gone from KV and not (yet) readable in Postgres
@@ -143,12 +143,12 @@ async def _final_view(clients: Clients, principal: Principal, run_id: str) -> Co
     return view
 
 
-def _usage(view: ConsortiumView | DebateView) -> dict[str, int]:
+def _usage(view: AnyRunView) -> dict[str, int]:
     prompt, completion = view.usage.input_tokens, view.usage.output_tokens
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def _extra(run_id: str, view: ConsortiumView | DebateView | None = None) -> dict[str, Any]:
+def _extra(run_id: str, view: AnyRunView | None = None) -> dict[str, Any]:
     extra: dict[str, Any] = {"run_id": run_id, "run": f"/v1/runs/{run_id}"}
     if view is not None:
         extra["status"] = view.status
@@ -160,8 +160,9 @@ async def _stream(
 ) -> AsyncIterator[str]:
     """chat.completion.chunk events as the answer is produced, then `[DONE]`.
 
-    A debate's verdict streams as the model writes it (its final.chunk events); a consortium's
-    synthesis is known only when the arbiter's last answer has been judged, so it comes whole.
+    A debate's verdict streams as the model writes it (its final.chunk events); any other run's
+    answer (a consortium's synthesis, a council's or a Mixture-of-Agents' final answer, a vote's
+    majority) is known only when its last call has been read, so it comes whole.
     """
 
     def sse(data: str) -> str:

@@ -17,18 +17,14 @@ from moot.observability import telemetry
 from moot.protocols import protocol_for
 from moot.records.queries import fetch_run_view, recent_runs
 from moot.runtime.textstore import hydrated
-from moot.views import ConsortiumView, DebateView
+from moot.views import AnyRunView
 from moot_gateway import runs_service
 from moot_gateway.admission import StreamSlotDep
 from moot_gateway.auth import PrincipalDep
 from moot_gateway.deps import Clients, ClientsDep
 from moot_gateway.errors import DEPENDENCY_ERRORS, ApiError, errors, stream_errors
 from moot_gateway.schemas import (
-    CancelledConsortium,
-    CancelledDebate,
     CancelResponse,
-    ConsortiumRun,
-    DebateRun,
     RunAccepted,
     RunEventData,
     RunList,
@@ -68,6 +64,35 @@ EXAMPLES = {
             "judge": "local",
         },
     },
+    "council": {
+        "summary": "A council: answers, anonymized peer rankings, a chairman",
+        "value": {
+            "mode": "council",
+            "prompt": "What is the capital of Australia?",
+            "members": [{"model": "local", "count": 3}],
+            "chairman": "local",
+        },
+    },
+    "vote": {
+        "summary": "A vote that escalates to a consortium on disagreement",
+        "value": {
+            "mode": "vote",
+            "prompt": "What is 17 * 23?",
+            "members": [{"model": "local", "count": 5}],
+            "answer_format": "number",
+            "agreement_threshold": 0.6,
+            "escalate": {"mode": "consortium", "arbiter": "local"},
+        },
+    },
+    "moa": {
+        "summary": "Mixture-of-Agents: two layers and an aggregator",
+        "value": {
+            "mode": "moa",
+            "prompt": "Explain why the sky is blue in two sentences.",
+            "layers": [[{"model": "local", "count": 3}], [{"model": "local", "count": 3}]],
+            "aggregator": "local",
+        },
+    },
     "saved": {
         "summary": "A saved configuration, with an override",
         "value": {"config": "panel", "prompt": "Is P = NP?", "max_iterations": 2},
@@ -82,7 +107,8 @@ async def create_run(
     principal: PrincipalDep,
     response: Response,
 ) -> RunAccepted:
-    """Accept a run: a consortium or debate request, or `config` (a saved name) plus overrides.
+    """Accept a run: a request of any mode (consortium, debate, council, vote, moa), or `config` (a
+    saved name) plus overrides.
 
     `continue_from` (a finished run's id) makes the run continue that run's conversation.
     """
@@ -102,8 +128,8 @@ async def list_runs(
 
 
 @router.get("/{run_id}", response_model=RunResponse)
-async def get_run(run_id: str, clients: ClientsDep, principal: PrincipalDep) -> ConsortiumRun | DebateRun:
-    """The run: status, result, every iteration or round with every answer, token usage."""
+async def get_run(run_id: str, clients: ClientsDep, principal: PrincipalDep) -> Any:
+    """The run: status, result, every step (iteration, round, stage, layer) with every answer, token usage."""
     view = await runs_service.view_of(clients, run_id, principal)
     if view is None:
         raise runs_service.not_found(f"run {run_id!r}")
@@ -112,9 +138,7 @@ async def get_run(run_id: str, clients: ClientsDep, principal: PrincipalDep) -> 
 
 
 @router.post("/{run_id}/cancel", response_model=CancelResponse)
-async def cancel_run(
-    run_id: str, clients: ClientsDep, principal: PrincipalDep
-) -> CancelledConsortium | CancelledDebate:
+async def cancel_run(run_id: str, clients: ClientsDep, principal: PrincipalDep) -> Any:
     """Stop a running run: no new jobs; results in flight are recorded but do not advance it."""
     return cancel_response(await runs_service.cancel(clients, run_id, principal))
 
@@ -203,7 +227,7 @@ async def replay(
         names.run_events(run_id), stream=names.runs_stream, ordered_consumer=True, config=config
     )
     wait = FIRST_CHECK_SECONDS
-    ended: ConsortiumView | DebateView | None = None
+    ended: AnyRunView | None = None
     try:
         while True:
             try:
@@ -236,12 +260,12 @@ async def replay(
         await sub.unsubscribe()
 
 
-async def _ended_view(clients: Clients, run_id: str) -> ConsortiumView | DebateView | None:
+async def _ended_view(clients: Clients, run_id: str) -> AnyRunView | None:
     """The run's view if it has ended: from its KV state, else from its record; None otherwise.
 
     None too when neither can be read now (NATS or Postgres down): the stream waits and asks again.
     """
-    view: ConsortiumView | DebateView | None
+    view: AnyRunView | None
     try:
         if await clients.store.is_running(run_id):  # the envelope only: cheap while the run is live
             return None
@@ -257,7 +281,7 @@ async def _ended_view(clients: Clients, run_id: str) -> ConsortiumView | DebateV
     return view if view is not None and view.status != "running" else None
 
 
-async def end_event(clients: Clients, view: ConsortiumView | DebateView) -> dict[str, Any]:
+async def end_event(clients: Clients, view: AnyRunView) -> dict[str, Any]:
     """The terminal event of an ended run, built from its view (hydrated), as the stream would carry it."""
     event = _END_EVENTS[view.status](
         run_id=view.id,

@@ -9,10 +9,21 @@ from moot.protocols.consortium.machine import (
     Plan,
     State,
     decide,
+    seeded,
     should_stop,
     start,
     view,
 )
 from moot.protocols.consortium.prompts import arbiter_prompt
 
-__all__ = ["ConsortiumState", "Plan", "State", "arbiter_prompt", "decide", "should_stop", "start", "view"]
+__all__ = [
+    "ConsortiumState",
+    "Plan",
+    "State",
+    "arbiter_prompt",
+    "decide",
+    "seeded",
+    "should_stop",
+    "start",
+    "view",
+]

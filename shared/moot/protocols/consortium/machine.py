@@ -8,6 +8,8 @@ Stages of one iteration, in order:
 2. `_ask_arbiter`    once all members are in (answered or failed), the arbiter synthesizes;
 3. `_judge_iteration` the arbiter's verdict and the stop rule decide: stop, or ask the
                       members again with a refinement prompt (`prompts.refinement_prompt`).
+A run may also begin at stage 2 (`seeded`): its first iteration's member calls were a vote's
+(`moot.protocols.vote`), which goes on as a consortium.
 
 A budget of tokens or US dollars is checked before each of those calls is issued
 (`moot.protocols.base.over_budget`): when the members of an iteration, or its arbiter, could take
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -222,18 +225,51 @@ def decide(state: ConsortiumState, event: Any) -> Transition[ConsortiumState]:
     if not answers_arbiter:
         if any(m.status == "pending" for m in it.members):
             return Transition(state, [], sink.texts)
-        if all(m.status == "failed" for m in it.members):
-            errors = "; ".join(
-                f"{model}#{instance}: {m.error}"
-                for (model, instance), m in zip(state.plan.instances(), it.members, strict=True)
-            )
-            reason = f"every member call failed in iteration {it.number}: {errors}"
-            return _fail(state, reason, event.at, sink)
-        return Transition(state, _ask_arbiter(state, event.at, sink), sink.texts)
+        return _members_in(state, event.at, sink)
 
     if isinstance(event, CallFailed):
         return _fail(state, f"arbiter call failed in iteration {it.number}: {event.error}", event.at, sink)
     return _judge_iteration(state, _answer(event), event.at, sink)
+
+
+def seeded(
+    state: ConsortiumState, prompt: Parts, members: Sequence[CallView], at: datetime
+) -> Transition[ConsortiumState]:
+    """A run whose first iteration's member calls were made before it (a vote's, escalated):
+    the arbiter is asked, as when the last member answers (or the run ends, as then).
+
+    `state` is as `start` builds it, without iterations (`usage`: what the run has spent, those
+    calls included); `prompt` is what the members were asked; `members` are their calls, ended,
+    in `Plan.instances()` order, with the ids of iteration 1's (`CallJob.make_id(run, 1,
+    "member", model, instance)`): every later event names them as this run's own.
+    """
+    instances = state.plan.instances()
+    if state.iterations or state.done:
+        raise ValueError("a seeded run has no iteration yet")
+    if [(m.call_id, m.status == "pending") for m in members] != [
+        (CallJob.make_id(state.run_id, 1, "member", model, instance), False) for model, instance in instances
+    ]:
+        raise ValueError("the seeded calls must be iteration 1's member calls, in order, every one ended")
+    calls = [
+        Call(
+            status=m.status,
+            text=m.text,
+            confidence=m.confidence,
+            error=m.error,
+            usage=m.usage,
+            latency_ms=m.latency_ms,
+            attempts=m.attempts,
+            worker=m.worker,
+        )
+        for m in members
+    ]
+    state = state.model_copy(
+        update={
+            "iterations": [Iteration(number=1, prompt=prompt, members=calls)],
+            "heads": [None] * len(calls),
+        }
+    )
+    return _members_in(state, at, TextSink())
 
 
 def view(state: ConsortiumState) -> ConsortiumView:
@@ -340,6 +376,18 @@ def _archive(state: ConsortiumState, sink: TextSink) -> None:
     state.past = sink.parts([*state.past, "\n", *item] if state.past else item)
     state.done = [*state.done, sink.document(_iteration_view(state, it, state.plan.instances()))]
     state.iterations = []
+
+
+def _members_in(state: ConsortiumState, at: datetime, sink: TextSink) -> Transition[ConsortiumState]:
+    """Every member of the iteration is in: the arbiter is asked, unless every one of them failed."""
+    it = state.current
+    if all(m.status == "failed" for m in it.members):
+        errors = "; ".join(
+            f"{model}#{instance}: {m.error}"
+            for (model, instance), m in zip(state.plan.instances(), it.members, strict=True)
+        )
+        return _fail(state, f"every member call failed in iteration {it.number}: {errors}", at, sink)
+    return Transition(state, _ask_arbiter(state, at, sink), sink.texts)
 
 
 def _ask_arbiter(state: ConsortiumState, at: datetime, sink: TextSink) -> list[Command]:

@@ -5,7 +5,16 @@
 how the judge's and the debaters' answers are read.
 """
 
-from moot.protocols.debate.machine import Debater, DebateState, State, decide, should_stop, start, view
+from moot.protocols.debate.machine import (
+    Debater,
+    DebateState,
+    State,
+    decide,
+    seeded,
+    should_stop,
+    start,
+    view,
+)
 from moot.protocols.debate.parsing import parse_conviction, parse_judge_answer
 
 __all__ = [
@@ -15,6 +24,7 @@ __all__ = [
     "decide",
     "parse_conviction",
     "parse_judge_answer",
+    "seeded",
     "should_stop",
     "start",
     "view",

@@ -22,6 +22,8 @@ Stages, in order:
 4. `_end`               the judge's streamed verdict or the first remaining debater's streamed
                         summary (`_ask_final`), or, for `display_only`, no final answer;
 5. `_finish`            `debate.completed`, then `run.completed` with the run's view.
+A debate may also begin at stage 2 (`seeded`): its round 1 was a vote's (`moot.protocols.vote`),
+which goes on as a debate.
 
 Events are the reference program's: `debate.started`, `round.started`, `turn.completed`,
 `round.completed`, `judge.decided`, `debater.eliminated`, `convergence.checked`, `final.started`,
@@ -78,7 +80,7 @@ work per event does not grow with the answers, and its input is never changed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -347,6 +349,44 @@ def decide(state: DebateState, event: Any) -> Transition[DebateState]:
     else:
         commands = _final_answered(state, call, event.at, sink)
     return Transition(state, commands, sink.texts)
+
+
+def seeded(state: DebateState, turns: Sequence[DebateCallView], at: datetime) -> Transition[DebateState]:
+    """A debate whose round 1 was played before it (a vote's, escalated): the round is closed
+    (`round.completed`) and the debate goes on as after any round 1.
+
+    `state` is as `start` builds it, without rounds (`usage`: what the run has spent, those
+    calls included); `turns` are round 1's calls, ended, in the debaters' order, with round 1's
+    ids (`CallJob.make_id(run, 1, "debater", model, instance)`): every later event names them
+    as this debate's own. No `debate.started` nor `round.started` is published for it.
+    """
+    if state.rounds:
+        raise ValueError("a seeded debate has no round yet")
+    if [(t.call_id, t.status == "pending") for t in turns] != [
+        (CallJob.make_id(state.run_id, 1, "debater", d.model, d.instance), False) for d in state.debaters
+    ]:
+        raise ValueError("the seeded calls must be round 1's debater calls, in order, every one ended")
+    calls = [
+        Call(
+            role="debater",
+            model=d.model,
+            instance=d.instance,
+            debater_number=d.number,
+            status=t.status,
+            text=t.text,
+            error=t.error,
+            usage=t.usage,
+            latency_ms=t.latency_ms,
+            attempts=t.attempts,
+            worker=t.worker,
+        )
+        for d, t in zip(state.debaters, turns, strict=True)
+    ]
+    state = state.model_copy(
+        update={"rounds": [Round(number=1, speakers=[d.number for d in state.debaters], turns=calls)]}
+    )
+    sink = TextSink()
+    return Transition(state, _close_round(state, at, sink), sink.texts)
 
 
 def view(state: DebateState) -> DebateView:
