@@ -158,8 +158,9 @@ class StepStarted(_Event):
 
 class StepCompleted(_Event):
     """A step of a protocol ended; `data` is what came of it, in the protocol's own terms (a
-    council's aggregate ranking, a vote's tally): small facts, never the models' texts, which
-    are in the calls' events."""
+    council's aggregate ranking, a vote's tally): small facts. The models' texts are in the calls'
+    events; a vote's tally quotes their normalised answers (long ones by reference, put back by
+    readers like any text)."""
 
     type: Literal["step.completed"] = "step.completed"
     step: int

@@ -503,7 +503,8 @@ class MoaRequest(_Calls):
 
 AnyRunRequest = ConsortiumRequest | DebateRequest | CouncilRequest | VoteRequest | MoaRequest
 # Every mode, in the order the API lists them; the first is what a body without `mode` is.
-MODES: tuple[str, ...] = ("consortium", "debate", "council", "vote", "moa")
+Mode = Literal["consortium", "debate", "council", "vote", "moa"]
+MODES: tuple[str, ...] = get_args(Mode)
 
 
 def request_class(mode: str) -> type[BaseModel]:
@@ -512,7 +513,7 @@ def request_class(mode: str) -> type[BaseModel]:
 
 
 class _RunMode(BaseModel):
-    mode: Literal["consortium", "debate", "council", "vote", "moa"]
+    mode: Mode
 
 
 def _default_mode(value: Any) -> Any:

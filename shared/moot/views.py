@@ -19,13 +19,13 @@ from moot.requests import (
     CouncilRequest,
     DebateRequest,
     MoaRequest,
+    Mode,
     RunMeta,
     VoteRequest,
 )
 from moot.texts import Text, TextRef
 
 RunStatus = Literal["running", "completed", "failed", "cancelled"]
-Mode = Literal["consortium", "debate", "council", "vote", "moa"]  # `moot.requests.MODES`
 CallStatus = Literal["pending", "completed", "failed"]
 # Why a run was stopped short of its protocol's own end (None: it ended on its own terms):
 # `deadline` when its time ran out, `budget` when its next calls could exceed its token or USD limit.

@@ -222,3 +222,29 @@ async def test_the_openai_endpoint_runs_every_mode(
         )
         pieces = [c.choices[0].delta.content or "" async for c in streamed if c.choices]
         assert "".join(pieces).strip()
+
+
+async def test_a_split_vote_escalates_to_a_judged_debate_whose_first_round_is_the_votes(
+    client: MootClient, model_server: ModelServer
+) -> None:
+    model_server.reset()
+    run, events = await _run(
+        client,
+        {
+            "mode": "vote",
+            "prompt": "What is two times four?",
+            "members": [{"model": "eight", "count": 2}, {"model": "nine", "count": 2}],
+            "answer_format": "number",
+            "escalate": {"mode": "debate", "judge": "judge_stop", "max_rounds": 3},
+        },
+    )
+    assert run["status"] == "completed", run["reason"]
+    # Round 1 is the votes; round 2 asks each debater once; the judge stops it, then gives the verdict.
+    assert _received(model_server, "eight", "nine", "judge_stop") == {"eight": 4, "nine": 4, "judge_stop": 2}
+    debate = run["escalation"]
+    assert debate["mode"] == "debate" and [r["number"] for r in debate["rounds"]] == [1, 2]
+    assert [t["call_id"] for t in debate["rounds"][0]["turns"]] == [v["call_id"] for v in run["votes"]]
+    assert run["result"]["by"] == "debate" and run["result"]["text"] == debate["result"]["text"]
+    types = [e.type for e in events]
+    assert types.index("step.completed") < types.index("round.completed") < types.index("judge.decided")
+    assert "final.chunk" in types and types[-1] == "run.completed"

@@ -154,6 +154,18 @@ def test_a_ranking_is_read_in_the_forms_models_write(text: str) -> None:
     assert read.readable and read.problems == []
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "FINAL RANKING:\n1. I think C is best\n2. A\n3. B",
+        "FINAL RANKING:\n1. A close call, but C\n2. A\n3. B",
+        "FINAL RANKING:\n1. a bit better: C\n2. A\n3. B",
+    ],
+)
+def test_a_leading_i_or_a_before_a_word_is_english_even_when_it_was_shown(text: str) -> None:
+    assert parse_ranking(text, "ABCDEFGHI").letters[0] == "C"
+
+
 def test_a_partial_ranking_is_used_as_far_as_it_goes() -> None:
     read = parse_ranking("FINAL RANKING:\n1. Response C", "ABC")
     assert read.letters == ["C"]
@@ -505,7 +517,11 @@ def test_a_failed_chairman_call_fails_the_run() -> None:
     t = answered(start(request(["a", "b"])))
     [chair] = jobs(t.commands)
     t = decide(t.state, failed(chair, "context too long"))
-    [end] = t.commands
+    closed, end = t.commands
+    assert isinstance(closed, StepCompleted) and (closed.step, closed.data) == (
+        3,
+        {"answered": 0, "failed": 1},
+    )
     assert isinstance(end, RunFailed) and end.reason == "the chairman's call failed: context too long"
     assert end_view(end).chairman is not None and t.state.result is None
 

@@ -291,7 +291,11 @@ def test_the_aggregators_failure_fails_the_run() -> None:
     t = start(request(layers=[[{"model": "a"}]]))
     state, commands = decide(t.state, done(jobs(t.commands)[0]))
     state, commands = decide(state, failed(jobs(commands)[0], "503 after 4 attempts"))
-    [end] = commands
+    closed, end = commands
+    assert isinstance(closed, StepCompleted) and (closed.step, closed.data) == (
+        2,
+        {"answered": 0, "failed": 1},
+    )
     assert isinstance(end, RunFailed) and end.reason == "aggregator call failed: 503 after 4 attempts"
     assert state.status == "failed" and state.result is None
     view = end_view(end)

@@ -15,7 +15,7 @@ from typing import get_args
 import pytest
 
 from moot.protocols import protocol_for
-from moot.requests import MODES, AnyRunRequest, request_class
+from moot.requests import MODES, AnyRunRequest, models_named, request_class, run_request_adapter
 from moot.views import AnyRunView
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,3 +66,43 @@ def test_no_service_names_a_protocol(path: Path) -> None:
             literals = [c for c in (node.left, *node.comparators) if isinstance(c, ast.Constant)]
             found += [f"compares with {c.value!r}" for c in literals if c.value in MODE_NAMES]
     assert not found, f"{path.relative_to(ROOT)}: " + "; ".join(found)
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        (
+            {"mode": "consortium", "prompt": "p", "members": [{"model": "a", "count": 2}], "arbiter": "z"},
+            {("members", 0, "model"): "a", ("arbiter",): "z"},
+        ),
+        (
+            {"mode": "debate", "prompt": "p", "members": [{"model": "a"}, {"model": "b"}], "judge": "z"},
+            {("members", 0, "model"): "a", ("members", 1, "model"): "b", ("judge",): "z"},
+        ),
+        (
+            {"mode": "council", "prompt": "p", "members": [{"model": "a", "count": 2}], "chairman": "z",
+             "reviewers": [{"model": "r"}]},
+            {("members", 0, "model"): "a", ("chairman",): "z", ("reviewers", 0, "model"): "r"},
+        ),
+        (
+            {"mode": "vote", "prompt": "p", "members": [{"model": "a"}, {"model": "b"}],
+             "escalate": {"mode": "debate", "judge": "z"}},
+            {("members", 0, "model"): "a", ("members", 1, "model"): "b", ("escalate", "judge"): "z"},
+        ),
+        (
+            {"mode": "vote", "prompt": "p", "members": [{"model": "a"}], "escalate": {"mode": "consortium", "arbiter": "z"}},
+            {("members", 0, "model"): "a", ("escalate", "arbiter"): "z"},
+        ),
+        (
+            {"mode": "moa", "prompt": "p", "layers": [[{"model": "a"}], [{"model": "b"}, {"model": "c"}]],
+             "aggregator": "z"},
+            {("layers", 0, 0, "model"): "a", ("layers", 1, 0, "model"): "b", ("layers", 1, 1, "model"): "c",
+             ("aggregator",): "z"},
+        ),
+    ],
+)  # fmt: skip
+def test_every_model_a_request_names_is_found_whatever_its_mode(
+    body: dict[str, object], named: dict[tuple[str | int, ...], str]
+) -> None:
+    """What the model allow-list checks (`moot_gateway.runs_service.require_callable_models`)."""
+    assert dict(models_named(run_request_adapter.validate_python(body))) == named

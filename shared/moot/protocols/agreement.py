@@ -37,11 +37,11 @@ import string
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
+from moot.requests import AnswerFormat
 from moot.texts import Text, TextRef
 
-Format = Literal["free", "number", "choice", "yes_no"]
+Format = AnswerFormat  # `moot.requests.VoteRequest.answer_format`
 Key = str | float | TextRef
 
 # A line that states a confidence and nothing else ("Confidence: 0.6", "(My confidence is 80%)",

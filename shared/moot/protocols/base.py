@@ -28,7 +28,9 @@ from moot.views import AnyRunView, StopReason, Usage
 S = TypeVar("S", bound=BaseModel)
 
 
-def _is_none(value: object) -> bool:
+def is_none(value: object) -> bool:
+    """For `Field(exclude_if=is_none)`: a state leaves out what it has not got (states are rewritten
+    on every outcome, so every byte counts)."""
     return value is None
 
 
@@ -142,8 +144,8 @@ class Limits(BaseModel):
     A state holds one only when the request set a limit (`of`), so a run without one is as before.
     """
 
-    tokens: int | None = Field(None, exclude_if=_is_none)
-    usd: float | None = Field(None, exclude_if=_is_none)
+    tokens: int | None = Field(None, exclude_if=is_none)
+    usd: float | None = Field(None, exclude_if=is_none)
     costliest_usd: float = 0.0
 
     @classmethod

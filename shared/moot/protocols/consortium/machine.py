@@ -50,6 +50,7 @@ from moot.protocols.base import (
     dead_lettered,
     end_at_deadline,
     end_early,
+    is_none,
     over_budget,
     stored_history,
 )
@@ -70,10 +71,6 @@ from moot.views import (
 )
 
 
-def _is_none(value: object) -> bool:
-    return value is None
-
-
 class Call(BaseModel):
     """One model call and what came of it; its answer by reference when long.
 
@@ -84,9 +81,9 @@ class Call(BaseModel):
     """
 
     status: CallStatus = "pending"
-    text: Text | None = Field(None, exclude_if=_is_none)
-    confidence: float | None = Field(None, exclude_if=_is_none)
-    error: str | None = Field(None, exclude_if=_is_none)
+    text: Text | None = Field(None, exclude_if=is_none)
+    confidence: float | None = Field(None, exclude_if=is_none)
+    error: str | None = Field(None, exclude_if=is_none)
     usage: Usage = Field(default_factory=Usage)
     latency_ms: int = 0
     attempts: int = 0
@@ -142,8 +139,8 @@ class ConsortiumState(BaseModel):
     created_at: datetime
     finished_at: datetime | None = None
     deadline: datetime | None = None  # created_at + the budget's seconds (None: a state from before budgets)
-    limits: Limits | None = Field(None, exclude_if=_is_none)  # the budget's tokens and USD, when it sets any
-    stop_reason: StopReason | None = Field(None, exclude_if=_is_none)
+    limits: Limits | None = Field(None, exclude_if=is_none)  # the budget's tokens and USD, when it sets any
+    stop_reason: StopReason | None = Field(None, exclude_if=is_none)
     # The iteration under way, in full. A finished one moves to `done` (`_archive`): the state,
     # read and rewritten on every outcome, holds one iteration's calls whatever the run's length.
     iterations: list[Iteration] = Field(default_factory=list)
@@ -156,7 +153,7 @@ class ConsortiumState(BaseModel):
     result: ArbiterVerdict | None = None
     # The verdict of the last finished iteration: what a run stopped at its deadline or by its
     # budget ends with.
-    last_verdict: ArbiterVerdict | None = Field(None, exclude_if=_is_none)
+    last_verdict: ArbiterVerdict | None = Field(None, exclude_if=is_none)
     reason: str | None = None
     meta: RunMeta = Field(default_factory=RunMeta)
 

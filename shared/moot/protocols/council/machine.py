@@ -84,6 +84,7 @@ from moot.protocols.base import (
     dead_lettered,
     end_at_deadline,
     end_early,
+    is_none,
     over_budget,
     stored_history,
 )
@@ -110,10 +111,6 @@ ROLES: dict[int, Literal["member", "reviewer", "chairman"]] = {1: "member", 2: "
 LETTERS = string.ascii_uppercase  # a council has at most 16 member instances
 
 
-def _is_none(value: object) -> bool:
-    return value is None
-
-
 def _is_empty(value: list[Any]) -> bool:
     return not value
 
@@ -123,8 +120,8 @@ class Call(BaseModel):
     comes from where it sits (`CouncilState`), its id is derived (`CallJob.make_id`)."""
 
     status: CallStatus = "pending"
-    text: Text | None = Field(None, exclude_if=_is_none)
-    error: str | None = Field(None, exclude_if=_is_none)
+    text: Text | None = Field(None, exclude_if=is_none)
+    error: str | None = Field(None, exclude_if=is_none)
     usage: Usage = Field(default_factory=Usage)
     latency_ms: int = 0
     attempts: int = 0
@@ -138,8 +135,8 @@ class Review(Call):
     # The answers it saw under A, B, C..., in that order, by their member's place in `Plan.member_instances()`.
     shown: list[int]
     # Member places, best first, as read from its answer; None while pending, failed or unreadable.
-    ranking: list[int] | None = Field(None, exclude_if=_is_none)
-    problem: str | None = Field(None, exclude_if=_is_none)
+    ranking: list[int] | None = Field(None, exclude_if=is_none)
+    problem: str | None = Field(None, exclude_if=is_none)
 
 
 class Plan(BaseModel):
@@ -176,17 +173,17 @@ class CouncilState(BaseModel):
     created_at: datetime
     finished_at: datetime | None = None
     deadline: datetime | None = None
-    limits: Limits | None = Field(None, exclude_if=_is_none)
-    stop_reason: StopReason | None = Field(None, exclude_if=_is_none)
+    limits: Limits | None = Field(None, exclude_if=is_none)
+    stop_reason: StopReason | None = Field(None, exclude_if=is_none)
     step: int = 0  # the step under way (1, 2, 3); 0 before the first is issued
     # One per member instance, in the order of `Plan.member_instances()`.
     answers: list[Call] = Field(default_factory=list)
     reviews: list[Review] = Field(default_factory=list)  # one per reviewer asked
     not_asked: list[int] = Field(default_factory=list, exclude_if=_is_empty)  # reviewer places
     ranking: list[RankedAnswer] = Field(default_factory=list, exclude_if=_is_empty)
-    chairman: Call | None = Field(None, exclude_if=_is_none)
+    chairman: Call | None = Field(None, exclude_if=is_none)
     usage: Usage = Field(default_factory=Usage)
-    result: RunResult | None = Field(None, exclude_if=_is_none)
+    result: RunResult | None = Field(None, exclude_if=is_none)
     reason: str | None = None
     meta: RunMeta = Field(default_factory=RunMeta)
 
@@ -263,7 +260,10 @@ def decide(state: CouncilState, event: Any) -> Transition[CouncilState]:
         return Transition(state, _after_reviews(state, event.at, sink), sink.texts)
     assert state.chairman is not None
     if state.chairman.status == "failed":
-        return _fail(state, f"the chairman's call failed: {state.chairman.error}", event.at, sink)
+        data = {"answered": 0, "failed": 1}
+        closed = StepCompleted(run_id=state.run_id, step=3, name=STEP_NAMES[3], data=data, at=event.at)
+        reason = f"the chairman's call failed: {state.chairman.error}"
+        return Transition(state, [closed, *_failed(state, reason, event.at, sink)], sink.texts)
     return _complete(state, event.at, sink)
 
 

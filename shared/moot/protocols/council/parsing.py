@@ -17,7 +17,8 @@ they saw (`prompts.review_prompt`). Models keep to that loosely, so `parse_ranki
   as a ranking: such a list follows the letters' order, not a judgement.
 Within an item, the letter is the first word when it is a single letter (lower case too: `1. c`),
 else the letter after "Response" or "Answer", else the first capital letter standing alone that
-was shown (`1. I think C`). A letter that was not shown is ignored, a repeated one keeps its first
+was shown (`1. I think C`, `1. A close call, but C`: a leading "I" or "A" followed by a
+lower-case word is the English word). A letter that was not shown is ignored, a repeated one keeps its first
 place, and a ranking that leaves letters out is used as far as it goes; each is reported in
 `problems`. A review without any letter shown is unreadable (`letters` empty).
 """
@@ -36,6 +37,8 @@ _NUMBERED = re.compile(r"^\s*\(?(\d{1,2})(?:\s*[.):\]-]\s*|\s+)(.*)$")
 _NAMED = r"(?:(?:response|answer|option)[\s:]*)?"
 # The item's first word when it is a single letter; lower case too ("1. c"), but not a word.
 _LEAD = re.compile(rf"^{_NAMED}[(\[]?([a-z])[)\]]?(?![a-z0-9'\u2019])", re.IGNORECASE)
+# What makes a leading "I" or "A" the English word: a lower-case word after it.
+_WORD_AFTER = re.compile(r"\s+[a-z]")
 _AFTER_NAME = re.compile(r"\b(?:response|answer)\s+([a-z])\b", re.IGNORECASE)
 _CAPITAL = re.compile(r"\b([A-Z])\b")
 # An item that is a letter alone: nothing after it but punctuation.
@@ -141,12 +144,21 @@ def _clean(line: str) -> str:
 def _item_letter(item: str, shown: list[str]) -> str | None:
     """The letter an item names (see the module's docstring), upper case; None if it names none."""
     lead = _LEAD.match(item)
+    if lead is not None and lead.group(1) in "IiAa" and _WORD_AFTER.match(item, lead.end()):
+        lead = None  # "I think C", "A close call, but C": the English word, not a letter
     if lead is not None and lead.group(1).upper() in shown:
         return lead.group(1).upper()
     named = _AFTER_NAME.search(item)
     if named is not None and named.group(1).upper() in shown:
         return named.group(1).upper()
-    capital = next((m.group(1) for m in _CAPITAL.finditer(item) if m.group(1) in shown), None)
+    capital = next(
+        (
+            m.group(1)
+            for m in _CAPITAL.finditer(item)
+            if m.group(1) in shown and not (m.group(1) in "IA" and _WORD_AFTER.match(item, m.end()))
+        ),
+        None,
+    )
     if capital is not None:
         return capital
     return lead.group(1).upper() if lead is not None else None

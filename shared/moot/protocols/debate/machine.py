@@ -117,6 +117,7 @@ from moot.protocols.base import (
     dead_lettered,
     end_at_deadline,
     end_early,
+    is_none,
     over_budget,
     stored_history,
 )
@@ -190,10 +191,6 @@ class Member(BaseModel):
         )
 
 
-def _none(value: Any) -> bool:
-    return value is None
-
-
 class Call(BaseModel):
     """One model call of the debate and what came of it.
 
@@ -204,17 +201,17 @@ class Call(BaseModel):
     role: CallRole
     model: str
     instance: int
-    debater_number: int | None = Field(None, exclude_if=_none)  # None for the judge
+    debater_number: int | None = Field(None, exclude_if=is_none)  # None for the judge
     status: CallStatus = "pending"
-    text: Text | None = Field(None, exclude_if=_none)
-    error: str | None = Field(None, exclude_if=_none)
+    text: Text | None = Field(None, exclude_if=is_none)
+    error: str | None = Field(None, exclude_if=is_none)
     usage: Usage = Field(default_factory=Usage)
     latency_ms: int = 0
     attempts: int = 0
     worker: str = ""
     # conviction calls only: what the answer says (a failed call is not convinced)
-    convinced: bool | None = Field(None, exclude_if=_none)
-    convinced_by: int | None = Field(None, exclude_if=_none)
+    convinced: bool | None = Field(None, exclude_if=is_none)
+    convinced_by: int | None = Field(None, exclude_if=is_none)
 
 
 class Round(BaseModel):
@@ -230,7 +227,7 @@ class Round(BaseModel):
     kept: int | None = None  # convinced, but kept in because everyone was
     # The round's block of the transcript (`prompts.round_block`), stored when the round closes:
     # later prompts quote each closed round as one part, not one per turn (`prompts.transcript`).
-    transcript: Parts | None = Field(None, exclude_if=_none)
+    transcript: Parts | None = Field(None, exclude_if=is_none)
 
 
 class DebateState(BaseModel):
@@ -251,8 +248,8 @@ class DebateState(BaseModel):
     created_at: datetime
     finished_at: datetime | None = None
     deadline: datetime | None = None  # created_at + the budget's seconds (None: a state from before budgets)
-    limits: Limits | None = Field(None, exclude_if=_none)  # the budget's tokens and USD, when it sets any
-    stop_reason: StopReason | None = Field(None, exclude_if=_none)
+    limits: Limits | None = Field(None, exclude_if=is_none)  # the budget's tokens and USD, when it sets any
+    stop_reason: StopReason | None = Field(None, exclude_if=is_none)
     debaters: list[Debater]
     rounds: list[Round] = Field(default_factory=list)
     final: Call | None = None

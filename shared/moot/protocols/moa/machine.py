@@ -59,6 +59,7 @@ from moot.protocols.base import (
     dead_lettered,
     end_at_deadline,
     end_early,
+    is_none,
     over_budget,
     stored_history,
 )
@@ -78,10 +79,6 @@ from moot.views import (
 )
 
 
-def _is_none(value: object) -> bool:
-    return value is None
-
-
 class Call(BaseModel):
     """One model call and what came of it; its answer by reference when long.
 
@@ -90,8 +87,8 @@ class Call(BaseModel):
     """
 
     status: CallStatus = "pending"
-    text: Text | None = Field(None, exclude_if=_is_none)
-    error: str | None = Field(None, exclude_if=_is_none)
+    text: Text | None = Field(None, exclude_if=is_none)
+    error: str | None = Field(None, exclude_if=is_none)
     usage: Usage = Field(default_factory=Usage)
     latency_ms: int = 0
     attempts: int = 0
@@ -140,8 +137,8 @@ class MoaState(BaseModel):
     created_at: datetime
     finished_at: datetime | None = None
     deadline: datetime
-    limits: Limits | None = Field(None, exclude_if=_is_none)  # the budget's tokens and USD, when it sets any
-    stop_reason: StopReason | None = Field(None, exclude_if=_is_none)
+    limits: Limits | None = Field(None, exclude_if=is_none)  # the budget's tokens and USD, when it sets any
+    stop_reason: StopReason | None = Field(None, exclude_if=is_none)
     layers: list[Layer] = Field(default_factory=list)  # asked so far; only the last may be under way
     aggregator: Call | None = None
     usage: Usage = Field(default_factory=Usage)
@@ -204,7 +201,10 @@ def decide(state: MoaState, event: Any) -> Transition[MoaState]:
     state = _record_outcome(state, call, event, sink)
     if answers_aggregator:
         if isinstance(event, CallFailed):
-            commands = _fail(state, f"aggregator call failed: {event.error}", event.at, sink)
+            data = {"answered": 0, "failed": 1}
+            step = state.plan.aggregate_step
+            closed = StepCompleted(run_id=state.run_id, step=step, name="aggregate", data=data, at=event.at)
+            commands = [closed, *_fail(state, f"aggregator call failed: {event.error}", event.at, sink)]
         else:
             commands = _finish(state, event.at, sink)
         return Transition(state, commands, sink.texts)

@@ -90,6 +90,7 @@ from moot.protocols.base import (
     dead_lettered,
     end_at_deadline,
     end_early,
+    is_none,
     over_budget,
     stored_history,
 )
@@ -138,10 +139,6 @@ _FORMAT_WORDS: dict[AnswerFormat, str] = {
 _ENDS = (RunCompleted, RunFailed, RunCancelled)
 
 
-def _is_none(value: object) -> bool:
-    return value is None
-
-
 class Vote(BaseModel):
     """One voter's call and what came of it, its texts by reference when long.
 
@@ -150,14 +147,14 @@ class Vote(BaseModel):
     """
 
     status: CallStatus = "pending"
-    text: Text | None = Field(None, exclude_if=_is_none)
+    text: Text | None = Field(None, exclude_if=is_none)
     # What it counts as (`parsing.key_text`); None: not counted (pending, failed or unreadable).
-    key: Text | None = Field(None, exclude_if=_is_none)
+    key: Text | None = Field(None, exclude_if=is_none)
     # `free` votes only: the answer as written (`parsing.Reading.answer`), the run's answer when
     # it is the majority's first.
-    answer: Text | None = Field(None, exclude_if=_is_none)
-    confidence: float | None = Field(None, exclude_if=_is_none)
-    error: str | None = Field(None, exclude_if=_is_none)
+    answer: Text | None = Field(None, exclude_if=is_none)
+    confidence: float | None = Field(None, exclude_if=is_none)
+    error: str | None = Field(None, exclude_if=is_none)
     usage: Usage = Field(default_factory=Usage)
     latency_ms: int = 0
     attempts: int = 0
@@ -172,28 +169,28 @@ class VoteState(BaseModel):
     request: TextRef  # the whole request (a JSON document), for the view
     prompt: Text
     asked: Parts  # what every voter was asked (`prompts.vote_prompt`): the question and a stored document
-    system: Text | None = Field(None, exclude_if=_is_none)
+    system: Text | None = Field(None, exclude_if=is_none)
     # The conversation the run continues: one stored document of messages (`CallJob.messages`);
     # for a consortium escalation also the same turns as its arbiter reads them.
-    history: TextRef | None = Field(None, exclude_if=_is_none)
+    history: TextRef | None = Field(None, exclude_if=is_none)
     conversation: Parts = Field(default_factory=list)
     members: list[MemberSpec]
     answer_format: AnswerFormat
     choices: list[Text] = Field(default_factory=list)
     agreement_threshold: float
-    temperature: float | None = Field(None, exclude_if=_is_none)
-    max_tokens: int | None = Field(None, exclude_if=_is_none)
-    escalate: Escalation | None = Field(None, exclude_if=_is_none)
+    temperature: float | None = Field(None, exclude_if=is_none)
+    max_tokens: int | None = Field(None, exclude_if=is_none)
+    escalate: Escalation | None = Field(None, exclude_if=is_none)
     # The consortium or debate request the vote goes on as (a JSON document): its view's `request`.
-    escalate_request: TextRef | None = Field(None, exclude_if=_is_none)
+    escalate_request: TextRef | None = Field(None, exclude_if=is_none)
     status: RunStatus = "running"
     created_at: datetime
     finished_at: datetime | None = None
     deadline: datetime
-    limits: Limits | None = Field(None, exclude_if=_is_none)
-    stop_reason: StopReason | None = Field(None, exclude_if=_is_none)
+    limits: Limits | None = Field(None, exclude_if=is_none)
+    stop_reason: StopReason | None = Field(None, exclude_if=is_none)
     votes: list[Vote] = Field(default_factory=list)  # one per voter, in `voters()` order, once asked
-    escalation: ConsortiumState | DebateState | None = Field(None, exclude_if=_is_none)
+    escalation: ConsortiumState | DebateState | None = Field(None, exclude_if=is_none)
     # After an escalation: the escalation's, which counts the votes too.
     usage: Usage = Field(default_factory=Usage)
     result: VoteResult | None = None
