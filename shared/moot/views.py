@@ -434,6 +434,9 @@ class RunSummary(BaseModel):
     mode: Mode | None = None
     status: RunStatus
     prompt: str | None = None
+    members: list[str] = Field(
+        default_factory=list, description='Who takes part: each model once, "model xN" for N instances.'
+    )
     reason: str | None = None
     created_at: Timestamp | None = None
     finished_at: Timestamp | None = None

@@ -63,6 +63,20 @@ BEHAVIOURS: dict[str, dict[str, Any]] = {
     "nine": {"latency_ms": 20, "reply": "I make it 9."},
     # A model with a price (PRICES): its calls cost something (per-key daily spend).
     "priced": {"latency_ms": 20},
+    # The web view (test_web.py): members slow enough to watch, an arbiter that always asks for
+    # another iteration (a run of exactly max_iterations), a judge that stops after round 2 and
+    # whose verdict streams for seconds, and a member whose answer is markup that would run if it
+    # were ever parsed as HTML.
+    "ponder": {"latency_ms": 1000},
+    "web_arb": {"latency_ms": 100, "arbiter_confidence": 0.6, "arbiter_needs_iteration": True},
+    "web_judge": {
+        "reply": "STOP - " + " ".join(f"point{i} weighs the debate;" for i in range(1, 16)),
+        "chunk_delay_ms": 120,
+    },
+    "xss": {
+        "latency_ms": 20,
+        "reply": '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2"> Confidence: 0.8',
+    },
 }
 # USD per token of the models that have a price, passed to litellm in the model list.
 PRICES = {"priced": 0.001}

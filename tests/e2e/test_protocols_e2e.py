@@ -8,6 +8,7 @@ commands for these modes are in test_cli_protocols.py.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from typing import Any
 
@@ -171,6 +172,13 @@ async def test_a_two_layer_mixture_of_three_proposers(client: MootClient, model_
     assert "m2's answer" not in first["messages"][-1]["content"]
     assert "m2's answer" in second["messages"][-1]["content"]
     assert [n for _, n, _ in _steps(events)][::2] == [1, 2, 3]
+    # The runs list names who took part, whatever the mode (here every layer's proposers).
+    for _ in range(50):
+        listed = [r for r in await client.list_runs(100) if r["id"] == run["id"]]
+        if listed:
+            break
+        await asyncio.sleep(0.2)
+    assert listed[0]["members"] == ["m1 x2", "m2 x2", "m3 x2"] and listed[0]["mode"] == "moa"
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ from moot_gateway.errors import (
     validation_error_handler,
 )
 from moot_gateway.limits import BodyLimit
-from moot_gateway.routes import configs, health, openai, runs
+from moot_gateway.routes import configs, health, openai, runs, web
 from moot_gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,7 @@ def create_app(settings: MootSettings | None = None, gateway: GatewaySettings | 
     app.include_router(runs.router)
     app.include_router(configs.router)
     app.include_router(openai.router)
+    app.include_router(web.router)  # the web view (docs/web.md)
     return app
 
 

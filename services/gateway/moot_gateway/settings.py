@@ -5,7 +5,7 @@ Every limit is listed with its default in docs/architecture.md ("Limits").
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -43,6 +43,18 @@ class GatewaySettings(BaseSettings):
     )
     # Origins a browser may call the API from (comma-separated, or "*"); none by default: CORS off.
     cors_origins: str = Field("", validation_alias=AliasChoices("MOOT_CORS_ORIGINS", "cors_origins"))
+    # Where the web view links a run's trace (Jaeger, Tempo, ...), `{trace_id}` standing for its id;
+    # none by default: no link.
+    trace_url_template: str = Field(
+        "", validation_alias=AliasChoices("MOOT_TRACE_URL_TEMPLATE", "trace_url_template")
+    )
+
+    @field_validator("trace_url_template")
+    @classmethod
+    def _trace_url(cls, v: str) -> str:
+        if v and (not v.startswith(("http://", "https://")) or "{trace_id}" not in v):
+            raise ValueError("MOOT_TRACE_URL_TEMPLATE must be an http(s) URL containing {trace_id}")
+        return v
 
     def cors_origin_list(self) -> list[str]:
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]

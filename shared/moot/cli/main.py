@@ -60,6 +60,7 @@ async def _up(args: argparse.Namespace) -> int:
         key = await local_key(stack.infrastructure.database_url, str(stack.data_dir))
         print(f"moot: API key for this stack (kept in {stack.data_dir}/local-api-key):", file=sys.stderr)
         print(f"export MOOT_URL={stack.gateway_url} MOOT_API_KEY={key}", flush=True)
+        print(f"moot: the web view: {stack.gateway_url}/ (sign in with the API key)", file=sys.stderr)
 
     code: int = await stack.run_forever(on_ready=print_local_key)
     return code

@@ -1,5 +1,9 @@
 """`moot demo`: start the stack, run a consortium (and, on the local model, a short debate), print the answers, stop.
 
+It prints where to watch the runs in a browser (the web view, docs/web.md) and the key to sign
+in with; run from a terminal, it keeps the stack up after the runs until Ctrl-C, so they can be
+looked at there.
+
 Which models answer:
 - no model list and no `--test-models` (or `--local`): the embedded local model (`moot.devstack.localmodel`),
   installed on first use; a consortium of `local:3` with arbiter `local`, then a debate of
@@ -19,6 +23,8 @@ streams, under its heading. Progress goes to stderr. The exit code is 0 when eve
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -155,10 +161,20 @@ async def run_demo(args: argparse.Namespace, make_stack: Callable[..., Any]) -> 
     async with stack:
         _err(f"moot is up: {stack.gateway_url}")
         key = await local_key(stack.infrastructure.database_url, str(stack.data_dir))
+        _err(f"watch the runs in a browser: {stack.gateway_url}/runs (sign in with the API key {key})")
         async with MootClient(stack.gateway_url, api_key=key) as client:
             for number, body in enumerate(bodies):
                 if len(bodies) > 1:
-                    what = "consortium" if body["mode"] == "consortium" else "debate"
-                    _stdout(f"{'' if number == 0 else chr(10)}== {what}: {body['prompt']}\n")
+                    _stdout(f"{'' if number == 0 else chr(10)}== {body['mode']}: {body['prompt']}\n")
                 ok = await _follow(client, body, _stdout) and ok
+        if sys.stdin.isatty():
+            # Someone at a terminal may be looking at the runs in the web view: keep it up for them.
+            _err(f"the stack stays up for the web view ({stack.gateway_url}/runs); Ctrl-C stops it")
+            await _until_interrupted()
     return 0 if ok else 1
+
+
+async def _until_interrupted() -> None:
+    """Wait until Ctrl-C (asyncio.run then cancels this wait, and the stack stops on the way out)."""
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.Event().wait()

@@ -69,13 +69,26 @@ async def fetch_run_view(pool: _Fetcher, run_id: str) -> AnyRunView | None:
     )
 
 
+# Who takes part, whatever the mode: the request's `members` (a Mixture-of-Agents': every layer's
+# proposers), each {model, count}.
 _RECENT_RUNS = f"""
-SELECT id, mode, status, prompt, reason, created_at, finished_at, input_tokens, output_tokens, cost_usd
+SELECT id, mode, status, prompt, reason, created_at, finished_at, input_tokens, output_tokens, cost_usd,
+       COALESCE(request->'members', jsonb_path_query_array(request, '$.layers[*][*]'))::text AS members
 FROM {RUNS_TABLE} WHERE owner = $1 ORDER BY created_at DESC NULLS LAST LIMIT $2
 """
+
+
+def _members(members: str | None) -> list[str]:
+    """`["a", "b x2"]` from the request's member entries (each model once, its count when over 1)."""
+    entries = json.loads(members) if members else []
+    counts: dict[str, int] = {}
+    for entry in entries if isinstance(entries, list) else []:
+        if isinstance(entry, dict) and isinstance(entry.get("model"), str):
+            counts[entry["model"]] = counts.get(entry["model"], 0) + int(entry.get("count") or 1)
+    return [model if n == 1 else f"{model} x{n}" for model, n in counts.items()]
 
 
 async def recent_runs(pool: Any, owner: str, limit: int) -> list[RunSummary]:
     """The owner's most recent runs, newest first (as recorded: a run appears within a batch)."""
     rows = await pool.fetch(_RECENT_RUNS, owner, limit)
-    return [RunSummary.model_validate(dict(r)) for r in rows]
+    return [RunSummary.model_validate({**dict(r), "members": _members(r["members"])}) for r in rows]
