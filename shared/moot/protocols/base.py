@@ -12,6 +12,8 @@ from pydantic import BaseModel, Field
 
 from moot.messages import (
     AnyRunEvent,
+    CallCompleted,
+    CallFailed,
     CallJob,
     CancelRequested,
     DeadLettered,
@@ -22,7 +24,7 @@ from moot.messages import (
     RunFailed,
 )
 from moot.requests import Budget, ChatMessage, RunMeta
-from moot.texts import ImagePart, Parts, TextRef, TextSink, compose, join
+from moot.texts import ImagePart, Parts, Text, TextRef, TextSink, compose, join
 from moot.views import AnyRunView, StopReason, Usage
 
 S = TypeVar("S", bound=BaseModel)
@@ -287,3 +289,44 @@ def conversation_parts(history: list[JobMessage]) -> Parts:
         ),
         "\n",
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Calls: what every protocol asks a model and reads back
+
+
+def answer_of(event: CallCompleted) -> str:
+    """A completed call's answer: `decide()` reads it, so it is plain text here (`RunStore.apply`
+    fetches a long answer sent by reference before deciding); TypeError otherwise."""
+    if not isinstance(event.text, str):
+        raise TypeError(f"call {event.call_id}: decide() needs the answer's text, not its reference")
+    return event.text
+
+
+def outcome_of(
+    event: CallCompleted | CallFailed, usage: Usage, limits: Limits | None, sink: TextSink
+) -> tuple[dict[str, Any], Usage, Limits | None]:
+    """What a call's outcome sets on the call (attempts, latency, worker, then its status with the
+    answer by reference and its usage, or its error), and the run's spend and limits after it."""
+    outcome: dict[str, Any] = {
+        "attempts": event.attempts,
+        "latency_ms": event.latency_ms,
+        "worker": event.worker,
+    }
+    if isinstance(event, CallFailed):
+        outcome.update(status="failed", error=event.error)
+        return outcome, usage, limits
+    outcome.update(status="completed", text=sink.text(answer_of(event)), usage=event.usage)
+    return outcome, usage.plus(event.usage), limits.after(event.usage) if limits is not None else None
+
+
+def job_messages(system: Text | None, history: TextRef | None, prompt: Parts) -> list[JobMessage | TextRef]:
+    """A call's messages: the run's system prompt, the conversation it continues (one stored
+    document, `stored_history`), then what this call asks."""
+    messages: list[JobMessage | TextRef] = []
+    if system:
+        messages.append(JobMessage(role="system", content=[system]))
+    if history is not None:
+        messages.append(history)
+    messages.append(JobMessage(role="user", content=prompt))
+    return messages

@@ -45,12 +45,15 @@ from moot.protocols.base import (
     Command,
     Limits,
     Transition,
+    answer_of,
     cancel,
     conversation_parts,
     dead_lettered,
     end_at_deadline,
     end_early,
     is_none,
+    job_messages,
+    outcome_of,
     over_budget,
     stored_history,
 )
@@ -226,7 +229,7 @@ def decide(state: ConsortiumState, event: Any) -> Transition[ConsortiumState]:
 
     if isinstance(event, CallFailed):
         return _fail(state, f"arbiter call failed in iteration {it.number}: {event.error}", event.at, sink)
-    return _judge_iteration(state, _answer(event), event.at, sink)
+    return _judge_iteration(state, answer_of(event), event.at, sink)
 
 
 def seeded(
@@ -342,15 +345,10 @@ def _conversation(state: ConsortiumState, index: int, prompt: Parts) -> list[Job
     The conversation the run continues and the instance's earlier turns are one reference each
     (stored lists of messages).
     """
-    messages: list[JobMessage | TextRef] = []
-    if state.system:
-        messages.append(JobMessage(role="system", content=[state.system]))
-    if state.history is not None:
-        messages.append(state.history)
+    messages = job_messages(state.system, state.history, prompt)
     head = state.heads[index]
     if head is not None:
-        messages.append(head)
-    messages.append(JobMessage(role="user", content=prompt))
+        messages.insert(-1, head)
     return messages
 
 
@@ -601,33 +599,14 @@ def _pending_call(state: ConsortiumState, event_call_id: str) -> Call | None:
     return None
 
 
-def _answer(event: CallCompleted) -> str:
-    if not isinstance(event.text, str):
-        # RunStore.apply fetches a referenced answer before deciding: the machine reads it.
-        raise TypeError(f"call {event.call_id}: decide() needs the answer's text, not its reference")
-    return event.text
-
-
 def _record_outcome(
     state: ConsortiumState, call: Call, event: CallCompleted | CallFailed, sink: TextSink
 ) -> ConsortiumState:
     """A copy of `state` with the call's outcome: only the current iteration and the call are new."""
-    outcome: dict[str, Any] = {
-        "attempts": event.attempts,
-        "latency_ms": event.latency_ms,
-        "worker": event.worker,
-    }
-    usage, limits = state.usage, state.limits
+    outcome, usage, limits = outcome_of(event, state.usage, state.limits, sink)
     it = state.current
-    if isinstance(event, CallCompleted):
-        text = _answer(event)
-        outcome.update(status="completed", text=sink.text(text), usage=event.usage)
-        if call is not it.arbiter:
-            outcome["confidence"] = extract_member_confidence(text)
-        usage = usage.plus(event.usage)
-        limits = limits.after(event.usage) if limits is not None else None
-    else:
-        outcome.update(status="failed", error=event.error)
+    if isinstance(event, CallCompleted) and call is not it.arbiter:
+        outcome["confidence"] = extract_member_confidence(answer_of(event))
 
     if call is it.arbiter:
         it = it.model_copy(update={"arbiter": call.model_copy(update=outcome)})

@@ -69,7 +69,6 @@ from moot.messages import (
     CancelRequested,
     DeadLettered,
     DeadlinePassed,
-    JobMessage,
     RunCompleted,
     RunCreated,
     RunFailed,
@@ -85,6 +84,8 @@ from moot.protocols.base import (
     end_at_deadline,
     end_early,
     is_none,
+    job_messages,
+    outcome_of,
     over_budget,
     stored_history,
 )
@@ -517,12 +518,7 @@ def _fail(state: CouncilState, reason: str, at: datetime, sink: TextSink) -> Tra
 
 def _job(state: CouncilState, step: Step, model: str, instance: int, prompt: Parts) -> CallJob:
     """A call of `step`: the system prompt, the conversation the run continues, then `prompt`."""
-    messages: list[JobMessage | TextRef] = []
-    if state.system:
-        messages.append(JobMessage(role="system", content=[state.system]))
-    if state.history is not None:
-        messages.append(state.history)
-    messages.append(JobMessage(role="user", content=prompt))
+    messages = job_messages(state.system, state.history, prompt)
     return CallJob(
         call_id=CallJob.make_id(state.run_id, step, ROLES[step], model, instance),
         run_id=state.run_id,
@@ -566,19 +562,7 @@ def _record_outcome(
     state: CouncilState, place: int, event: CallCompleted | CallFailed, sink: TextSink
 ) -> CouncilState:
     """A copy of `state` with the call's outcome: only the call and the list holding it are new."""
-    outcome: dict[str, Any] = {
-        "attempts": event.attempts,
-        "latency_ms": event.latency_ms,
-        "worker": event.worker,
-    }
-    usage, limits = state.usage, state.limits
-    if isinstance(event, CallCompleted):
-        kept = sink.text(event.text) if isinstance(event.text, str) else event.text
-        outcome.update(status="completed", text=kept, usage=event.usage)
-        usage = usage.plus(event.usage)
-        limits = limits.after(event.usage) if limits is not None else None
-    else:
-        outcome.update(status="failed", error=event.error)
+    outcome, usage, limits = outcome_of(event, state.usage, state.limits, sink)
     update: dict[str, Any] = {"usage": usage, "limits": limits}
     if state.step == 1:
         update["answers"] = [

@@ -43,7 +43,6 @@ from moot.messages import (
     CancelRequested,
     DeadLettered,
     DeadlinePassed,
-    JobMessage,
     Role,
     RunCompleted,
     RunCreated,
@@ -60,6 +59,8 @@ from moot.protocols.base import (
     end_at_deadline,
     end_early,
     is_none,
+    job_messages,
+    outcome_of,
     over_budget,
     stored_history,
 )
@@ -317,12 +318,7 @@ def _finish(state: MoaState, at: datetime, sink: TextSink) -> list[Command]:
 
 def _job(state: MoaState, step: int, role: Role, model: str, instance: int, prompt: Parts) -> CallJob:
     """A call: the request's system message, the conversation it continues (one reference), the prompt."""
-    messages: list[JobMessage | TextRef] = []
-    if state.system:
-        messages.append(JobMessage(role="system", content=[state.system]))
-    if state.history is not None:
-        messages.append(state.history)
-    messages.append(JobMessage(role="user", content=prompt))
+    messages = job_messages(state.system, state.history, prompt)
     return CallJob(
         call_id=CallJob.make_id(state.run_id, step, role, model, instance),
         run_id=state.run_id,
@@ -406,21 +402,8 @@ def _record_outcome(
     state: MoaState, call: Call, event: CallCompleted | CallFailed, sink: TextSink
 ) -> MoaState:
     """A copy of `state` with the call's outcome: only the call, and the layer that holds it, are new."""
-    outcome: dict[str, Any] = {
-        "attempts": event.attempts,
-        "latency_ms": event.latency_ms,
-        "worker": event.worker,
-    }
-    update: dict[str, Any] = {}
-    if isinstance(event, CallCompleted):
-        if not isinstance(event.text, str):
-            # RunStore.apply fetches a referenced answer before deciding: the machine stores it.
-            raise TypeError(f"call {event.call_id}: decide() needs the answer's text, not its reference")
-        outcome.update(status="completed", text=sink.text(event.text), usage=event.usage)
-        update["usage"] = state.usage.plus(event.usage)
-        update["limits"] = state.limits.after(event.usage) if state.limits is not None else None
-    else:
-        outcome.update(status="failed", error=event.error)
+    outcome, usage, limits = outcome_of(event, state.usage, state.limits, sink)
+    update: dict[str, Any] = {"usage": usage, "limits": limits}
     if call is state.aggregator:
         update["aggregator"] = call.model_copy(update=outcome)
     else:

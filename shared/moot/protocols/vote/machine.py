@@ -72,7 +72,6 @@ from moot.messages import (
     CancelRequested,
     DeadLettered,
     DeadlinePassed,
-    JobMessage,
     RunCancelled,
     RunCompleted,
     RunCreated,
@@ -85,12 +84,15 @@ from moot.protocols.base import (
     Command,
     Limits,
     Transition,
+    answer_of,
     cancel,
     conversation_parts,
     dead_lettered,
     end_at_deadline,
     end_early,
     is_none,
+    job_messages,
+    outcome_of,
     over_budget,
     stored_history,
 )
@@ -308,12 +310,7 @@ def view(state: VoteState) -> VoteView:
 
 def _ask_voters(state: VoteState, at: datetime, sink: TextSink) -> list[Command]:
     """Step 1: a job per member instance, all alike, unless the budget cannot take them."""
-    messages: list[JobMessage | TextRef] = []
-    if state.system:
-        messages.append(JobMessage(role="system", content=[state.system]))
-    if state.history is not None:
-        messages.append(state.history)
-    messages.append(JobMessage(role="user", content=state.asked))
+    messages = job_messages(state.system, state.history, state.asked)
     jobs = [
         CallJob(
             call_id=_call_id(state, model, instance),
@@ -580,40 +577,19 @@ def _pending_vote(state: VoteState, call_id: str) -> int | None:
     return None
 
 
-def _answer(event: CallCompleted) -> str:
-    if not isinstance(event.text, str):
-        # RunStore.apply fetches a referenced answer before deciding: the machine reads it.
-        raise TypeError(f"call {event.call_id}: decide() needs the answer's text, not its reference")
-    return event.text
-
-
 def _record_outcome(
     state: VoteState, index: int, event: CallCompleted | CallFailed, sink: TextSink
 ) -> VoteState:
     """A copy of `state` with the vote's outcome, read: only the votes and that vote are new."""
-    outcome: dict[str, Any] = {
-        "attempts": event.attempts,
-        "latency_ms": event.latency_ms,
-        "worker": event.worker,
-    }
-    usage, limits = state.usage, state.limits
+    outcome, usage, limits = outcome_of(event, state.usage, state.limits, sink)
     if isinstance(event, CallCompleted):
-        text = _answer(event)
+        text = answer_of(event)
         reading = read_vote(text, state.answer_format, state.choices)
-        outcome.update(
-            status="completed",
-            text=sink.text(text),
-            confidence=extract_member_confidence(text),
-            usage=event.usage,
-        )
+        outcome["confidence"] = extract_member_confidence(text)
         if reading.key is not None:
             outcome["key"] = sink.text(key_text(reading.key))
             if state.answer_format == "free":
                 outcome["answer"] = sink.text(reading.answer)
-        usage = usage.plus(event.usage)
-        limits = limits.after(event.usage) if limits is not None else None
-    else:
-        outcome.update(status="failed", error=event.error)
     votes = [v.model_copy(update=outcome) if i == index else v for i, v in enumerate(state.votes)]
     return state.model_copy(update={"votes": votes, "usage": usage, "limits": limits})
 
