@@ -243,7 +243,8 @@ def command_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="start the stack, run a consortium (and on the local model a short debate), print the answers, stop",
+        help="start the stack, run a consortium (and on the local model a short debate), print the answers,"
+        " stop (from a terminal: after Ctrl-C, so the runs can be watched in the web view)",
     )
     add_up_arguments(demo)
     demo.add_argument("prompt", nargs="?", default=DEMO_PROMPT)

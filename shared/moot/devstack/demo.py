@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -156,7 +157,43 @@ async def run_demo(args: argparse.Namespace, make_stack: Callable[..., Any]) -> 
     if problem:
         _err(f"moot demo: {problem}")
         return 2
+    # Late, as the stack itself: `moot --help` does not pay for it.
+    from moot.devstack.stack import StackError
+
     stack = make_stack(args)
+    signalled = _cancel_on_hangup_or_terminate()
+    try:
+        return await _demo(stack, bodies)
+    except asyncio.CancelledError:
+        if not signalled:
+            raise
+        # The terminal closed or someone asked it to stop: the stack has stopped on the way out.
+        _err(f"moot demo: {signalled[0].name}: stopped")
+        return 128 + signalled[0].value
+    except StackError as exc:  # a message, not a traceback, for the person at the terminal
+        _err(f"moot demo: error: {exc}")
+        return 1
+
+
+def _cancel_on_hangup_or_terminate() -> list[signal.Signals]:
+    """SIGHUP (the terminal closed) and SIGTERM cancel the demo as Ctrl-C does, so its stack stops
+    rather than being left running; the list gets the signal that came."""
+    task = asyncio.current_task()
+    came: list[signal.Signals] = []
+
+    def cancel(sig: signal.Signals) -> None:
+        if task is not None and not came:
+            came.append(sig)
+            task.cancel()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGHUP, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows / non-main thread
+            loop.add_signal_handler(sig, cancel, sig)
+    return came
+
+
+async def _demo(stack: Any, bodies: list[dict[str, Any]]) -> int:
     ok = True
     async with stack:
         _err(f"moot is up: {stack.gateway_url}")
@@ -168,13 +205,8 @@ async def run_demo(args: argparse.Namespace, make_stack: Callable[..., Any]) -> 
                     _stdout(f"{'' if number == 0 else chr(10)}== {body['mode']}: {body['prompt']}\n")
                 ok = await _follow(client, body, _stdout) and ok
         if sys.stdin.isatty():
-            # Someone at a terminal may be looking at the runs in the web view: keep it up for them.
+            # Someone at a terminal may be looking at the runs in the web view: keep it up for them
+            # until Ctrl-C (or SIGHUP, SIGTERM): the wait is cancelled and the stack stops on the way out.
             _err(f"the stack stays up for the web view ({stack.gateway_url}/runs); Ctrl-C stops it")
-            await _until_interrupted()
+            await asyncio.Event().wait()
     return 0 if ok else 1
-
-
-async def _until_interrupted() -> None:
-    """Wait until Ctrl-C (asyncio.run then cancels this wait, and the stack stops on the way out)."""
-    with contextlib.suppress(asyncio.CancelledError):
-        await asyncio.Event().wait()
