@@ -77,9 +77,16 @@ BEHAVIOURS: dict[str, dict[str, Any]] = {
         "latency_ms": 20,
         "reply": '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2"> Confidence: 0.8',
     },
+    # Evaluations (test_eval_e2e.py): a solver of the generated datasets right on 60 % of its
+    # calls, each call's error independent and seeded (moot.eval.datasets.solve), priced; a solver
+    # of the multiple-choice set; a judge that accepts everything, one that accepts nothing.
+    "solver": {"latency_ms": 5, "solver_accuracy": 0.6, "seed": 7},
+    "chooser": {"latency_ms": 5, "solver_accuracy": 0.8, "seed": 3},
+    "lenient": {"reply": "They say the same thing.\nAnswer: yes"},
+    "strict": {"reply": "They differ.\nAnswer: no"},
 }
 # USD per token of the models that have a price, passed to litellm in the model list.
-PRICES = {"priced": 0.001}
+PRICES = {"priced": 0.001, "solver": 0.000001, "lenient": 0.000002}
 
 
 @pytest.fixture(scope="session")
@@ -130,6 +137,9 @@ async def stack(
             "MOOT_WORKER_CONCURRENCY": "2",
             "MOOT_WORKER_BACKOFF_BASE_SECONDS": "0.2",
             "MOOT_SWEEP_INTERVAL_SECONDS": "0.5",
+            # An evaluation whose gateway died is taken over within seconds, not half a minute.
+            "MOOT_EVAL_LEASE_SECONDS": "3",
+            "MOOT_EVAL_POLL_SECONDS": "1",
         },
         progress=None,
     ) as running:

@@ -72,6 +72,8 @@ FAILING_MODEL = "broken"
 # not reach the examples and coverage phases).
 _RUN_BODIES = {("POST", "/v1/runs"), ("PUT", "/v1/consortiums/{name}")}
 _CHAT = {("POST", "/v1/chat/completions")}
+# An evaluation's strategies are run submissions without a prompt, held as JSON objects.
+_EVALS = {("POST", "/v1/evals")}
 
 
 def _is_model_name(value: object) -> bool:
@@ -216,13 +218,14 @@ def _not_applicable(case: Case, response: Response) -> list[CheckFunction]:
     exists, a prompt that is not blank. A chat completion is a run of a saved configuration with
     the messages' last user message as its prompt, so the same holds for it. A body valid by the
     document is refused (422 or 400, documented) when it breaks one, so "valid data is accepted"
-    does not apply; every other check still does.
+    does not apply; every other check still does. An evaluation's strategies are such requests
+    too (each is resolved as a run before the evaluation is accepted).
 
     A body over the size cap is refused with 413 before it is read (documented): a refusal,
     which schemathesis's negative check does not count as one.
     """
     excluded: list[CheckFunction] = []
-    if (case.method.upper(), case.operation.path) in _RUN_BODIES | _CHAT:
+    if (case.method.upper(), case.operation.path) in _RUN_BODIES | _CHAT | _EVALS:
         excluded.append(checks.positive_data_acceptance)
     if response.status_code == 413:
         excluded.append(checks.negative_data_rejection)

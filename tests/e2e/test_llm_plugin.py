@@ -27,6 +27,9 @@ from moot.devstack.stack import Stack
 from moot.records.accounts import NO_LIMITS, create_key
 from support import follow
 
+# Seconds per test (a real client program per test): their own phase of scripts/test.
+pytestmark = pytest.mark.clients
+
 SYNTHESIS = "Synthesis by arb"
 # judge_stop's every answer, its streamed verdict included (tests/e2e/conftest.py).
 VERDICT = "STOP - the positions are clear and the stronger one has emerged."

@@ -30,6 +30,9 @@ from moot.cli.client import MootClient
 from moot.devstack.model_server import ModelServer
 from moot.devstack.stack import Stack, free_ports
 
+# Seconds per test (a real client program per test): their own phase of scripts/test.
+pytestmark = pytest.mark.clients
+
 SYNTHESIS = "Synthesis by arb"  # what the test arbiter writes (tests/e2e/conftest.py)
 VERDICT = "STOP - the positions are clear and the stronger one has emerged."
 TRANSPORTS = ("stdio", "http")

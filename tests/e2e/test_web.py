@@ -41,9 +41,12 @@ from moot.devstack.stack import Stack
 CHROMIUM = os.environ.get("MOOT_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOTS = os.environ.get("MOOT_WEB_SCREENSHOTS")
 
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists() and not os.environ.get("CI"), reason=f"no Chromium at {CHROMIUM}"
-)
+pytestmark = [
+    pytest.mark.clients,
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists() and not os.environ.get("CI"), reason=f"no Chromium at {CHROMIUM}"
+    ),
+]
 
 # What the test models say (tests/e2e/conftest.py).
 VERDICT = "STOP - " + " ".join(f"point{i} weighs the debate;" for i in range(1, 16))

@@ -39,6 +39,8 @@ TABLES = (
     "saved_configs",
     "key_rates",
     "key_runs",
+    "evals",
+    "eval_items",
 )
 
 MakeDatabase = Callable[[], Awaitable[str]]
@@ -92,7 +94,13 @@ async def catalog(url: str) -> dict[str, Any]:
 
 
 def test_the_package_holds_numbered_migrations() -> None:
-    assert [m.label for m in KNOWN] == ["0001_initial", "0002_accounts", "0003_key_limits", "0004_steps"]
+    assert [m.label for m in KNOWN] == [
+        "0001_initial",
+        "0002_accounts",
+        "0003_key_limits",
+        "0004_steps",
+        "0005_evals",
+    ]
     assert all(len(m.checksum) == 64 for m in KNOWN)
 
 
@@ -155,7 +163,8 @@ async def test_a_database_migrated_by_a_newer_moot(empty_database: MakeDatabase,
     async with connection(url) as conn:
         await migrate(conn)
         with pytest.raises(
-            MigrationError, match=r"does not know \(0002_accounts, 0003_key_limits, 0004_steps\).*newer moot"
+            MigrationError,
+            match=r"does not know \(0002_accounts, 0003_key_limits, 0004_steps, 0005_evals\).*newer moot",
         ):
             await migrate(conn, older)
         with caplog.at_level(logging.WARNING, logger="moot.records.migrate"):

@@ -34,8 +34,9 @@ from moot_gateway.errors import (
     http_error_handler,
     validation_error_handler,
 )
+from moot_gateway.evals import EvalDriver
 from moot_gateway.limits import BodyLimit
-from moot_gateway.routes import configs, health, openai, runs, web
+from moot_gateway.routes import configs, evals, health, openai, runs, web
 from moot_gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -82,10 +83,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         raise
     store = RunStore(kv=kv, names=names, publish=publish, texts=texts)
     models = ModelList.load(settings.models_file)
-    app.state.clients = Clients(settings, names, broker, store, pool, gw, models)
+    clients = app.state.clients = Clients(settings, names, broker, store, pool, gw, models)
+    # Evaluations this gateway drives, and those whose gateway died (moot_gateway.evals).
+    driver = app.state.evals = EvalDriver(clients, gw.eval_lease_seconds, gw.eval_poll_seconds)
+    driver.start()
     try:
         yield
     finally:
+        await driver.stop()
         try:
             await broker.stop()
         except nats.errors.Error:
@@ -132,6 +137,7 @@ def create_app(settings: MootSettings | None = None, gateway: GatewaySettings | 
     app.include_router(runs.router)
     app.include_router(configs.router)
     app.include_router(openai.router)
+    app.include_router(evals.router)  # evaluations (docs/eval.md)
     app.include_router(web.router)  # the web view (docs/web.md)
     return app
 

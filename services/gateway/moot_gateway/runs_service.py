@@ -22,7 +22,7 @@ from moot.records.accounts import Principal
 from moot.records.queries import fetch_run_view
 from moot.requests import MODES, ChatMessage, RunMeta, models_named, run_request_adapter
 from moot.runtime.nats import PayloadTooLarge
-from moot.runtime.runstore import OutboxPending
+from moot.runtime.runstore import OutboxPending, RunExists
 from moot.runtime.textstore import TextStore, hydrated
 from moot.texts import TextRef, refs_in
 from moot.views import AnyRunView, run_view_adapter
@@ -188,19 +188,26 @@ def require_nats(clients: Clients) -> None:
         raise unavailable("nats")
 
 
-async def submit(clients: Clients, principal: Principal, request: Any, meta: RunMeta) -> str:
+async def submit(
+    clients: Clients, principal: Principal, request: Any, meta: RunMeta, *, run_id: str | None = None
+) -> str:
     """Admit the run under its key's limits, store it and publish its first commands: its id, or
     nothing stored at all.
 
     A run is accepted once its state is in KV: a first publish that fails then is retried in the
     background (`OutboxPending`). A failure before that (NATS unreachable) is a 503 with
     Retry-After, and the client may submit again: nothing was accepted, nothing counted.
+
+    `run_id`: the id to store it under (an evaluation's, written down before it submits);
+    RunExists when a run has it already, which then stays counted.
     """
     require_nats(clients)
-    run_id = uuid.uuid4().hex
+    run_id = run_id or uuid.uuid4().hex
     await admission.admit(clients, principal, run_id, request.budget.seconds)
     try:
         await _create(clients, run_id, request, meta)
+    except RunExists:
+        raise
     except BaseException:
         await admission.forget(clients, run_id)
         raise

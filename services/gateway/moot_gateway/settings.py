@@ -49,6 +49,16 @@ class GatewaySettings(BaseSettings):
         "", validation_alias=AliasChoices("MOOT_TRACE_URL_TEMPLATE", "trace_url_template")
     )
 
+    # Evaluations (/v1/evals): the gateway driving one renews its lease every third of this; when
+    # it dies, another gateway takes the evaluation over once the lease has run out. Every gateway
+    # looks for such evaluations every `eval_poll_seconds`.
+    eval_lease_seconds: float = Field(
+        30.0, gt=0, validation_alias=AliasChoices("MOOT_EVAL_LEASE_SECONDS", "eval_lease_seconds")
+    )
+    eval_poll_seconds: float = Field(
+        10.0, gt=0, validation_alias=AliasChoices("MOOT_EVAL_POLL_SECONDS", "eval_poll_seconds")
+    )
+
     @field_validator("trace_url_template")
     @classmethod
     def _trace_url(cls, v: str) -> str:

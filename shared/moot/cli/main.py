@@ -21,6 +21,7 @@ import httpx
 from moot.cli import configs as cli_configs
 from moot.cli import database as cli_database
 from moot.cli import deadletters as cli_deadletters
+from moot.cli import evals as cli_evals
 from moot.cli import keys as cli_keys
 from moot.cli import runs as cli_runs
 from moot.cli.client import GatewayError, MootClient
@@ -198,6 +199,8 @@ def _add_gateway_commands(sub: Any) -> None:
     show.add_argument("--json", action="store_true", help="the full run record as JSON")
     show.add_argument("--full", action="store_true", help="every answer in full, not just its first line")
 
+    cli_evals.add_commands(sub, _gateway_command)
+
 
 async def _with_gateway(action: Action) -> int:
     url = gateway_url()
@@ -219,6 +222,8 @@ def _run_admin_or_gateway_command(args: argparse.Namespace) -> int:
             return asyncio.run(cli_deadletters.COMMANDS[args.dead_letters_command](args))
         if args.command == "mcp":
             return mcp_command.run(args)
+        if args.command == "dataset":
+            return cli_evals.dataset_command(args)
         action = args.prepare(args.subparser, args)  # usage errors exit here, before connecting
         return asyncio.run(_with_gateway(action))
     except CliError as exc:

@@ -20,6 +20,7 @@ import httpx
 from httpx_sse import ServerSentEvent
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
+from moot.eval.models import EvalRequest
 from moot.messages import (
     SEED_NAMES,
     TERMINAL_EVENT_TYPES,
@@ -147,6 +148,14 @@ def json_of(response: httpx.Response) -> Any:
 
 def run_path(run_id: str, tail: str = "") -> str:
     return f"/v1/runs/{quote(run_id, safe='')}{tail}"
+
+
+def eval_path(eval_id: str, tail: str = "") -> str:
+    return f"/v1/evals/{quote(eval_id, safe='')}{tail}"
+
+
+def eval_body(request: EvalRequest | Mapping[str, Any]) -> dict[str, Any]:
+    return request.model_dump(mode="json") if isinstance(request, EvalRequest) else dict(request)
 
 
 def config_path(name: str) -> str:

@@ -19,6 +19,7 @@ from httpx_sse import ServerSentEvent, aconnect_sse, connect_sse
 from moot import __version__
 from moot.client import api
 from moot.client.api import RawEvent, RunAccepted, SavedConfig, StreamedEvent, StreamEnded
+from moot.eval.models import EvalRequest
 from moot.requests import AnyRunRequest
 from moot.views import AnyRunView, RunSummary
 
@@ -146,13 +147,37 @@ class Client:
             yield api.raw_event(sse)
 
     def _sse(self, run_id: str, after: str | None) -> Iterator[ServerSentEvent]:
-        path = api.run_path(run_id, "/events")
+        return self._sse_of(api.run_path(run_id, "/events"), after)
+
+    def _sse_of(self, path: str, after: str | None) -> Iterator[ServerSentEvent]:
         headers = api.stream_headers(after)
         with connect_sse(self._http, "GET", path, headers=headers, timeout=api.STREAM_TIMEOUT) as source:
             if source.response.is_error:
                 source.response.read()
                 raise api.error_of(source.response)
             yield from filter(api.is_event, source.iter_sse())
+
+    # evaluations (docs/eval.md)
+
+    def create_eval(self, request: EvalRequest | Mapping[str, Any]) -> dict[str, Any]:
+        """Start an evaluation, or go on with the identical one sent before: `{"id", "created", "links"}`."""
+        accepted: dict[str, Any] = self.request("POST", "/v1/evals", json=api.eval_body(request))
+        return accepted
+
+    def get_eval(self, eval_id: str) -> dict[str, Any]:
+        """Its status, progress and report (`report` validates as `moot.eval.models.Report`)."""
+        found: dict[str, Any] = self.request("GET", api.eval_path(eval_id))
+        return found
+
+    def cancel_eval(self, eval_id: str) -> dict[str, Any]:
+        cancelled: dict[str, Any] = self.request("POST", api.eval_path(eval_id, "/cancel"))
+        return cancelled
+
+    def eval_events(self, eval_id: str, *, after: str | None = None) -> Iterator[RawEvent]:
+        """`eval.item` per scored item (resume with `after`: the last event's id), then its end
+        (`eval.completed`, `eval.failed`, `eval.cancelled`)."""
+        for sse in self._sse_of(api.eval_path(eval_id, "/events"), after):
+            yield api.raw_event(sse)
 
     # saved configurations
 
@@ -278,7 +303,11 @@ class AsyncClient:
                 yield api.raw_event(sse)
 
     async def _sse(self, run_id: str, after: str | None) -> AsyncGenerator[ServerSentEvent, None]:
-        path = api.run_path(run_id, "/events")
+        async with aclosing(self._sse_of(api.run_path(run_id, "/events"), after)) as stream:
+            async for sse in stream:
+                yield sse
+
+    async def _sse_of(self, path: str, after: str | None) -> AsyncGenerator[ServerSentEvent, None]:
         headers = api.stream_headers(after)
         async with aconnect_sse(
             self._http, "GET", path, headers=headers, timeout=api.STREAM_TIMEOUT
@@ -289,6 +318,29 @@ class AsyncClient:
             async for sse in source.aiter_sse():
                 if api.is_event(sse):
                     yield sse
+
+    # evaluations (docs/eval.md)
+
+    async def create_eval(self, request: EvalRequest | Mapping[str, Any]) -> dict[str, Any]:
+        """Start an evaluation, or go on with the identical one sent before: `{"id", "created", "links"}`."""
+        accepted: dict[str, Any] = await self.request("POST", "/v1/evals", json=api.eval_body(request))
+        return accepted
+
+    async def get_eval(self, eval_id: str) -> dict[str, Any]:
+        """Its status, progress and report (`report` validates as `moot.eval.models.Report`)."""
+        found: dict[str, Any] = await self.request("GET", api.eval_path(eval_id))
+        return found
+
+    async def cancel_eval(self, eval_id: str) -> dict[str, Any]:
+        cancelled: dict[str, Any] = await self.request("POST", api.eval_path(eval_id, "/cancel"))
+        return cancelled
+
+    async def eval_events(self, eval_id: str, *, after: str | None = None) -> AsyncGenerator[RawEvent, None]:
+        """`eval.item` per scored item (resume with `after`: the last event's id), then its end
+        (`eval.completed`, `eval.failed`, `eval.cancelled`)."""
+        async with aclosing(self._sse_of(api.eval_path(eval_id, "/events"), after)) as stream:
+            async for sse in stream:
+                yield api.raw_event(sse)
 
     # saved configurations
 

@@ -2,8 +2,9 @@
 
 Tests and benchmarks point litellm (or the ``openai`` client) at this server instead of a real
 provider. Every model name gets a configurable :class:`ModelBehaviour`: latency, random or
-deterministic failures, canned or templated replies, and arbiter answers in well-formed or broken
-tag layouts. Behaviours can be changed at runtime through the ``/_control`` endpoints, and the
+deterministic failures, canned or templated replies, arbiter answers in well-formed or broken
+tag layouts, and a solver that answers generated evaluation questions right with a set
+probability. Behaviours can be changed at runtime through the ``/_control`` endpoints, and the
 server records what it received so tests can assert on what was actually sent.
 
 Standalone (port 0 picks a free port and prints ``listening on http://HOST:PORT``)::
@@ -15,8 +16,9 @@ In-process::
     with ModelServer(ServerConfig(models={"a": ModelBehaviour(reply="hi")})) as server:
         await litellm.acompletion(model="openai/a", api_base=server.url, api_key="test", ...)
 
-Only the standard library, FastAPI/Starlette, uvicorn, pydantic and PyYAML are used, so the
-server can run without the rest of the ``moot`` package.
+Only the standard library, FastAPI/Starlette, uvicorn, pydantic, PyYAML and the pure-Python
+``moot.eval.datasets`` (the solver) are used, so the server can run without the rest of the
+``moot`` package.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ import yaml
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from moot.eval.datasets import solve
 
 __all__ = [
     "ARBITER_MARKER",
@@ -82,6 +86,13 @@ class ModelBehaviour(BaseModel):
     Arbiter requests (see :func:`is_arbiter_request`) are answered per ``arbiter*`` fields; the
     others with ``reply``, else ``reply_template``, else a default ending in ``Confidence: 0.8``.
     ``empty`` and ``malformed_json`` apply to both kinds.
+
+    With ``solver_accuracy`` set, a non-arbiter request whose last user message holds a question
+    of ``moot.eval.datasets``'s generators is answered before any of those: a line of working,
+    then ``Answer: <value>``, right with probability ``solver_accuracy``. Each such call draws
+    on its own, from an RNG seeded by ``seed``, the model, the question and how many times this
+    model was asked it before: the same question asked five times gets the same five outcomes in
+    every server with the same seed, whatever else it is asked in between.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -119,6 +130,17 @@ class ModelBehaviour(BaseModel):
     )
     malformed_json: bool = False
     empty: bool = False
+    solver_accuracy: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Answer generated evaluation questions, right with this probability (None: off).",
+    )
+    solver_errors: Literal["consistent", "scattered"] = Field(
+        default="consistent",
+        description="A wrong answer is the question's one plausible mistake every time (consistent),"
+        " or drawn at random: the number off by 1 to 20, another letter (scattered).",
+    )
 
     @field_validator("reply_template", "arbiter_synthesis")
     @classmethod
@@ -317,9 +339,10 @@ class _ModelStats:
 
 
 class _ModelRuntime:
-    """Per-model state that follows the behaviour: RNGs, fail_first attempts, arbiter call number."""
+    """Per-model state that follows the behaviour: RNGs, fail_first attempts, arbiter call number,
+    solver draws per question."""
 
-    __slots__ = ("arbiter_calls", "attempts", "error_rng", "latency_rng")
+    __slots__ = ("arbiter_calls", "attempts", "error_rng", "latency_rng", "solver_draws")
 
     def __init__(self, model: str, behaviour: ModelBehaviour) -> None:
         # Separate RNGs so that jitter draws never shift the error sequence.
@@ -331,6 +354,8 @@ class _ModelRuntime:
             self.latency_rng = random.Random(f"latency/{behaviour.seed}/{model}")
         self.attempts: dict[str, int] = {}
         self.arbiter_calls = 0
+        # The solver's draws so far per question (SHA-256 of its canonical text).
+        self.solver_draws: dict[str, int] = {}
 
 
 class _State:
@@ -404,6 +429,28 @@ class _State:
 def _messages_digest(messages: Any) -> str:
     encoded = json.dumps(messages, sort_keys=True, ensure_ascii=False, default=str).encode()
     return hashlib.sha256(encoded).hexdigest()
+
+
+def solver_reply(behaviour: ModelBehaviour, runtime: _ModelRuntime, model: str, last_user: str) -> str | None:
+    """The solver's answer to a generated question in ``last_user``; None when it holds none."""
+    if behaviour.solver_accuracy is None or (solution := solve(last_user)) is None:
+        return None
+    question = hashlib.sha256(solution.question.encode()).hexdigest()
+    draw = runtime.solver_draws.get(question, 0)
+    runtime.solver_draws[question] = draw + 1
+    # One RNG per draw: a question's k-th outcome does not depend on what else was asked.
+    seed = behaviour.seed
+    rng = random.Random() if seed is None else random.Random(f"solver/{seed}/{model}/{question}/{draw}")
+    if rng.random() < behaviour.solver_accuracy:
+        value = solution.answer
+    elif behaviour.solver_errors == "consistent":
+        value = solution.mistake
+    else:
+        value = solution.wrong_answer(rng)
+    working = (
+        f"Option {value} is the one that fits." if solution.letters else f"Working it through gives {value}."
+    )
+    return f"{working}\nAnswer: {value}"
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -505,6 +552,9 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         if arbiter and failure is None:
             runtime.arbiter_calls += 1
             call = runtime.arbiter_calls
+        solved = None
+        if not arbiter and failure is None:
+            solved = solver_reply(behaviour, runtime, model, _last_user_text(messages))
 
         delay_ms = behaviour.latency_ms
         if behaviour.latency_jitter_ms:
@@ -539,6 +589,8 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
                 content = ""
             elif arbiter:
                 content = arbiter_reply(behaviour, model=model, n=n, call=call, last_user=last_user)
+            elif solved is not None:
+                content = solved
             elif behaviour.reply is not None:
                 content = behaviour.reply
             elif behaviour.reply_template is not None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -79,6 +80,14 @@ SERVICE_MODULES: dict[str, str] = {
 }
 TEST_MODEL_SERVER_MODULE = "moot.devstack.model_server"
 TEST_MODEL_NAMES: tuple[str, ...] = ("fast", "slow", "arbiter")
+# `fast` and `slow` also play solvers of moot's generated evaluation sets (`moot dataset`), right
+# on 70 % and 60 % of their calls, so `moot eval` on them shows what a vote does (docs/eval.md);
+# any other question gets the server's default answer.
+TEST_MODEL_BEHAVIOURS: dict[str, dict[str, Any]] = {
+    "fast": {"solver_accuracy": 0.7, "seed": 1},
+    "slow": {"solver_accuracy": 0.6, "seed": 2},
+}
+TEST_MODELS_CONFIG_ENV = "MOOT_TEST_MODELS_CONFIG"  # moot.devstack.model_server.CONFIG_ENV
 LOCAL_MODEL_PROCESS = "local-model"
 
 
@@ -474,7 +483,7 @@ class Stack:
         self._register_extra(
             "model-server",
             [sys.executable, "-m", TEST_MODEL_SERVER_MODULE, "--port", str(port)],
-            env=None,
+            env={TEST_MODELS_CONFIG_ENV: json.dumps({"models": TEST_MODEL_BEHAVIOURS})},
             ready_url=f"{self.test_model_server_url}/healthz",
         )
         path = write_test_models_file(self.data_dir / "models.test.yaml", self.test_model_server_url)

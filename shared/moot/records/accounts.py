@@ -194,6 +194,15 @@ async def authenticate(pool: asyncpg.Pool, key: str) -> Principal | RevokedKey |
     return Principal(owner=row["owner"], key_id=row["id"], limits=_limits(row))
 
 
+async def principal_of_key(pool: asyncpg.Pool, key_id: str) -> Principal | None:
+    """The principal of an active key, by its id (work resumed on a key's behalf); None if revoked."""
+    row = await pool.fetchrow(
+        "SELECT owner, rpm, max_concurrent_runs, usd_per_day FROM api_keys WHERE id = $1 AND revoked_at IS NULL",
+        key_id,
+    )
+    return Principal(owner=row["owner"], key_id=key_id, limits=_limits(row)) if row else None
+
+
 def _read_key(path: Path) -> str | None:
     return path.read_text().strip() if path.exists() else None
 

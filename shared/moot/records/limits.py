@@ -118,9 +118,11 @@ async def mark_ended(conn: asyncpg.Connection, run_ids: list[str]) -> None:
 async def admit(
     conn: asyncpg.Connection, run_id: str, key_id: str, now: datetime, deadline_seconds: float
 ) -> None:
-    """Record the run as the key's (counted from now on). Under `lock_key`."""
+    """Record the run as the key's (counted from now on). Under `lock_key`. A run id admitted
+    before (an evaluation submitting again the run its gateway died submitting) stays as it was."""
     await conn.execute(
-        "INSERT INTO key_runs (run_id, key_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO key_runs (run_id, key_id, created_at, expires_at) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT (run_id) DO NOTHING",
         run_id,
         key_id,
         now,
