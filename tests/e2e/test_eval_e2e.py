@@ -11,6 +11,7 @@ counts the calls: every question is paid for once.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from test_cli import moot
@@ -25,6 +27,7 @@ from test_cli import moot
 from moot.devstack.model_server import ModelServer
 from moot.devstack.stack import Stack
 from moot.eval import datasets
+from moot.records.accounts import Limits, create_key
 
 SINGLE, VOTE5 = 0.6, 0.6826  # a call's accuracy; P(at least 3 of 5 right calls)
 
@@ -240,3 +243,32 @@ async def test_cancelling_an_evaluation_stops_its_runs_and_sending_it_again_resu
     items = (await http.get(f"/v1/evals/{eval_id}/items")).json()["data"]
     # The runs cancelled with it were asked again: every question has an answer.
     assert len({i["run_id"] for i in items}) == 6 and {i["status"] for i in items} == {"completed"}
+
+
+async def test_an_evaluation_keeps_to_its_keys_limits_and_waits_as_a_refusal_says(
+    stack: Stack, database_url: str
+) -> None:
+    """A key that may have one run under way, an evaluation asking for four at once: the three
+    refused each wait their Retry-After and are submitted again; every question is answered."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        _, key = await create_key(conn, "eval-limited", limits=Limits(max_concurrent_runs=1))
+    finally:
+        await conn.close()
+    body = {
+        "questions": [{"id": f"q{i}", "question": f"Question {i}?", "answer": "x"} for i in range(4)],
+        "strategies": [{"name": "m1", "run": {"mode": "vote", "members": [{"model": "m1"}]}}],
+        "concurrency": 4,
+    }
+    async with httpx.AsyncClient(
+        base_url=stack.gateway_url, headers={"Authorization": f"Bearer {key}"}, timeout=30.0, trust_env=False
+    ) as limited:
+        eval_id = (await limited.post("/v1/evals", json=body)).json()["id"]
+        done = await wait_for(limited, eval_id, done=4, within=120)
+        items = (await limited.get(f"/v1/evals/{eval_id}/items")).json()["data"]
+        runs = [(await limited.get(f"/v1/runs/{i['run_id']}")).json() for i in items]
+    assert done["status"] == "completed", done
+    assert [i["status"] for i in items] == ["completed"] * 4
+    # One at a time, as the key says: each run began after the one before had ended.
+    spans = sorted((r["created_at"], r["finished_at"]) for r in runs)
+    assert all(earlier[1] <= later[0] for earlier, later in itertools.pairwise(spans))
