@@ -27,7 +27,7 @@ from test_cli import moot
 from moot.devstack.model_server import ModelServer
 from moot.devstack.stack import Stack
 from moot.eval import datasets
-from moot.records.accounts import Limits, create_key
+from moot.records.accounts import NO_LIMITS, Limits, create_key, revoke_key
 
 SINGLE, VOTE5 = 0.6, 0.6826  # a call's accuracy; P(at least 3 of 5 right calls)
 
@@ -59,6 +59,11 @@ async def wait_for(http: httpx.AsyncClient, eval_id: str, done: int, within: flo
             if body["progress"]["done"] >= done or body["status"] != "running":
                 return body
             await asyncio.sleep(0.2)
+
+
+async def ended(http: httpx.AsyncClient, eval_id: str, within: float = 120.0) -> dict[str, Any]:
+    """The evaluation once it is no longer running."""
+    return await wait_for(http, eval_id, done=sys.maxsize, within=within)
 
 
 async def test_moot_eval_single_vs_vote_of_five_resumes_after_an_interruption(
@@ -121,7 +126,7 @@ async def test_moot_eval_single_vs_vote_of_five_resumes_after_an_interruption(
 
     # A third run of the same command does nothing again: it reports what is there.
     third = await moot(env, *args)
-    assert third.code == 0, third
+    assert third.code == 0 and f"evaluation {eval_id} already completed" in third.err, third
     assert solver_calls(model_server) - before == 300
 
 
@@ -148,6 +153,9 @@ async def test_the_api_refuses_what_cannot_run_and_answers_an_identical_request_
     assert no_mode.status_code == 422 and no_mode.json()["error"]["param"].startswith("strategies.0.run")
     twice = await http.post("/v1/evals", json={**body, "questions": questions + questions[:1]})
     assert twice.status_code == 422 and "used twice" in twice.json()["error"]["message"]
+    as_numbers = await http.post("/v1/evals", json={**body, "scoring": "numeric"})  # answers are letters
+    assert as_numbers.status_code == 422 and as_numbers.json()["error"]["param"] == "scoring"
+    assert "6 answers cannot be read as numeric" in as_numbers.json()["error"]["message"]
 
     first = await http.post("/v1/evals", json=body)
     assert first.status_code == 202, first.text
@@ -181,6 +189,9 @@ async def test_the_api_refuses_what_cannot_run_and_answers_an_identical_request_
     assert council["calls"] >= 6 * (3 + 1)  # answers and a chairman per question, reviews besides
     listed = (await http.get(f"/v1/evals/{eval_id}/items")).json()["data"]
     assert len(listed) == 12 and all(i["extracted"] in {"A", "B", "C", "D"} for i in listed)
+    first_page = (await http.get(f"/v1/evals/{eval_id}/items", params={"limit": 5})).json()
+    rest = (await http.get(f"/v1/evals/{eval_id}/items", params={"after": first_page["next_after"]})).json()
+    assert first_page["data"] + rest["data"] == listed and rest["next_after"] is None
     plot = await http.get(f"/v1/evals/{eval_id}/plot.svg")
     assert plot.headers["content-type"].startswith("image/svg+xml") and b"council" in plot.content
     assert (await http.post(f"/v1/evals/{eval_id}/cancel")).status_code == 409
@@ -210,7 +221,7 @@ async def test_free_text_answers_are_scored_by_a_judge_whose_cost_is_kept_apart(
         }
         accepted = await http.post("/v1/evals", json=body)
         assert accepted.status_code == 202, accepted.text
-        return await wait_for(http, accepted.json()["id"], done=2)
+        return await ended(http, accepted.json()["id"])
 
     lenient, strict = await evaluate("lenient"), await evaluate("strict")
     assert lenient["status"] == strict["status"] == "completed"
@@ -234,11 +245,11 @@ async def test_cancelling_an_evaluation_stops_its_runs_and_sending_it_again_resu
     await asyncio.sleep(0.5)
     cancelled = await http.post(f"/v1/evals/{eval_id}/cancel")
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
-    after = await wait_for(http, eval_id, done=6, within=30)
+    after = await ended(http, eval_id, within=30)
     assert after["status"] == "cancelled" and after["progress"]["done"] < 6
     resumed = await http.post("/v1/evals", json=body)
     assert resumed.status_code == 200 and resumed.json()["id"] == eval_id
-    done = await wait_for(http, eval_id, done=6, within=90)
+    done = await ended(http, eval_id, within=90)
     assert done["status"] == "completed", done
     items = (await http.get(f"/v1/evals/{eval_id}/items")).json()["data"]
     # The runs cancelled with it were asked again: every question has an answer.
@@ -264,7 +275,7 @@ async def test_an_evaluation_keeps_to_its_keys_limits_and_waits_as_a_refusal_say
         base_url=stack.gateway_url, headers={"Authorization": f"Bearer {key}"}, timeout=30.0, trust_env=False
     ) as limited:
         eval_id = (await limited.post("/v1/evals", json=body)).json()["id"]
-        done = await wait_for(limited, eval_id, done=4, within=120)
+        done = await ended(limited, eval_id, within=120)
         items = (await limited.get(f"/v1/evals/{eval_id}/items")).json()["data"]
         runs = [(await limited.get(f"/v1/runs/{i['run_id']}")).json() for i in items]
     assert done["status"] == "completed", done
@@ -272,3 +283,44 @@ async def test_an_evaluation_keeps_to_its_keys_limits_and_waits_as_a_refusal_say
     # One at a time, as the key says: each run began after the one before had ended.
     spans = sorted((r["created_at"], r["finished_at"]) for r in runs)
     assert all(earlier[1] <= later[0] for earlier, later in itertools.pairwise(spans))
+
+
+async def test_a_revoked_key_stops_its_evaluation_and_another_key_of_the_owner_resumes_it(
+    stack: Stack, database_url: str
+) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        first_id, first = await create_key(conn, "carol", limits=NO_LIMITS)
+        _, second = await create_key(conn, "carol-2", owner="carol", limits=NO_LIMITS)
+    finally:
+        await conn.close()
+    body = {
+        "questions": [{"id": f"q{i}", "question": f"Steady question {i}?", "answer": "x"} for i in range(6)],
+        "strategies": [{"name": "steady", "run": {"mode": "vote", "members": [{"model": "steady"}]}}],
+        "concurrency": 1,
+    }
+
+    def client(key: str) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=stack.gateway_url,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=30.0,
+            trust_env=False,
+        )
+
+    async with client(first) as carol:
+        eval_id = (await carol.post("/v1/evals", json=body)).json()["id"]
+        await wait_for(carol, eval_id, done=1)
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await revoke_key(conn, first_id)
+    finally:
+        await conn.close()
+    async with client(second) as carol:
+        stopped = await ended(carol, eval_id, within=30)
+        assert stopped["status"] == "failed" and "revoked" in stopped["reason"], stopped
+        assert stopped["progress"]["done"] < 6
+        resumed = await carol.post("/v1/evals", json=body)
+        assert resumed.status_code == 200 and resumed.json()["id"] == eval_id
+        done = await ended(carol, eval_id, within=60)
+    assert done["status"] == "completed" and done["progress"]["done"] == 6, done

@@ -278,17 +278,47 @@ async def test_child_ignoring_sigterm_is_killed(tmp_path: Path, fake_service: li
 @pytest.mark.skipif(
     threading.current_thread() is not threading.main_thread(), reason="signals need the main thread"
 )
-async def test_run_forever_stops_on_sigterm(tmp_path: Path, fake_service: list[str]) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+async def test_run_forever_stops_on_sigterm_and_when_its_terminal_closes(
+    tmp_path: Path, fake_service: list[str], sig: signal.Signals
+) -> None:
     messages: list[str] = []
     stack = _stack(tmp_path, [_spec("gateway", fake_service)], messages)
-    runner = asyncio.create_task(stack.run_forever())
-    while not (stack.services and stack.services[0].ready):
-        assert not runner.done(), messages
-        await asyncio.sleep(0.05)
-    os.kill(os.getpid(), signal.SIGTERM)  # handled by the stack's loop signal handler
-    assert await asyncio.wait_for(runner, 10) == 0
+    before = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as in a terminal (not under nohup)
+    try:
+        runner = asyncio.create_task(stack.run_forever())
+        while not (stack.services and stack.services[0].ready):
+            assert not runner.done(), messages
+            await asyncio.sleep(0.05)
+        os.kill(os.getpid(), sig)  # handled by the stack's loop signal handler
+        assert await asyncio.wait_for(runner, 10) == 0
+    finally:
+        signal.signal(signal.SIGHUP, before)
     assert not stack.services[0].running()
-    assert any(m.startswith("SIGTERM: stopping") for m in messages)
+    assert any(m.startswith(f"{sig.name}: stopping") for m in messages)
+
+
+@pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread(), reason="signals need the main thread"
+)
+async def test_under_nohup_a_closed_terminal_leaves_the_stack_running(
+    tmp_path: Path, fake_service: list[str]
+) -> None:
+    messages: list[str] = []
+    stack = _stack(tmp_path, [_spec("gateway", fake_service)], messages)
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # what `nohup moot up &` starts with
+    try:
+        runner = asyncio.create_task(stack.run_forever())
+        while not (stack.services and stack.services[0].ready):
+            assert not runner.done(), messages
+            await asyncio.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGHUP)
+        await asyncio.sleep(0.5)
+        assert not runner.done() and stack.services[0].running(), messages
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert await asyncio.wait_for(runner, 10) == 0
+    finally:
+        signal.signal(signal.SIGHUP, before)
 
 
 async def test_run_forever_gives_up_on_a_failing_child(tmp_path: Path, fake_service: list[str]) -> None:

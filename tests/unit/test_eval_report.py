@@ -337,6 +337,23 @@ def test_markdown_says_not_shown_to_differ() -> None:
     assert "9 wins / 5 losses" in text
 
 
+def test_markdown_never_says_better_when_the_test_and_the_interval_part() -> None:
+    # Five questions, each right only under vote5: the paired bootstrap has no width (every
+    # difference is 1) while five discordant pairs cannot reach p < 0.05.
+    items = [item("single", f"q{i}", False) for i in range(5)] + [
+        item("vote5", f"q{i}", True) for i in range(5)
+    ]
+    text = markdown(summarise([SINGLE, VOTE5], items, scoring="exact", questions=5))
+    assert "McNemar p = 0.062): too few questions differ for the test and the interval to agree" in text
+    assert "better" not in text
+
+
+def test_markdown_says_when_both_got_the_same_questions_right() -> None:
+    items = [item(s, f"q{i}", i % 2 == 0) for s in ("single", "vote5") for i in range(6)]
+    text = markdown(summarise([SINGLE, VOTE5], items, scoring="exact", questions=6))
+    assert "vote5 is as accurate as single" in text and "they got the same questions right." in text
+
+
 def test_markdown_shows_partial_progress_and_escapes_pipes() -> None:
     report = summarise([SINGLE, VOTE5], [item("single", "q1", True)], scoring="exact", questions=3)
     report.strategies[0].name = "a|b"

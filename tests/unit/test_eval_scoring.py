@@ -17,6 +17,7 @@ from moot.eval.scoring import (
     judged_correct,
     lists_choices,
     prompt_for,
+    readable_reference,
 )
 from moot.protocols.agreement import Format
 from moot.protocols.vote.prompts import INSTRUCTIONS, PLACEHOLDERS
@@ -178,3 +179,21 @@ def test_solver_replies_score_as_intended() -> None:
     choice = multiple_choice(1)[0]
     reply = f"Option {choice.answer} is the one that fits.\nAnswer: {choice.answer}"
     assert is_correct(extract(reply, "choice", choice.choices), choice.answer, "choice")
+
+
+@pytest.mark.parametrize(
+    ("answer", "choices", "how", "readable"),
+    [
+        ("42", None, "numeric", True),
+        ("1,234.5", None, "numeric", True),
+        ("Paris", None, "numeric", False),
+        ("b", ["x", "y"], "choice", True),
+        ("E", ["x", "y"], "choice", False),
+        ("Paris", ["x", "y"], "choice", False),
+        ("Paris", None, "exact", True),
+    ],
+)
+def test_a_reference_that_cannot_be_read_in_the_scoring_is_found(
+    answer: str, choices: list[str] | None, how: Scoring, readable: bool
+) -> None:
+    assert readable_reference(Question(id="q", question="?", answer=answer, choices=choices), how) is readable

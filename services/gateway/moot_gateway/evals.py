@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -50,11 +51,19 @@ log = logging.getLogger(__name__)
 
 # A submission refused for a while (429 without Retry-After, 503) is tried again after this.
 RETRY_SECONDS = 2.0
+# A wait for a key's limit this long or longer is said in the evaluation's `reason`.
+WAIT_WORTH_SAYING_SECONDS = 30.0
+
+
+# What may change when an evaluation is sent again without making it another one.
+NOT_IDENTITY = {"concurrency", "dataset"}
 
 
 def digest_of(request: EvalRequest) -> str:
-    """The request's identity: the same questions, strategies and settings are the same evaluation."""
-    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    """The request's identity: the same questions, strategies, scoring and label are the same
+    evaluation (sent again with another concurrency or from a renamed file, it resumes)."""
+    identity = request.model_dump(mode="json", exclude=NOT_IDENTITY)
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -67,6 +76,26 @@ def new_id() -> str:
 
 def scoring_of(request: EvalRequest) -> scoring.Scoring:
     return request.scoring or scoring.default_scoring(request.questions)
+
+
+def require_readable_answers(request: EvalRequest) -> None:
+    """422 naming `scoring` when the reference answers cannot be read in it (`numeric` with an
+    answer that is no number, `choice` with one that is no option's letter): every answer would
+    be scored wrong."""
+    how = scoring_of(request)
+    unreadable = [q.id for q in request.questions if not scoring.readable_reference(q, how)]
+    if unreadable:
+        shown = ", ".join(repr(i) for i in unreadable[:5]) + (" ..." if len(unreadable) > 5 else "")
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("body", "scoring"),
+                    "msg": f"{len(unreadable)} answers cannot be read as {how} (questions {shown})",
+                    "input": how,
+                }
+            ]
+        )
 
 
 PLACEHOLDER_PROMPT = "(each question of the evaluation)"
@@ -106,7 +135,8 @@ async def create(
     pool: asyncpg.Pool, principal: Principal, request: EvalRequest, lease_owner: str, lease_seconds: float
 ) -> tuple[str, bool]:
     """(id, created): a new evaluation leased to `lease_owner`, or the owner's identical one
-    (`created` False), which is then running again if it had been interrupted."""
+    (`created` False), which is then running again if it had been interrupted, under the key
+    that sent it now (the earlier one may have been revoked) and its concurrency."""
     digest = digest_of(request)
     row = await pool.fetchrow(
         "INSERT INTO evals (id, owner, key_id, digest, request, status, lease_owner, lease_until)"
@@ -128,9 +158,15 @@ async def create(
     assert existing is not None
     # A failed or cancelled evaluation sent again goes on from where it stopped.
     await pool.execute(
-        "UPDATE evals SET status = 'running', reason = NULL, finished_at = NULL, lease_until = NULL"
-        " WHERE id = $1 AND status IN ('failed', 'cancelled')",
+        "UPDATE evals SET key_id = $2, request = $3::jsonb,"
+        " status = CASE WHEN status = 'completed' THEN status ELSE 'running' END,"
+        " reason = CASE WHEN status = 'completed' THEN reason END,"
+        " finished_at = CASE WHEN status = 'completed' THEN finished_at END,"
+        " lease_until = CASE WHEN status IN ('failed', 'cancelled') THEN NULL ELSE lease_until END"
+        " WHERE id = $1",
         existing["id"],
+        principal.key_id,
+        request.model_dump_json(),
     )
     return existing["id"], False
 
@@ -144,9 +180,15 @@ async def fetch(pool: asyncpg.Pool, eval_id: str, owner: str) -> asyncpg.Record 
     )
 
 
-async def results(pool: asyncpg.Pool, eval_id: str, after_seq: int = 0) -> list[tuple[int, ItemResult]]:
+async def results(
+    pool: asyncpg.Pool, eval_id: str, after_seq: int = 0, limit: int | None = None
+) -> list[tuple[int, ItemResult]]:
+    """(seq, result) of the items scored after `after_seq`, in the order they were scored."""
     rows = await pool.fetch(
-        "SELECT seq, result FROM eval_items WHERE eval_id = $1 AND seq > $2 ORDER BY seq", eval_id, after_seq
+        "SELECT seq, result FROM eval_items WHERE eval_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        eval_id,
+        after_seq,
+        limit,
     )
     return [(r["seq"], ItemResult.model_validate_json(r["result"])) for r in rows]
 
@@ -175,6 +217,13 @@ class Stopped(Exception):
     """The evaluation is no longer running (cancelled): nothing more is submitted for it."""
 
 
+class _Unfinished(Exception):
+    """An item's judge run was cancelled: the item is not scored; the next pass asks again."""
+
+
+_ITEM_RUN = "SELECT run_id FROM eval_items WHERE eval_id = $1 AND strategy = $2 AND question_id = $3"
+
+
 class EvalDriver:
     """Drives the evaluations this gateway holds the lease of, and takes over orphaned ones."""
 
@@ -184,6 +233,7 @@ class EvalDriver:
         self.poll_seconds = poll_seconds
         self.instance = uuid.uuid4().hex
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        self._again: set[str] = set()
         self._supervisor: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -205,10 +255,19 @@ class EvalDriver:
     def drive(self, eval_id: str) -> None:
         """Drive `eval_id` here (its lease is this gateway's), unless it is already driven here."""
         if eval_id in self.tasks:
+            # Sent again while its task here may be stopping (it was cancelled): once that task
+            # has ended, drive it again; a task that finds it not running stops at once.
+            self._again.add(eval_id)
             return
         task = asyncio.create_task(self._drive(eval_id), name=f"eval {eval_id}")
         self.tasks[eval_id] = task
-        task.add_done_callback(lambda _: self.tasks.pop(eval_id, None))
+        task.add_done_callback(lambda _: self._ended_here(eval_id))
+
+    def _ended_here(self, eval_id: str) -> None:
+        self.tasks.pop(eval_id, None)
+        if eval_id in self._again:
+            self._again.discard(eval_id)
+            self.drive(eval_id)
 
     async def claim(self, eval_id: str) -> bool:
         """Take the lease of a running evaluation whose lease has run out (or was given back)."""
@@ -241,9 +300,16 @@ class EvalDriver:
             await asyncio.sleep(self.poll_seconds)
 
     async def _renew(self, eval_id: str) -> None:
-        """Keep the lease while driving; return when it is lost (cancelled, or taken over)."""
+        """Keep the lease while driving; return when it is lost (cancelled, taken over, or not
+        renewed for a whole lease: another gateway may have taken it meanwhile)."""
+        renewed = time.monotonic()
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
+            if time.monotonic() - renewed >= self.lease_seconds:
+                log.warning(
+                    "evaluation %s: lease not renewed for %.0f s; let go", eval_id, self.lease_seconds
+                )
+                return
             try:
                 row = await self.clients.pool.fetchrow(
                     "UPDATE evals SET lease_until = now() + make_interval(secs => $3)"
@@ -257,6 +323,7 @@ class EvalDriver:
                 continue
             if row is None:
                 return
+            renewed = time.monotonic()
 
     async def _drive(self, eval_id: str) -> None:
         renew = asyncio.create_task(self._renew(eval_id))
@@ -277,8 +344,9 @@ class EvalDriver:
                 log.warning("evaluation %s paused: a dependency is unavailable (%r)", eval_id, exc)
                 return
             log.exception("evaluation %s failed", eval_id)
+            leaf = _first_leaf(exc)
             with contextlib.suppress(*DEPENDENCY_ERRORS):
-                await self._finish(eval_id, "failed", reason=f"{type(exc).__name__}: {exc}"[:500])
+                await self._finish(eval_id, "failed", reason=f"{type(leaf).__name__}: {leaf}"[:500])
         finally:
             for task in (renew, work):
                 task.cancel()
@@ -357,8 +425,14 @@ class EvalDriver:
         }
 
     async def _require_running(self, eval_id: str) -> None:
-        status = await self.clients.pool.fetchval("SELECT status FROM evals WHERE id = $1", eval_id)
-        if status != "running":
+        """Stopped unless it is still running, under a key that has not been revoked since."""
+        row = await self.clients.pool.fetchrow(
+            "SELECT e.status, k.revoked_at FROM evals e LEFT JOIN api_keys k ON k.id = e.key_id WHERE e.id = $1",
+            eval_id,
+        )
+        if row is not None and row["status"] == "running" and row["revoked_at"] is not None:
+            await self._finish(eval_id, "failed", reason="its key was revoked (send it again with another)")
+        if row is None or row["status"] != "running" or row["revoked_at"] is not None:
             raise Stopped(eval_id)
 
     async def _item(
@@ -373,53 +447,89 @@ class EvalDriver:
         how: scoring.Scoring,
         row: asyncpg.Record | None,
     ) -> None:
-        pool = self.clients.pool
-        run_id = row["run_id"] if row is not None else None
-        if run_id is not None:
-            earlier = await runs_service.view_of(self.clients, run_id, principal)
-            if earlier is not None and earlier.status == "cancelled":
-                run_id = None  # cancelled with the evaluation: asked again now that it goes on
-        if run_id is None:
-            run_id = uuid.uuid4().hex
-            await pool.execute(
-                "INSERT INTO eval_items (eval_id, strategy, question_id, run_id) VALUES ($1, $2, $3, $4)"
-                " ON CONFLICT (eval_id, strategy, question_id) DO UPDATE SET run_id = EXCLUDED.run_id",
-                eval_id,
-                strategy.name,
-                question.id,
-                run_id,
-            )
-        asked = question_request(run_request, question, how)
+        """Ask one question of one strategy (or wait for the run that was asked) and write its result."""
+        run_id = await self._run_id_of(eval_id, strategy, question, row, principal)
         try:
-            view = await self._run(eval_id, principal, run_id, asked, meta)
-        except Refused as exc:
-            result = ItemResult(
-                strategy=strategy.name,
-                question_id=question.id,
-                run_id=run_id,
-                status="refused",
-                answer=str(exc)[:ANSWER_CHARS],
-                correct=False,
+            view = await self._run(
+                eval_id, principal, run_id, question_request(run_request, question, how), meta
             )
-        else:
+            if view.status == "cancelled":
+                return  # with the evaluation, or by hand: not an answer; the next pass asks again
             result = item_result(strategy.name, question, view, how, request.tolerance)
             if how == "judge" and result.extracted:
                 result = await self._judged(eval_id, request, principal, strategy, question, result, row)
-        async with pool.acquire() as conn, conn.transaction():
+        except Refused as exc:
+            result = self._unanswered(strategy, question, run_id, "refused", str(exc))
+        except _Unfinished:
+            return
+        except Exception as exc:
+            if _all(exc, lambda e: isinstance(e, Stopped) or _unavailable(e)):
+                raise
+            # Anything else is this question's trouble, not the evaluation's: scored as failed.
+            log.exception("evaluation %s: %s on %s", eval_id, strategy.name, question.id)
+            result = self._unanswered(strategy, question, run_id, "error", f"{type(exc).__name__}: {exc}")
+        async with self.clients.pool.acquire() as conn, conn.transaction():
             # One item of an evaluation commits at a time, so its `seq` order is commit order: a
             # progress stream that has read up to `seq` N can never later find an N-1 committed.
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", eval_id)
             await conn.execute(
-                # Nothing is written for an evaluation cancelled meanwhile: the runs its cancel
-                # stopped are asked again when it is resumed, not scored as cancelled.
-                "UPDATE eval_items SET result = $4::jsonb, seq = nextval('eval_items_seq')"
-                " WHERE eval_id = $1 AND strategy = $2 AND question_id = $3 AND result IS NULL"
-                " AND EXISTS (SELECT 1 FROM evals WHERE id = $1 AND status = 'running')",
+                # Only for the run the item names now (another driver may have moved it on), and
+                # never for an evaluation cancelled meanwhile: the runs its cancel stopped are
+                # asked again when it is resumed, not scored.
+                "UPDATE eval_items SET result = $5::jsonb, seq = nextval('eval_items_seq')"
+                " WHERE eval_id = $1 AND strategy = $2 AND question_id = $3 AND run_id = $4"
+                " AND result IS NULL AND EXISTS (SELECT 1 FROM evals WHERE id = $1 AND status = 'running')",
                 eval_id,
                 strategy.name,
                 question.id,
+                run_id,
                 result.model_dump_json(),
             )
+
+    @staticmethod
+    def _unanswered(strategy: Strategy, question: Question, run_id: str, status: str, why: str) -> ItemResult:
+        return ItemResult(
+            strategy=strategy.name,
+            question_id=question.id,
+            run_id=run_id,
+            status=status,
+            answer=why[:ANSWER_CHARS],
+            correct=False,
+        )
+
+    async def _run_id_of(
+        self,
+        eval_id: str,
+        strategy: Strategy,
+        question: Question,
+        row: asyncpg.Record | None,
+        principal: Principal,
+    ) -> str:
+        """The run that answers this item: the one written down (by this gateway or another), or
+        a new one written down before it is submitted; a new one in place of a cancelled one."""
+        pool = self.clients.pool
+        key = (eval_id, strategy.name, question.id)
+        if row is None:
+            stored = await pool.fetchval(
+                "INSERT INTO eval_items (eval_id, strategy, question_id, run_id) VALUES ($1, $2, $3, $4)"
+                " ON CONFLICT (eval_id, strategy, question_id) DO NOTHING RETURNING run_id",
+                *key,
+                uuid.uuid4().hex,
+            )
+            if stored is not None:
+                return str(stored)
+        run_id = str(await pool.fetchval(_ITEM_RUN, *key))
+        earlier = await runs_service.view_of(self.clients, run_id, principal)
+        if earlier is None or earlier.status != "cancelled":
+            return run_id
+        moved = await pool.fetchval(
+            "UPDATE eval_items SET run_id = $5, judge_run_id = NULL WHERE eval_id = $1 AND strategy = $2"
+            " AND question_id = $3 AND run_id = $4 AND result IS NULL RETURNING run_id",
+            *key,
+            run_id,
+            uuid.uuid4().hex,
+        )
+        return str(moved if moved is not None else await pool.fetchval(_ITEM_RUN, *key))
 
     async def _judged(
         self,
@@ -433,20 +543,32 @@ class EvalDriver:
     ) -> ItemResult:
         """The item judged: a vote of one by the judge model, asked yes or no."""
         assert request.judge is not None and result.extracted is not None
-        judge_id = (row["judge_run_id"] if row is not None else None) or uuid.uuid4().hex
-        await self.clients.pool.execute(
-            "UPDATE eval_items SET judge_run_id = $4 WHERE eval_id = $1 AND strategy = $2 AND question_id = $3",
-            eval_id,
-            strategy.name,
-            question.id,
-            judge_id,
-        )
+        pool, key = self.clients.pool, (eval_id, strategy.name, question.id, result.run_id)
+        judge_id = row["judge_run_id"] if row is not None and row["run_id"] == result.run_id else None
+        if judge_id is None:
+            judge_id = await pool.fetchval(
+                "UPDATE eval_items SET judge_run_id = coalesce(judge_run_id, $5) WHERE eval_id = $1"
+                " AND strategy = $2 AND question_id = $3 AND run_id = $4 RETURNING judge_run_id",
+                *key,
+                uuid.uuid4().hex,
+            )
+            if judge_id is None:
+                raise _Unfinished  # the item was moved on to another run meanwhile
         body = scoring.judge_request(request.judge, question, result.extracted)
         judge_request, meta = await runs_service.resolve(self.clients, principal, body)
         try:
             view = await self._run(eval_id, principal, judge_id, judge_request, meta)
         except Refused:
             return result.model_copy(update={"judge_run_id": judge_id})
+        if view.status == "cancelled":
+            # Asked again by the next pass, by a judge run of its own.
+            await pool.execute(
+                "UPDATE eval_items SET judge_run_id = NULL WHERE eval_id = $1 AND strategy = $2"
+                " AND question_id = $3 AND run_id = $4 AND judge_run_id = $5",
+                *key,
+                judge_id,
+            )
+            raise _Unfinished
         correct = view.status == "completed" and scoring.judged_correct(view.answer)
         return result.model_copy(
             update={"judge_run_id": judge_id, "correct": correct, "judge_cost_usd": view.usage.cost_usd}
@@ -457,6 +579,7 @@ class EvalDriver:
     ) -> AnyRunView:
         """The ended run `run_id`: submitted under that id unless it already exists, then waited for."""
         view = await runs_service.view_of(self.clients, run_id, principal)
+        waited = False
         while view is None:
             await self._require_running(eval_id)  # a cancel between two submissions stops the next
             try:
@@ -466,12 +589,23 @@ class EvalDriver:
             except ApiError as exc:
                 if exc.status not in (status.HTTP_429_TOO_MANY_REQUESTS, status.HTTP_503_SERVICE_UNAVAILABLE):
                     raise Refused(exc.message) from exc
-                # A key's limit or a dependency: wait as the refusal says, then ask again.
+                # A key's limit or a dependency: wait as the refusal says (said in the
+                # evaluation's `reason` meanwhile: a day's spend can mean hours), then ask again.
                 retry = float((exc.headers or {}).get("Retry-After", RETRY_SECONDS))
+                if retry >= WAIT_WORTH_SAYING_SECONDS:
+                    await self._say(eval_id, f"waiting {retry:.0f} s: {exc.message}")
+                    waited = True
                 await asyncio.sleep(max(retry, 0.1))
                 continue
             break
+        if waited:
+            await self._say(eval_id, None)
         return await self._ended(principal, run_id)
+
+    async def _say(self, eval_id: str, waiting: str | None) -> None:
+        await self.clients.pool.execute(
+            "UPDATE evals SET reason = $2 WHERE id = $1 AND status = 'running'", eval_id, waiting
+        )
 
     async def _ended(self, principal: Principal, run_id: str) -> AnyRunView:
         """Wait for the run's end (its terminal event, or its record says so), then its view."""
@@ -490,6 +624,12 @@ def _all(exc: BaseException, what: Callable[[BaseException], bool]) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return all(_all(e, what) for e in exc.exceptions)
     return what(exc)
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _unavailable(exc: BaseException) -> bool:

@@ -147,7 +147,18 @@ async def run_eval(client: MootClient, request: EvalRequest, args: argparse.Name
         raise GatewayError.of(exc) from None
     eval_id = accepted["id"]
     total = len(request.questions) * len(request.strategies)
-    verb = "started" if accepted["created"] else "resumed (what is done is kept)"
+    verb = "started"
+    if not accepted["created"]:
+        try:
+            earlier = await client.api.get_eval(eval_id)
+        except api.ApiError as exc:
+            raise GatewayError.of(exc) from None
+        done = earlier["progress"]["done"]
+        verb = (
+            "already completed"
+            if earlier["status"] == "completed"
+            else f"resumed ({done} of {total} done before are kept)"
+        )
     err(
         f"moot: evaluation {eval_id} {verb}: {len(request.questions)} questions x"
         f" {len(request.strategies)} strategies = {total} runs"
@@ -203,7 +214,8 @@ async def _follow(client: MootClient, eval_id: str, total: int, *, quiet: bool) 
         except api.DROPPED:
             pass
         except api.ApiError as exc:
-            raise GatewayError.of(exc) from None
+            if exc.status not in (502, 503, 504):  # a gateway restarting: open the stream again
+                raise GatewayError.of(exc) from None
         failures += 1
         if failures > RESUMES:
             raise CliError(f"lost the progress of evaluation {eval_id}; the same command follows it again")

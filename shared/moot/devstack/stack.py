@@ -376,7 +376,7 @@ class Stack:
                 _signal_group(child.pid, signal.SIGKILL)
 
     async def run_forever(self, on_ready: Callable[[], Awaitable[None]] | None = None) -> int:
-        """Start, run until SIGINT/SIGTERM or until a child fails for good, stop. Returns an exit code.
+        """Start, run until SIGINT/SIGTERM/SIGHUP or until a child fails for good, stop. Returns an exit code.
 
         `on_ready` runs once everything is up. A second signal kills the children instead of
         waiting for their graceful exit.
@@ -393,7 +393,11 @@ class Stack:
                 self.kill_now()
 
         handled = []
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            # SIGHUP: the terminal closed, and nobody is left to press Ctrl-C; unless it is ignored
+            # (`nohup moot up &`), which is kept.
+            if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
+                continue
             with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows / non-main thread
                 loop.add_signal_handler(sig, on_signal, sig)
                 handled.append(sig)

@@ -196,10 +196,17 @@ def _sentence(s: StrategySummary, first: str) -> str:
         how = f"is {_number(-c.difference)} less accurate than"
     else:
         how = "is as accurate as"
-    if c.mcnemar_p >= _SIGNIFICANCE:
-        verdict = "not shown to differ"
-    else:
+    # Said better or worse only when the test and the interval agree; at a handful of questions
+    # that differ the two can part (a bootstrap of five wins in five questions has no width).
+    significant, excludes_zero = c.mcnemar_p < _SIGNIFICANCE, c.ci_low > 0 or c.ci_high < 0
+    if c.wins + c.losses == 0:
+        verdict = "they got the same questions right"
+    elif significant and excludes_zero:
         verdict = "better" if c.difference > 0 else "worse"
+    elif significant or excludes_zero:
+        verdict = "too few questions differ for the test and the interval to agree: not shown to differ"
+    else:
+        verdict = "not shown to differ"
     return (
         f"{s.name} {how} {c.baseline} (95 % interval {_number(c.ci_low)} to {_number(c.ci_high)};"
         f" McNemar {_p(c.mcnemar_p)}): {verdict}."

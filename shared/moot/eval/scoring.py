@@ -41,6 +41,7 @@ __all__ = [
     "judged_correct",
     "lists_choices",
     "prompt_for",
+    "readable_reference",
 ]
 
 # The vote format each scoring reads answers in; a judge is shown the answer as given.
@@ -86,7 +87,7 @@ def is_correct(extracted: str | None, reference: str, scoring: Scoring, toleranc
     number) matches nothing. ValueError for `judge`: a model scores those (`judge_prompt`).
     """
     if scoring == "judge":
-        raise ValueError("judge scoring is done by a model: see judge_prompt and read_judgement")
+        raise ValueError("judge scoring is done by a model: see judge_request")
     if extracted is None:
         return False
     if scoring == "numeric":
@@ -97,6 +98,19 @@ def is_correct(extracted: str | None, reference: str, scoring: Scoring, toleranc
         return letter is not None and extracted.strip().upper() == letter
     expected_key = agreement.normalise(reference, "free")
     return expected_key is not None and agreement.normalise(extracted, "free") == expected_key
+
+
+def readable_reference(question: Question, scoring: Scoring) -> bool:
+    """Whether the question's reference answer reads in `scoring` (a number for `numeric`, an
+    option's letter for `choice`): one that does not would make every answer wrong."""
+    if scoring == "numeric":
+        return as_number(question.answer) is not None
+    if scoring == "choice":
+        letter = agreement.normalise(question.answer, "choice")
+        if not isinstance(letter, str):
+            return False
+        return not question.choices or string.ascii_uppercase.index(letter) < len(question.choices)
+    return True
 
 
 def lists_choices(question: Question) -> bool:

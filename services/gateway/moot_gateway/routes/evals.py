@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, Field
 
@@ -83,6 +83,7 @@ class EvalList(BaseModel):
 class ItemList(BaseModel):
     object: str = "list"
     data: list[ItemResult]
+    next_after: int | None = Field(None, description="`after` for the next page; null: this is the last.")
 
 
 def _driver(request: Request) -> evals.EvalDriver:
@@ -99,6 +100,7 @@ async def create_eval(
 ) -> EvalAccepted:
     """Run every question under every strategy and score the answers. The same request sent
     again (same owner) is the same evaluation: answered 200, it resumes where it stopped."""
+    evals.require_readable_answers(body)
     await evals.resolve_strategies(clients, principal, body)  # a 422 now rather than a failure later
     eval_id, created = await evals.create(
         clients.pool, principal, body, driver.instance, driver.lease_seconds
@@ -111,14 +113,18 @@ async def create_eval(
     return EvalAccepted(id=eval_id, created=created, links=_links(eval_id))
 
 
+_SUMMARY_COLUMNS = (
+    "id, status, created_at, finished_at, request->>'dataset' AS dataset,"
+    " jsonb_array_length(request->'questions') AS questions,"
+    " ARRAY(SELECT s->>'name' FROM jsonb_array_elements(request->'strategies') s) AS strategies"
+)
+
+
 @router.get("")
 async def list_evals(clients: ClientsDep, principal: PrincipalDep) -> EvalList:
     """The caller's evaluations, newest first."""
     rows = await clients.pool.fetch(
-        "SELECT id, status, created_at, finished_at, request->>'dataset' AS dataset,"
-        " jsonb_array_length(request->'questions') AS questions,"
-        " ARRAY(SELECT s->>'name' FROM jsonb_array_elements(request->'strategies') s) AS strategies"
-        " FROM evals WHERE owner = $1 ORDER BY created_at DESC LIMIT 100",
+        f"SELECT {_SUMMARY_COLUMNS} FROM evals WHERE owner = $1 ORDER BY created_at DESC LIMIT 100",
         principal.owner,
     )
     return EvalList(data=[EvalSummary.model_validate(dict(r)) for r in rows])
@@ -142,9 +148,8 @@ async def get_eval(row: ExistingDep, clients: ClientsDep) -> EvalResponse:
         report = Report.model_validate_json(row["report"])
         done = len(request.questions) * len(request.strategies)
     else:
-        items = [r for _, r in await evals.results(clients.pool, row["id"])]
-        # Statistics take a moment at thousands of questions: off the event loop.
-        report, done = await asyncio.to_thread(evals.report_of, request, items), len(items)
+        scored = await evals.results(clients.pool, row["id"])
+        report, done = await _report_so_far(row["id"], request, scored), len(scored)
     return EvalResponse(
         id=row["id"],
         status=row["status"],
@@ -161,32 +166,59 @@ async def get_eval(row: ExistingDep, clients: ClientsDep) -> EvalResponse:
     )
 
 
+# Reports of running evaluations, by id: (the last item's seq, the report). The statistics take a
+# while at thousands of questions (seconds of bootstrap), so a report is computed once per new
+# item, off the event loop, however often it is read.
+_so_far: dict[str, tuple[int, Report]] = {}
+_SO_FAR_MAX = 64
+
+
+async def _report_so_far(eval_id: str, request: EvalRequest, scored: list[tuple[int, ItemResult]]) -> Report:
+    last = scored[-1][0] if scored else 0
+    cached = _so_far.get(eval_id)
+    if cached is not None and cached[0] == last:
+        return cached[1]
+    report = await asyncio.to_thread(evals.report_of, request, [r for _, r in scored])
+    if len(_so_far) >= _SO_FAR_MAX:
+        _so_far.pop(next(iter(_so_far)))
+    _so_far[eval_id] = (last, report)
+    return report
+
+
 @router.get("/{eval_id}/items")
-async def eval_items(row: ExistingDep, clients: ClientsDep) -> ItemList:
-    """Every scored (strategy, question): the run, its answer as read, right or wrong, what it cost."""
-    return ItemList(data=[r for _, r in await evals.results(clients.pool, row["id"])])
+async def eval_items(
+    row: ExistingDep,
+    clients: ClientsDep,
+    after: Annotated[int, Query(ge=0, description="Items scored after this one (its `seq`).")] = 0,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1_000,
+) -> ItemList:
+    """Scored (strategy, question)s in the order they were scored: the run, its answer as read,
+    right or wrong, what it cost. `next_after` pages on (null: no more)."""
+    page = await evals.results(clients.pool, row["id"], after, limit + 1)
+    more = len(page) > limit
+    page = page[:limit]
+    return ItemList(data=[r for _, r in page], next_after=page[-1][0] if more else None)
 
 
 @router.post("/{eval_id}/cancel", status_code=status.HTTP_200_OK, responses=errors(409))
 async def cancel_eval(row: ExistingDep, clients: ClientsDep, principal: PrincipalDep) -> EvalSummary:
     """Stop it: no new runs; the runs in flight are cancelled. Sent again, the request resumes it."""
     updated = await clients.pool.fetchrow(
-        "UPDATE evals SET status = 'cancelled', reason = 'cancelled', finished_at = now(), lease_until = NULL"
-        " WHERE id = $1 AND status = 'running' RETURNING id",
+        "UPDATE evals SET status = 'cancelled', reason = 'cancelled by request', finished_at = now(),"
+        " lease_until = NULL WHERE id = $1 AND status = 'running' RETURNING " + _SUMMARY_COLUMNS,
         row["id"],
     )
     if updated is None:
         raise ApiError(status.HTTP_409_CONFLICT, f"evaluation {row['id']!r} is already {row['status']}")
     in_flight = await clients.pool.fetch(
-        "SELECT run_id FROM eval_items WHERE eval_id = $1 AND result IS NULL", row["id"]
+        "SELECT run_id, judge_run_id FROM eval_items WHERE eval_id = $1 AND result IS NULL", row["id"]
     )
-    for item in in_flight:
+    for run_id in (r for item in in_flight for r in (item["run_id"], item["judge_run_id"]) if r):
         try:
-            await runs_service.cancel(clients, item["run_id"], principal)
+            await runs_service.cancel(clients, run_id, principal)
         except ApiError:
             pass  # ended meanwhile, or never stored
-    after = await list_evals(clients, principal)
-    return next(e for e in after.data if e.id == row["id"])
+    return EvalSummary.model_validate(dict(updated))
 
 
 @router.get(
@@ -222,13 +254,16 @@ async def eval_events(
             yield ServerSentEvent(data=data, event="eval.item", id=str(seq))
         if fresh:
             continue
-        now = await evals.fetch(clients.pool, eval_id, row["owner"])
+        now = await clients.pool.fetchrow("SELECT status, reason FROM evals WHERE id = $1", eval_id)
         if now is None or now["status"] == "running":
             await asyncio.sleep(POLL_SECONDS)
             continue
+        if await evals.results(clients.pool, eval_id, last, 1):
+            continue  # scored before it ended, committed after this stream last looked
         end: dict[str, Any] = {"id": eval_id, "status": now["status"], "reason": now["reason"]}
-        if now["report"] is not None:
-            end["report"] = Report.model_validate_json(now["report"]).model_dump(mode="json")
+        report = await clients.pool.fetchval("SELECT report FROM evals WHERE id = $1", eval_id)
+        if report is not None:
+            end["report"] = Report.model_validate_json(report).model_dump(mode="json")
         yield ServerSentEvent(data=end, event=f"eval.{now['status']}")
         return
 
