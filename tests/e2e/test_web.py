@@ -251,6 +251,8 @@ async def test_a_debate_verdict_grows_while_it_streams_and_survives_a_reload(
     assert [len(t) for t in seen] == sorted(len(t) for t in seen) and len(seen[-1]) > len(seen[0]), seen
     assert len(seen[-1]) < len(VERDICT), "the verdict was complete before it could be watched growing"
     await expect(page.locator("#verdict")).to_have_attribute("aria-busy", "true")
+    # The judge has stopped it, the verdict is still coming: ending, not ended.
+    await expect(page.locator("p.reason")).to_contain_text("Why it is ending: ")
 
     # A reload mid-verdict: every turn is there once, and the verdict's words so far come back.
     await page.reload()
@@ -263,6 +265,7 @@ async def test_a_debate_verdict_grows_while_it_streams_and_survives_a_reload(
     await expect(page.locator(".transcript article")).to_have_count(4)
     await expect(page.locator("article.judge")).to_contain_text("Judge web_judge: stop")
     await expect(page.locator("#answer-text")).to_have_text(VERDICT)
+    await expect(page.locator("p.reason")).to_contain_text("Why it ended: ")
     run = await finished(client, run_id)
     assert run["result"]["text"] == VERDICT
     await screenshot(page, "web-debate.png")

@@ -39,7 +39,7 @@ def add_commands(sub: Any, gateway_command: Any) -> None:
         help="run every question of a dataset under each strategy, score the answers, report accuracy per dollar",
         description='Each line of DATASET is {"id", "question", "answer", "choices"?}. Every question'
         " runs under every strategy in the service (the workers make the calls); the final answers are"
-        " scored, and the report (accuracy with its 95%% interval, calls, tokens, cost, latency, accuracy"
+        " scored, and the report (accuracy with its 95 % interval, calls, tokens, cost, latency, accuracy"
         " per dollar, and each strategy against the first) is printed and written to --out. Ctrl-C stops"
         " following, not the evaluation: the same command again follows it from where it is.",
         epilog="strategies: " + strategies.FORMS + ".\nexample: moot dataset arithmetic -n 50 > arith.jsonl;"

@@ -111,7 +111,8 @@ export function showRun(main, runId, { refused }) {
         ? h(
             "p",
             { class: "reason" },
-            `Why it ended: ${view.reason}`,
+            // A debate's verdict streams after the judge has stopped it: ending, not ended yet.
+            `${view.status === "running" ? "Why it is ending" : "Why it ended"}: ${view.reason}`,
             view.stop_reason ? ` (stopped by its ${view.stop_reason})` : "",
           )
         : null,
