@@ -124,7 +124,10 @@ async def test_moot_eval_single_vs_vote_of_five_resumes_after_an_interruption(
     assert (tmp_path / "report" / "report.md").read_text().count("| vote5 |") == 1
     assert (tmp_path / "report" / "plot.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
-    # A third run of the same command does nothing again: it reports what is there.
+    # A third run of the same command, from a renamed copy of the file and with another
+    # concurrency, is the same evaluation: it reports what is there and asks nothing again.
+    (tmp_path / "renamed.jsonl").write_bytes((tmp_path / "arith.jsonl").read_bytes())
+    args[1], args[args.index("--concurrency") + 1] = str(tmp_path / "renamed.jsonl"), "2"
     third = await moot(env, *args)
     assert third.code == 0 and f"evaluation {eval_id} already completed" in third.err, third
     assert solver_calls(model_server) - before == 300
@@ -324,3 +327,30 @@ async def test_a_revoked_key_stops_its_evaluation_and_another_key_of_the_owner_r
         assert resumed.status_code == 200 and resumed.json()["id"] == eval_id
         done = await ended(carol, eval_id, within=60)
     assert done["status"] == "completed" and done["progress"]["done"] == 6, done
+
+
+async def test_an_evaluation_waiting_hours_for_its_keys_daily_spend_says_so(
+    stack: Stack, database_url: str
+) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        _, key = await create_key(conn, "eval-thrifty", limits=Limits(usd_per_day=0.001))
+    finally:
+        await conn.close()
+    body = {
+        "questions": [{"id": f"q{i}", "question": f"Priced question {i}?", "answer": "x"} for i in range(8)],
+        "strategies": [{"name": "priced", "run": {"mode": "vote", "members": [{"model": "priced"}]}}],
+        "concurrency": 1,
+    }
+    async with httpx.AsyncClient(
+        base_url=stack.gateway_url, headers={"Authorization": f"Bearer {key}"}, timeout=30.0, trust_env=False
+    ) as thrifty:
+        eval_id = (await thrifty.post("/v1/evals", json=body)).json()["id"]
+        async with asyncio.timeout(60):
+            while True:
+                state = (await thrifty.get(f"/v1/evals/{eval_id}")).json()
+                if (state["reason"] or "").startswith("waiting"):
+                    break
+                await asyncio.sleep(0.3)
+        assert state["status"] == "running" and "daily spend" in state["reason"], state
+        assert (await thrifty.post(f"/v1/evals/{eval_id}/cancel")).status_code == 200
