@@ -344,7 +344,7 @@ def test_markdown_never_says_better_when_the_test_and_the_interval_part() -> Non
         item("vote5", f"q{i}", True) for i in range(5)
     ]
     text = markdown(summarise([SINGLE, VOTE5], items, scoring="exact", questions=5))
-    assert "McNemar p = 0.062): too few questions differ for the test and the interval to agree" in text
+    assert "McNemar p = 0.062): the test and the interval disagree (few questions differ)" in text
     assert "better" not in text
 
 

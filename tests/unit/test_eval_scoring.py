@@ -197,3 +197,15 @@ def test_a_reference_that_cannot_be_read_in_the_scoring_is_found(
     answer: str, choices: list[str] | None, how: Scoring, readable: bool
 ) -> None:
     assert readable_reference(Question(id="q", question="?", answer=answer, choices=choices), how) is readable
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        'On "What is the result of 15+13*5+12-11*7?":\nthe debaters disagree.\nConfidence: 0.8',
+        "Synthesis: the members agree on the main point.",
+        "7 of the members said one thing.\nThe rest said another.",
+    ],
+)
+def test_a_number_the_reply_does_not_end_on_is_not_its_answer(reply: str) -> None:
+    assert extract(reply, "numeric") is None

@@ -36,7 +36,7 @@ from fastapi.exceptions import RequestValidationError
 
 from moot.eval import scoring
 from moot.eval.asking import ANSWER_CHARS, item_result, question_request
-from moot.eval.models import EvalRequest, ItemResult, Question, Report, Strategy
+from moot.eval.models import EvalRequest, EvalStatus, ItemResult, Question, Report, Strategy
 from moot.eval.report import summarise
 from moot.records.accounts import Principal, principal_of_key
 from moot.requests import RunMeta
@@ -91,7 +91,7 @@ def require_readable_answers(request: EvalRequest) -> None:
                 {
                     "type": "value_error",
                     "loc": ("body", "scoring"),
-                    "msg": f"{len(unreadable)} answers cannot be read as {how} (questions {shown})",
+                    "msg": f"{len(unreadable)} of the answers cannot be read as {how} (questions {shown})",
                     "input": how,
                 }
             ]
@@ -133,10 +133,10 @@ async def resolve_strategies(
 
 async def create(
     pool: asyncpg.Pool, principal: Principal, request: EvalRequest, lease_owner: str, lease_seconds: float
-) -> tuple[str, bool]:
-    """(id, created): a new evaluation leased to `lease_owner`, or the owner's identical one
-    (`created` False), which is then running again if it had been interrupted, under the key
-    that sent it now (the earlier one may have been revoked) and its concurrency."""
+) -> tuple[str, EvalStatus | None]:
+    """(id, None): a new evaluation leased to `lease_owner`; or (id, its status until now): the
+    owner's identical one, which is then running again if it had been interrupted, under the
+    key that sent it now (the earlier one may have been revoked) and its concurrency."""
     digest = digest_of(request)
     row = await pool.fetchrow(
         "INSERT INTO evals (id, owner, key_id, digest, request, status, lease_owner, lease_until)"
@@ -151,9 +151,9 @@ async def create(
         lease_seconds,
     )
     if row is not None:
-        return row["id"], True
+        return row["id"], None
     existing = await pool.fetchrow(
-        "SELECT id FROM evals WHERE owner = $1 AND digest = $2", principal.owner, digest
+        "SELECT id, status FROM evals WHERE owner = $1 AND digest = $2", principal.owner, digest
     )
     assert existing is not None
     # A failed or cancelled evaluation sent again goes on from where it stopped.
@@ -168,7 +168,7 @@ async def create(
         principal.key_id,
         request.model_dump_json(),
     )
-    return existing["id"], False
+    return existing["id"], existing["status"]
 
 
 async def fetch(pool: asyncpg.Pool, eval_id: str, owner: str) -> asyncpg.Record | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import sys
 from collections import Counter
 from contextlib import aclosing
@@ -21,7 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from moot.cli.client import GatewayError, MootClient
-from moot.cli.common import EXIT_USAGE, CliError, err
+from moot.cli.common import EXIT_USAGE, CliError, err, plural
 from moot.client import api
 from moot.eval import datasets, strategies
 from moot.eval.models import EvalRequest, Report
@@ -64,7 +65,7 @@ def add_commands(sub: Any, gateway_command: Any) -> None:
     )
     p.add_argument("--concurrency", type=int, help="runs in flight at once (default 8)")
     p.add_argument("--label", help="run an evaluation again from scratch under another label")
-    p.add_argument("--out", type=Path, help="where the report goes (default: eval-<id>)")
+    p.add_argument("--out", type=Path, help="where the report goes (default: a folder named by its id)")
     p.add_argument("--plot", choices=("png", "svg"), default="png", help="the plot's format (default png)")
     p.add_argument("--cancel", metavar="EVAL_ID", help="stop a running evaluation instead")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -100,6 +101,8 @@ def _prepare(p: argparse.ArgumentParser, args: argparse.Namespace) -> Any:
         p.error("name the DATASET (a JSONL file), or --cancel EVAL_ID")
     if not args.strategy:
         p.error("name at least one --strategy NAME=SPEC (e.g. single=single:MODEL)")
+    if args.scoring == "judge" and not args.judge:
+        p.error("--scoring judge needs --judge MODEL: the model that says whether each answer is right")
     try:
         questions = datasets.read_dataset(args.dataset)
         chosen = [strategies.parse(s) for s in args.strategy]
@@ -143,35 +146,35 @@ async def _cancel(client: MootClient, eval_id: str) -> int:
 async def run_eval(client: MootClient, request: EvalRequest, args: argparse.Namespace) -> int:
     try:
         accepted = await client.api.create_eval(request)
+        eval_id = accepted["id"]
+        was = accepted.get("was")
+        so_far = (await client.api.get_eval(eval_id))["progress"]["done"] if was else 0
     except api.ApiError as exc:
-        raise GatewayError.of(exc) from None
-    eval_id = accepted["id"]
+        raise _explained(GatewayError.of(exc), request) from None
     total = len(request.questions) * len(request.strategies)
-    verb = "started"
-    if not accepted["created"]:
-        try:
-            earlier = await client.api.get_eval(eval_id)
-        except api.ApiError as exc:
-            raise GatewayError.of(exc) from None
-        done = earlier["progress"]["done"]
-        verb = (
-            "already completed"
-            if earlier["status"] == "completed"
-            else f"resumed ({done} of {total} done before are kept)"
-        )
+    verb = {
+        None: "started",
+        "completed": "already completed (--label NAME runs it afresh)",
+        "running": f"already running: following it ({so_far} of {total} done)",
+    }.get(was, f"resumed ({so_far} of {total} done before are kept)")
     err(
-        f"moot: evaluation {eval_id} {verb}: {len(request.questions)} questions x"
-        f" {len(request.strategies)} strategies = {total} runs"
+        f"moot: evaluation {eval_id} {verb}: {plural(len(request.questions), 'question')} x"
+        f" {len(request.strategies)} {'strategy' if len(request.strategies) == 1 else 'strategies'}"
+        f" = {plural(total, 'run')}"
     )
-    try:
-        end = await _follow(client, eval_id, total, quiet=args.quiet)
-    except asyncio.CancelledError:  # Ctrl-C: asyncio.run cancels this, then raises KeyboardInterrupt
-        _detached(eval_id)
-        raise
+    if was == "completed":
+        end: dict[str, Any] = await client.api.get_eval(eval_id)
+    else:
+        try:
+            end = await _follow(client, eval_id, total, quiet=args.quiet)
+        except asyncio.CancelledError:  # Ctrl-C: asyncio.run cancels this, then raises KeyboardInterrupt
+            _detached(eval_id)
+            raise
     if end["status"] != "completed":
-        raise CliError(f"evaluation {eval_id} {end['status']}: {end.get('reason') or ''}".rstrip(": "))
+        why = f" ({end['reason']})" if end.get("reason") else ""
+        raise CliError(f"evaluation {eval_id} {end['status']}{why}; the same command resumes it")
     report = Report.model_validate(end["report"])
-    out_dir = args.out or Path(f"eval-{eval_id}")
+    out_dir = args.out or Path(eval_id)
     written = write_report(report, await client.api.get_eval(eval_id), out_dir, args.plot)
     from moot.eval.report import markdown
 
@@ -179,6 +182,20 @@ async def run_eval(client: MootClient, request: EvalRequest, args: argparse.Name
     sys.stdout.flush()
     err(f"moot: written {', '.join(str(p) for p in written)}")
     return 0
+
+
+_REQUIRED_FIELD = re.compile(r"^strategies\.(?P<n>\d+)\.run\.(?:[a-z]+\.)?(?P<field>[a-z_]+)$")
+
+
+def _explained(error: GatewayError, request: EvalRequest) -> GatewayError:
+    """A strategy's missing field said the way a strategy is written (`;arbiter=MODEL`)."""
+    if error.status == 422 and error.error and error.error.errors:
+        for e in error.error.errors:
+            found = _REQUIRED_FIELD.match(e.param)
+            if found and e.message == "Field required":
+                name = request.strategies[int(found["n"])].name
+                e.message += f" (strategy {name!r}: add ;{found['field']}=... to its SPEC)"
+    return error
 
 
 def _detached(eval_id: str) -> None:

@@ -111,9 +111,11 @@ class EvalRequest(BaseModel):
     @field_validator("strategies")
     @classmethod
     def _distinct_names(cls, v: list[Strategy]) -> list[Strategy]:
-        names = [s.name for s in v]
-        if len(set(names)) != len(names):
-            raise ValueError("strategy names must differ")
+        seen: set[str] = set()
+        for s in v:
+            if s.name in seen:
+                raise ValueError(f"strategy name {s.name!r} is used twice: names must differ")
+            seen.add(s.name)
         return v
 
     @model_validator(mode="after")

@@ -181,7 +181,7 @@ def _versus(c: Comparison | None) -> str:
     wins = f"{c.wins} win" + ("" if c.wins == 1 else "s")
     losses = f"{c.losses} loss" + ("" if c.losses == 1 else "es")
     return (
-        f"{_number(c.difference, signed=True)} ({_number(c.ci_low)}\u2013{_number(c.ci_high)}),"
+        f"{_number(c.difference, signed=True)} ({_number(c.ci_low)} to {_number(c.ci_high)}),"
         f" {_p(c.mcnemar_p)}, {wins} / {losses}"
     )
 
@@ -204,7 +204,7 @@ def _sentence(s: StrategySummary, first: str) -> str:
     elif significant and excludes_zero:
         verdict = "better" if c.difference > 0 else "worse"
     elif significant or excludes_zero:
-        verdict = "too few questions differ for the test and the interval to agree: not shown to differ"
+        verdict = "the test and the interval disagree (few questions differ): not shown to differ"
     else:
         verdict = "not shown to differ"
     return (

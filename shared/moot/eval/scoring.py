@@ -3,7 +3,7 @@
 Every strategy is told the same thing as a vote's voters (`prompt_for`): the question, its
 options, and to end with a last line "Answer: ...", in the vote's own words for the format. Every
 final answer (a single model's reply, a vote's winner, a consortium's synthesis, a debate's
-verdict) is read as a vote reads a ballot (`extract`, through `read_vote`), so no strategy wins
+verdict) is read from the line it ends on, as a vote reads that line (`extract`), so no strategy wins
 or loses on how its answer happens to be worded.
 
 How an answer compares with the reference depends on the scoring (`moot.eval.models.Scoring`):
@@ -26,7 +26,7 @@ from typing import Any
 from moot.eval.models import Question, Scoring
 from moot.protocols import agreement
 from moot.protocols.agreement import Format
-from moot.protocols.vote.parsing import key_text, read_vote
+from moot.protocols.vote.parsing import final_line, key_text, read_vote
 from moot.protocols.vote.prompts import how_to_answer, vote_prompt
 
 __all__ = [
@@ -69,14 +69,15 @@ def default_scoring(questions: Sequence[Question]) -> Scoring:
 def extract(answer: str | None, scoring: Scoring, choices: Sequence[str] | None = None) -> str | None:
     """A final answer as scored: "42", "B", normalised text ("paris"); None when none can be read.
 
-    Read as a vote reads a ballot (`read_vote`): the last "Answer:" line first. A judge is shown
-    the whole answer, stripped.
+    Read from the line the reply ends on (`final_line`: the last "Answer:" line, else the last
+    line), as a vote reads that line: a number or a letter elsewhere in the reply (the question
+    quoted, a working) is never taken for the answer. A judge is shown the whole answer, stripped.
     """
     if answer is None:
         return None
     if scoring == "judge":
         return answer.strip() or None
-    reading = read_vote(answer, FORMATS[scoring], choices or ())
+    reading = read_vote(final_line(answer), FORMATS[scoring], choices or ())
     return None if reading.key is None else key_text(reading.key)
 
 

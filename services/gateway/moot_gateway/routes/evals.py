@@ -42,6 +42,10 @@ def _links(eval_id: str) -> EvalLinks:
 class EvalAccepted(BaseModel):
     id: str
     created: bool = Field(description="False: the same request was sent before; it goes on from where it is.")
+    was: EvalStatus | None = Field(
+        None,
+        description="Its status before this request (null when created): resumed when cancelled or failed.",
+    )
     links: EvalLinks
 
 
@@ -102,15 +106,14 @@ async def create_eval(
     again (same owner) is the same evaluation: answered 200, it resumes where it stopped."""
     evals.require_readable_answers(body)
     await evals.resolve_strategies(clients, principal, body)  # a 422 now rather than a failure later
-    eval_id, created = await evals.create(
-        clients.pool, principal, body, driver.instance, driver.lease_seconds
-    )
+    eval_id, was = await evals.create(clients.pool, principal, body, driver.instance, driver.lease_seconds)
+    created = was is None
     if created or await driver.claim(eval_id):
         driver.drive(eval_id)
     if not created:
         response.status_code = status.HTTP_200_OK
     response.headers["Location"] = f"/v1/evals/{eval_id}"
-    return EvalAccepted(id=eval_id, created=created, links=_links(eval_id))
+    return EvalAccepted(id=eval_id, created=created, was=was, links=_links(eval_id))
 
 
 _SUMMARY_COLUMNS = (
@@ -209,7 +212,11 @@ async def cancel_eval(row: ExistingDep, clients: ClientsDep, principal: Principa
         row["id"],
     )
     if updated is None:
-        raise ApiError(status.HTTP_409_CONFLICT, f"evaluation {row['id']!r} is already {row['status']}")
+        raise ApiError(
+            status.HTTP_409_CONFLICT,
+            f"evaluation {row['id']!r} is already {row['status']}",
+            code="eval_finished",
+        )
     in_flight = await clients.pool.fetch(
         "SELECT run_id, judge_run_id FROM eval_items WHERE eval_id = $1 AND result IS NULL", row["id"]
     )

@@ -57,6 +57,16 @@ def read_vote(text: str, fmt: Format, choices: Sequence[Text] = ()) -> Reading:
     return Reading(None, "")
 
 
+def final_line(text: str) -> str:
+    """The one line a final answer is read from when nothing else may be: the last line that
+    introduces itself as the answer, else the last line (its stated confidence left out). Not a
+    vote's leniency (its first line, or the reply's only number): an evaluation scores what a
+    reply ends on (`moot.eval.scoring`)."""
+    lines = [line.strip() for line in agreement.answer_text(text).splitlines() if re.search(r"\w", line)]
+    marked = [line for line in lines if _ANSWER_LINE.match(line)]
+    return (marked or lines or [""])[-1]
+
+
 def key_text(key: Key) -> str:
     """A key as the tally shows it: a number without a needless ".0" ("8", "0.5"), else itself.
 
