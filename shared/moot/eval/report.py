@@ -200,7 +200,7 @@ def _sentence(s: StrategySummary, first: str) -> str:
     # that differ the two can part (a bootstrap of five wins in five questions has no width).
     significant, excludes_zero = c.mcnemar_p < _SIGNIFICANCE, c.ci_low > 0 or c.ci_high < 0
     if c.wins + c.losses == 0:
-        verdict = "they got the same questions right"
+        verdict = "no question was right under one and wrong under the other"
     elif significant and excludes_zero:
         verdict = "better" if c.difference > 0 else "worse"
     elif significant or excludes_zero:
