@@ -351,7 +351,10 @@ def test_markdown_never_says_better_when_the_test_and_the_interval_part() -> Non
 def test_markdown_says_when_both_got_the_same_questions_right() -> None:
     items = [item(s, f"q{i}", i % 2 == 0) for s in ("single", "vote5") for i in range(6)]
     text = markdown(summarise([SINGLE, VOTE5], items, scoring="exact", questions=6))
-    assert "vote5 is as accurate as single" in text and "no question was right under one and wrong under the other." in text
+    assert (
+        "vote5 is as accurate as single" in text
+        and "no question was right under one and wrong under the other." in text
+    )
 
 
 def test_markdown_shows_partial_progress_and_escapes_pipes() -> None:
