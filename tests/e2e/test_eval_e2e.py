@@ -37,14 +37,25 @@ def env(stack: Stack, api_key: str) -> dict[str, str]:
     return {**os.environ, "MOOT_URL": stack.gateway_url, "MOOT_API_KEY": api_key}
 
 
+def keyed(stack: Stack, key: str) -> httpx.AsyncClient:
+    """A client of the stack's gateway sending `key`."""
+    return httpx.AsyncClient(
+        base_url=stack.gateway_url, headers={"Authorization": f"Bearer {key}"}, timeout=30.0, trust_env=False
+    )
+
+
+async def new_key(database_url: str, name: str, limits: Limits, owner: str | None = None) -> tuple[str, str]:
+    """(key id, key) of a new key with `limits`."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await create_key(conn, name, owner, limits=limits)
+    finally:
+        await conn.close()
+
+
 @pytest.fixture
 async def http(stack: Stack, api_key: str) -> Any:
-    async with httpx.AsyncClient(
-        base_url=stack.gateway_url,
-        headers={"Authorization": f"Bearer {api_key}"},
-        timeout=30.0,
-        trust_env=False,
-    ) as client:
+    async with keyed(stack, api_key) as client:
         yield client
 
 
@@ -201,9 +212,7 @@ async def test_the_api_refuses_what_cannot_run_and_answers_an_identical_request_
     assert (await http.post(f"/v1/evals/{eval_id}/cancel")).status_code == 409
 
     # Another owner sees none of it.
-    async with httpx.AsyncClient(
-        base_url=stack.gateway_url, headers={"Authorization": f"Bearer {other_api_key}"}, trust_env=False
-    ) as bob:
+    async with keyed(stack, other_api_key) as bob:
         assert (await bob.get(f"/v1/evals/{eval_id}")).status_code == 404
         assert eval_id not in {e["id"] for e in (await bob.get("/v1/evals")).json()["data"]}
 
@@ -265,19 +274,13 @@ async def test_an_evaluation_keeps_to_its_keys_limits_and_waits_as_a_refusal_say
 ) -> None:
     """A key that may have one run under way, an evaluation asking for four at once: the three
     refused each wait their Retry-After and are submitted again; every question is answered."""
-    conn = await asyncpg.connect(database_url)
-    try:
-        _, key = await create_key(conn, "eval-limited", limits=Limits(max_concurrent_runs=1))
-    finally:
-        await conn.close()
+    _, key = await new_key(database_url, "eval-limited", Limits(max_concurrent_runs=1))
     body = {
         "questions": [{"id": f"q{i}", "question": f"Question {i}?", "answer": "x"} for i in range(4)],
         "strategies": [{"name": "m1", "run": {"mode": "vote", "members": [{"model": "m1"}]}}],
         "concurrency": 4,
     }
-    async with httpx.AsyncClient(
-        base_url=stack.gateway_url, headers={"Authorization": f"Bearer {key}"}, timeout=30.0, trust_env=False
-    ) as limited:
+    async with keyed(stack, key) as limited:
         eval_id = (await limited.post("/v1/evals", json=body)).json()["id"]
         done = await ended(limited, eval_id, within=120)
         items = (await limited.get(f"/v1/evals/{eval_id}/items")).json()["data"]
@@ -292,27 +295,15 @@ async def test_an_evaluation_keeps_to_its_keys_limits_and_waits_as_a_refusal_say
 async def test_a_revoked_key_stops_its_evaluation_and_another_key_of_the_owner_resumes_it(
     stack: Stack, database_url: str
 ) -> None:
-    conn = await asyncpg.connect(database_url)
-    try:
-        first_id, first = await create_key(conn, "carol", limits=NO_LIMITS)
-        _, second = await create_key(conn, "carol-2", owner="carol", limits=NO_LIMITS)
-    finally:
-        await conn.close()
+    first_id, first = await new_key(database_url, "carol", NO_LIMITS)
+    _, second = await new_key(database_url, "carol-2", NO_LIMITS, owner="carol")
     body = {
         "questions": [{"id": f"q{i}", "question": f"Steady question {i}?", "answer": "x"} for i in range(6)],
         "strategies": [{"name": "steady", "run": {"mode": "vote", "members": [{"model": "steady"}]}}],
         "concurrency": 1,
     }
 
-    def client(key: str) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            base_url=stack.gateway_url,
-            headers={"Authorization": f"Bearer {key}"},
-            timeout=30.0,
-            trust_env=False,
-        )
-
-    async with client(first) as carol:
+    async with keyed(stack, first) as carol:
         eval_id = (await carol.post("/v1/evals", json=body)).json()["id"]
         await wait_for(carol, eval_id, done=1)
     conn = await asyncpg.connect(database_url)
@@ -320,7 +311,7 @@ async def test_a_revoked_key_stops_its_evaluation_and_another_key_of_the_owner_r
         assert await revoke_key(conn, first_id)
     finally:
         await conn.close()
-    async with client(second) as carol:
+    async with keyed(stack, second) as carol:
         stopped = await ended(carol, eval_id, within=30)
         assert stopped["status"] == "failed" and "revoked" in stopped["reason"], stopped
         assert stopped["progress"]["done"] < 6
@@ -333,19 +324,13 @@ async def test_a_revoked_key_stops_its_evaluation_and_another_key_of_the_owner_r
 async def test_an_evaluation_waiting_hours_for_its_keys_daily_spend_says_so(
     stack: Stack, database_url: str
 ) -> None:
-    conn = await asyncpg.connect(database_url)
-    try:
-        _, key = await create_key(conn, "eval-thrifty", limits=Limits(usd_per_day=0.001))
-    finally:
-        await conn.close()
+    _, key = await new_key(database_url, "eval-thrifty", Limits(usd_per_day=0.001))
     body = {
         "questions": [{"id": f"q{i}", "question": f"Priced question {i}?", "answer": "x"} for i in range(8)],
         "strategies": [{"name": "priced", "run": {"mode": "vote", "members": [{"model": "priced"}]}}],
         "concurrency": 1,
     }
-    async with httpx.AsyncClient(
-        base_url=stack.gateway_url, headers={"Authorization": f"Bearer {key}"}, timeout=30.0, trust_env=False
-    ) as thrifty:
+    async with keyed(stack, key) as thrifty:
         eval_id = (await thrifty.post("/v1/evals", json=body)).json()["id"]
         async with asyncio.timeout(60):
             while True:
